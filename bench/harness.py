@@ -1,0 +1,78 @@
+"""Timing and reporting shared by every benchmark: median wall time, GFLOP/s, machine info."""
+import datetime
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn, device="cpu", min_time=0.5, min_runs=5, warmup=2):
+    """Median seconds per call of ``fn()`` over at least ``min_runs`` runs and ``min_time`` seconds."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse.*support is in beta.*")
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        times = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_time:
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+            if len(times) >= 1000:
+                break
+    return statistics.median(times)
+
+
+def machine_info():
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def format_table(rows, columns):
+    """Plain-text table of ``rows`` (dicts) with the given column keys."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

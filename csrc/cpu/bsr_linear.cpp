@@ -1,0 +1,219 @@
+// Block-sparse linear on CPU: y = x @ W.T (+ bias) with W stored as BSR blocks values[k] = W[rb*B:, cb*B:].
+// Three kernels: forward (parallel over block rows x token tiles), dX = dY @ W through the
+// transposed index (parallel over block columns), and dValues = SDDMM only at active blocks.
+// Features need not be multiples of B: edge blocks are clipped, their out-of-range entries are
+// never read and their gradient is written as zero.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "checks.h"
+
+namespace sparsecl {
+namespace {
+
+constexpr int64_t kTokenTile = 16;
+
+void check_layout(const at::Tensor& values, const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& like) {
+  TORCH_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, B, B], got ", values.sizes());
+  check_index(ptr, "row_ptr", like);
+  check_index(idx, "col_idx", like);
+  TORCH_CHECK(idx.size(0) == values.size(0), "col_idx has ", idx.size(0), " entries but values has ", values.size(0),
+              " blocks");
+}
+
+// Pack block V ([ob x ib] of a B x B row-major block) transposed into vt[i * B + o].
+template <typename T>
+inline void pack_transposed(const T* v, int64_t B, int64_t ob, int64_t ib, T* vt) {
+  for (int64_t o = 0; o < ob; ++o)
+    for (int64_t i = 0; i < ib; ++i) vt[i * B + o] = v[o * B + i];
+}
+
+template <typename T>
+void forward_kernel(const T* x, int64_t n_tokens, int64_t in_f, const T* values, int64_t B, const int32_t* row_ptr,
+                    const int32_t* col_idx, int64_t n_block_rows, int64_t out_f, const T* bias, T* y) {
+  const int64_t n_tiles = (n_tokens + kTokenTile - 1) / kTokenTile;
+  at::parallel_for(0, n_block_rows * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(kTokenTile * B), vt(B * B);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t rb = job / n_tiles, t0 = (job % n_tiles) * kTokenTile;
+      const int64_t tn = std::min(kTokenTile, n_tokens - t0);
+      const int64_t o0 = rb * B, ob = std::min(B, out_f - o0);
+      for (int64_t t = 0; t < tn; ++t)
+        for (int64_t o = 0; o < ob; ++o) acc[t * B + o] = bias ? bias[o0 + o] : T(0);
+      for (int32_t k = row_ptr[rb]; k < row_ptr[rb + 1]; ++k) {
+        const int64_t i0 = int64_t(col_idx[k]) * B, ib = std::min(B, in_f - i0);
+        pack_transposed(values + int64_t(k) * B * B, B, ob, ib, vt.data());
+        for (int64_t t = 0; t < tn; ++t) {
+          const T* xr = x + (t0 + t) * in_f + i0;
+          T* a = acc.data() + t * B;
+          for (int64_t i = 0; i < ib; ++i) {
+            const T xv = xr[i];
+            const T* w = vt.data() + i * B;
+            for (int64_t o = 0; o < ob; ++o) a[o] += xv * w[o];
+          }
+        }
+      }
+      for (int64_t t = 0; t < tn; ++t) std::copy(acc.data() + t * B, acc.data() + t * B + ob, y + (t0 + t) * out_f + o0);
+    }
+  });
+}
+
+template <typename T>
+void dx_kernel(const T* dy, int64_t n_tokens, int64_t out_f, const T* values, int64_t B, const int32_t* t_row_ptr,
+               const int32_t* t_col_idx, const int32_t* t_perm, int64_t n_block_cols, int64_t in_f, T* dx) {
+  const int64_t n_tiles = (n_tokens + kTokenTile - 1) / kTokenTile;
+  at::parallel_for(0, n_block_cols * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(kTokenTile * B);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t cb = job / n_tiles, t0 = (job % n_tiles) * kTokenTile;
+      const int64_t tn = std::min(kTokenTile, n_tokens - t0);
+      const int64_t i0 = cb * B, ib = std::min(B, in_f - i0);
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int32_t j = t_row_ptr[cb]; j < t_row_ptr[cb + 1]; ++j) {
+        const int64_t o0 = int64_t(t_col_idx[j]) * B, ob = std::min(B, out_f - o0);
+        const T* v = values + int64_t(t_perm[j]) * B * B;
+        for (int64_t t = 0; t < tn; ++t) {
+          const T* g = dy + (t0 + t) * out_f + o0;
+          T* a = acc.data() + t * B;
+          for (int64_t o = 0; o < ob; ++o) {
+            const T gv = g[o];
+            const T* w = v + o * B;
+            for (int64_t i = 0; i < ib; ++i) a[i] += gv * w[i];
+          }
+        }
+      }
+      for (int64_t t = 0; t < tn; ++t) std::copy(acc.data() + t * B, acc.data() + t * B + ib, dx + (t0 + t) * in_f + i0);
+    }
+  });
+}
+
+template <typename T>
+void dw_kernel(const T* dy, const T* x, int64_t n_tokens, int64_t out_f, int64_t in_f, int64_t B,
+               const int32_t* row_idx, const int32_t* col_idx, int64_t nnzb, T* dv) {
+  at::parallel_for(0, nnzb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t o0 = int64_t(row_idx[k]) * B, ob = std::min(B, out_f - o0);
+      const int64_t i0 = int64_t(col_idx[k]) * B, ib = std::min(B, in_f - i0);
+      T* out = dv + k * B * B;
+      std::fill(out, out + B * B, T(0));
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        const T* g = dy + t * out_f + o0;
+        const T* xr = x + t * in_f + i0;
+        for (int64_t o = 0; o < ob; ++o) {
+          const T gv = g[o];
+          T* a = out + o * B;
+          for (int64_t i = 0; i < ib; ++i) a[i] += gv * xr[i];
+        }
+      }
+    }
+  });
+}
+
+void check_block_ids(const at::Tensor& idx, int64_t limit, const char* name) {
+  if (idx.numel() == 0) return;
+  auto mm = at::aminmax(idx);
+  const int64_t lo = std::get<0>(mm).item<int32_t>(), hi = std::get<1>(mm).item<int32_t>();
+  TORCH_CHECK(lo >= 0 && hi < limit, name, " has entries in [", lo, ", ", hi, "] outside [0, ", limit, ")");
+}
+
+void check_ptr(const at::Tensor& ptr, int64_t n, int64_t nnz, const char* name) {
+  TORCH_CHECK(ptr.size(0) == n + 1, name, " must have ", n + 1, " entries, got ", ptr.size(0));
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  TORCH_CHECK(p[0] == 0 && p[n] == nnz, name, " must start at 0 and end at nnzb=", nnz, ", got ", p[0], " and ", p[n]);
+  for (int64_t r = 0; r < n; ++r) TORCH_CHECK(p[r] <= p[r + 1], name, " must be non-decreasing (at ", r, ")");
+}
+
+at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                          const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  check_float(x, "x", false);
+  TORCH_CHECK(values.scalar_type() == x.scalar_type(), "values dtype ", values.scalar_type(), " != x dtype ",
+              x.scalar_type());
+  check_same_device(values, "values", x);
+  check_layout(values, row_ptr, col_idx, x);
+  const int64_t B = values.size(1), in_f = x.size(1);
+  TORCH_CHECK(out_features >= 0, "out_features must be >= 0");
+  const int64_t n_rb = (out_features + B - 1) / B, n_cb = (in_f + B - 1) / B;
+  check_ptr(row_ptr, n_rb, values.size(0), "row_ptr");
+  check_block_ids(col_idx, n_cb, "col_idx");
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
+    check_same_device(*bias, "bias", x);
+  }
+  auto xc = x.contiguous();
+  auto vc = values.contiguous();
+  auto bc = bias ? bias->contiguous() : at::Tensor();
+  auto y = at::empty({x.size(0), out_features}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_linear_cpu", [&] {
+    forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), x.size(0), in_f, vc.data_ptr<scalar_t>(), B,
+                             row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), n_rb, out_features,
+                             bias ? bc.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+at::Tensor bsr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
+                             const at::Tensor& t_col_idx, const at::Tensor& t_perm, int64_t in_features) {
+  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  check_float(dy, "grad_out", false);
+  TORCH_CHECK(values.scalar_type() == dy.scalar_type(), "values dtype must match grad_out");
+  check_same_device(values, "values", dy);
+  check_layout(values, t_row_ptr, t_col_idx, dy);
+  check_index(t_perm, "t_perm", dy);
+  TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnzb entries");
+  const int64_t B = values.size(1), out_f = dy.size(1);
+  TORCH_CHECK(in_features >= 0, "in_features must be >= 0");
+  const int64_t n_cb = (in_features + B - 1) / B, n_rb = (out_f + B - 1) / B;
+  check_ptr(t_row_ptr, n_cb, values.size(0), "t_row_ptr");
+  check_block_ids(t_col_idx, n_rb, "t_col_idx");
+  check_block_ids(t_perm, values.size(0), "t_perm");
+  auto gc = dy.contiguous();
+  auto vc = values.contiguous();
+  auto dx = at::empty({dy.size(0), in_features}, dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "bsr_linear_dx_cpu", [&] {
+    dx_kernel<scalar_t>(gc.data_ptr<scalar_t>(), dy.size(0), out_f, vc.data_ptr<scalar_t>(), B,
+                        t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), n_cb,
+                        in_features, dx.data_ptr<scalar_t>());
+  });
+  return dx;
+}
+
+at::Tensor bsr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
+                             const at::Tensor& col_idx, int64_t block_size) {
+  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  check_float(x, "x", false);
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  check_same_device(dy, "grad_out", x);
+  check_index(row_idx, "row_idx", x);
+  check_index(col_idx, "col_idx", x);
+  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
+  TORCH_CHECK(block_size > 0, "block_size must be positive");
+  const int64_t B = block_size, nnzb = col_idx.size(0);
+  check_block_ids(row_idx, (dy.size(1) + B - 1) / B, "row_idx");
+  check_block_ids(col_idx, (x.size(1) + B - 1) / B, "col_idx");
+  auto gc = dy.contiguous();
+  auto xc = x.contiguous();
+  auto dv = at::empty({nnzb, B, B}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_linear_dw_cpu", [&] {
+    dw_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), x.size(0), dy.size(1), x.size(1), B,
+                        row_idx.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), nnzb, dv.data_ptr<scalar_t>());
+  });
+  return dv;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
+  m.impl("bsr_linear", &bsr_linear_cpu);
+  m.impl("bsr_linear_dx", &bsr_linear_dx_cpu);
+  m.impl("bsr_linear_dw", &bsr_linear_dw_cpu);
+}
+
+}  // namespace sparsecl

@@ -1,0 +1,84 @@
+"""Command line: ``sparsecl info``, ``sparsecl bench`` (more subcommands register in COMMANDS)."""
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import sys
+
+
+def cmd_info(args):
+    from . import build_info
+
+    info = build_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            print(f"{k.ljust(width)}  {v}")
+    return 0
+
+
+def _bench_modules(selected):
+    from . import bench
+
+    names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+    unknown = set(selected or []) - set(names)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; available: {names}")
+    return [importlib.import_module(f"sparsecl.bench.bench_{n}") for n in (selected or names)]
+
+
+def cmd_bench(args):
+    import torch
+
+    from .bench.harness import format_table, machine_info
+    from .io import write_json_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    rows = []
+    for mod in _bench_modules(args.ops):
+        for row in mod.rows(quick=args.quick, device=device):
+            rows.append(row)
+            if args.verbose:
+                print(row, flush=True)
+    columns = ["op", "shape", "method", "density", "pass_", "ms", "speedup", "gflops", "eff"]
+    print(format_table(rows, columns))
+    print("speedup: dense time / method time in this run; eff: achieved GFLOP/s at the active density over "
+          "the dense GFLOP/s of this run (1.0 = density-proportional ideal)")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        result = {"machine": machine_info(), "quick": args.quick, "device": device, "rows": rows}
+        path = os.path.join(args.out, f"bench-{device}{'-quick' if args.quick else ''}.json")
+        write_json_atomic(path, result)
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="sparsecl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="what was compiled and which versions run")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="kernel microbenchmark table (speedups measured in one run)")
+    bench.add_argument("ops", nargs="*", help="benchmarks to run (default: all)")
+    bench.add_argument("--quick", action="store_true", help="one shape, d=0.1: a minute on a 2-core CPU")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=int, default=0)
+    bench.add_argument("--out", default=None, help="directory for the JSON result")
+    bench.add_argument("-v", "--verbose", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""bsr_linear against a float64 dense reference: C++ CPU (and CUDA when present), reference fallback,
+gradcheck, opcheck, torch.compile and bad input. Triton launchers: tests/ops/test_bsr_linear_triton.py."""
+import pytest
+import torch
+
+import sparsecl
+from sparsecl.formats import BlockSparseLayout
+from sparsecl.ops import bsr_linear
+from sparsecl.ops.bsr_linear import _reference_dw, _reference_dx, _reference_forward
+
+from .._ref import assert_close, noncontiguous
+from ..conftest import DEVICES
+
+SHAPES = [  # (tokens, in, out)
+    (0, 64, 64), (1, 32, 32), (7, 96, 64), (33, 100, 70), (5, 17, 130),
+]
+DENSITIES = [0.0, "one", 0.1, 0.5, 1.0]
+
+
+def make_layout(shape, density, B, device):
+    out_f, in_f = shape
+    if density == "one":
+        nb = (-(-out_f // B), -(-in_f // B))
+        m = torch.zeros(nb, dtype=torch.bool)
+        m[torch.randint(nb[0], ()), torch.randint(nb[1], ())] = True
+        return BlockSparseLayout.from_block_mask(m.to(device), shape, B)
+    return BlockSparseLayout.random(shape, density, B, device=device)
+
+
+def random_case(T, in_f, out_f, density, B, device, dtype, lead=()):
+    layout = make_layout((out_f, in_f), density, B, device)
+    values = torch.randn(layout.nnzb, B, B, device=device, dtype=dtype)
+    x = torch.randn(*lead, T, in_f, device=device, dtype=dtype)
+    bias = torch.randn(out_f, device=device, dtype=dtype)
+    return x, values, layout, bias
+
+
+def dense_reference(x, values, layout, bias):
+    w = layout.to_dense(values.double())
+    return x.double() @ w.T + (bias.double() if bias is not None else 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [16, 32, 64])
+@pytest.mark.parametrize("T,in_f,out_f", SHAPES)
+@pytest.mark.parametrize("density", DENSITIES)
+def test_forward_backward_matches_dense(device, B, T, in_f, out_f, density, seed):
+    x, values, layout, bias = random_case(T, in_f, out_f, density, B, device, torch.float32)
+    x.requires_grad_(True)
+    values.requires_grad_(True)
+    bias.requires_grad_(True)
+    y = bsr_linear(x, values, layout, bias)
+    xd, vd, bd = (t.detach().double().requires_grad_(True) for t in (x, values, bias))
+    yd = dense_reference(xd, vd, layout, bd)
+    assert_close(y, yd, torch.float32)
+    g = torch.randn_like(yd)
+    y.backward(g.float())
+    yd.backward(g)
+    assert_close(x.grad, xd.grad, torch.float32)
+    assert_close(bias.grad, bd.grad, torch.float32)
+    # dValues: reference is the dense gradient restricted to active blocks; padding entries are zero
+    assert_close(values.grad, vd.grad, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_leading_dims_and_noncontiguous(device, seed):
+    x, values, layout, bias = random_case(6, 96, 80, 0.5, 32, device, torch.float32, lead=(2, 3))
+    xn = noncontiguous(x)
+    assert_close(bsr_linear(xn, values, layout, bias), dense_reference(x, values, layout, bias), torch.float32)
+    assert bsr_linear(x, values, layout, None).shape == (2, 3, 6, 80)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+def test_gradcheck_float64(density, seed):
+    x, values, layout, bias = random_case(5, 40, 36, density, 16, "cpu", torch.float64)
+    args = tuple(t.requires_grad_(True) for t in (x, values, bias))
+    assert torch.autograd.gradcheck(lambda a, v, b: bsr_linear(a, v, layout, b), args)
+
+
+def test_reference_kernels_match_cpp(seed):
+    """The pure-torch fallback (used without the extension) computes the same as the C++ kernels."""
+    x, values, layout, bias = random_case(9, 70, 50, 0.5, 16, "cpu", torch.float64)
+    ops = torch.ops.sparsecl
+    assert_close(_reference_forward(x, values, layout.row_ptr, layout.col_idx, 50, bias),
+                 ops.bsr_linear(x, values, layout.row_ptr, layout.col_idx, 50, bias))
+    g = torch.randn(9, 50, dtype=torch.float64)
+    t = (layout.t_row_ptr, layout.t_col_idx, layout.t_perm)
+    assert_close(_reference_dx(g, values, *t, 70), ops.bsr_linear_dx(g, values, *t, 70))
+    assert_close(_reference_dw(g, x, layout.row_idx, layout.col_idx, 16),
+                 ops.bsr_linear_dw(g, x, layout.row_idx, layout.col_idx, 16))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, seed):
+    x, values, layout, bias = random_case(7, 48, 40, 0.5, 16, device, torch.float32)
+    ops = torch.ops.sparsecl
+    g = torch.randn(7, 40, device=device)
+    torch.library.opcheck(ops.bsr_linear.default, (x, values, layout.row_ptr, layout.col_idx, 40, bias))
+    torch.library.opcheck(ops.bsr_linear.default, (x, values, layout.row_ptr, layout.col_idx, 40, None))
+    torch.library.opcheck(ops.bsr_linear_dx.default, (g, values, layout.t_row_ptr, layout.t_col_idx,
+                                                      layout.t_perm, 48))
+    torch.library.opcheck(ops.bsr_linear_dw.default, (g, x, layout.row_idx, layout.col_idx, 16))
+
+
+def test_compile_fullgraph(seed):
+    layer = sparsecl.nn.BlockSparseLinear(64, 48, density=0.5, block_size=16)
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    layer(x).sum().backward()
+    assert_close(y, layer(x))
+    assert_close(gx, x.grad)
+
+
+class TestBadInput:
+    def setup_method(self):
+        self.layout = BlockSparseLayout.random((64, 64), 0.5, 32)
+        self.values = torch.randn(self.layout.nnzb, 32, 32)
+
+    def test_wrong_features(self):
+        with pytest.raises(ValueError, match="input features"):
+            bsr_linear(torch.randn(3, 65), self.values, self.layout)
+
+    def test_wrong_values_shape(self):
+        with pytest.raises(ValueError, match="values must be"):
+            bsr_linear(torch.randn(3, 64), self.values[:-1] if self.layout.nnzb else torch.randn(1, 32, 32),
+                       self.layout)
+
+    def test_dtype_mismatch(self):
+        with pytest.raises(RuntimeError, match="dtype"):
+            bsr_linear(torch.randn(3, 64, dtype=torch.float64), self.values, self.layout)
+
+    def test_unsupported_dtype_on_cpu(self):
+        with pytest.raises(RuntimeError, match="unsupported dtype"):
+            bsr_linear(torch.randn(3, 64).half(), self.values.half(), self.layout)
+
+    def test_not_a_layout(self):
+        with pytest.raises(TypeError, match="BlockSparseLayout"):
+            bsr_linear(torch.randn(3, 64), self.values, None)
+
+    def test_bias_shape(self):
+        with pytest.raises(RuntimeError, match="bias"):
+            bsr_linear(torch.randn(3, 64), self.values, self.layout, torch.randn(63))
+
+    def test_raw_op_rejects_out_of_range_index(self):
+        col = self.layout.col_idx.clone()
+        if col.numel():
+            col[0] = 7
+            with pytest.raises(RuntimeError, match="outside"):
+                torch.ops.sparsecl.bsr_linear(torch.randn(3, 64), self.values, self.layout.row_ptr, col, 64, None)
+
+    def test_raw_op_rejects_int64_index(self):
+        with pytest.raises(RuntimeError, match="int32"):
+            torch.ops.sparsecl.bsr_linear(torch.randn(3, 64), self.values, self.layout.row_ptr.long(),
+                                          self.layout.col_idx, 64, None)
