@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -76,7 +76,7 @@ setup(
     version="0.1.0",
     description="Sparse and width-sliced kernels for continual and controllable multi-task learning",
     python_requires=">=3.11,<3.13",
-    packages=["sparsecl", "sparsecl.ops", "sparsecl.nn", "sparsecl.dst", "sparsecl.kernels", "sparsecl.bench"],
+    packages=find_packages(include=["sparsecl", "sparsecl.*"]) + ["sparsecl.kernels", "sparsecl.bench"],
     package_dir={"sparsecl": "sparsecl", "sparsecl.kernels": "kernels", "sparsecl.bench": "bench"},
     install_requires=["torch>=2.11,<2.15", "numpy", "tqdm", "pyyaml"],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "expecttest"]},
