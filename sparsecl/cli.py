@@ -58,6 +58,12 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_continual(args):
+    from .continual.run import main as run_continual
+
+    return run_continual(args)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="sparsecl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +78,11 @@ def build_parser():
     bench.add_argument("--out", default=None, help="directory for the JSON result")
     bench.add_argument("-v", "--verbose", action="store_true")
     bench.set_defaults(func=cmd_bench)
+    continual = sub.add_parser("continual", help="task-incremental continual learning with DST (metrics.json)")
+    from .continual.run import add_arguments
+
+    add_arguments(continual)
+    continual.set_defaults(func=cmd_continual)
     return p
 
 

@@ -1,0 +1,99 @@
+"""Atomic, verified checkpoints.
+
+File = ``torch.save({"format", "version", "sha256", "payload"})`` where ``payload`` is a uint8 tensor holding
+the ``torch.save`` bytes of the real state, and ``sha256`` its digest. Both levels load with
+``torch.load(weights_only=True)``. Bool tensors (masks) are bit-packed 8 per byte; the owner index is
+stored as it lives (uint8, one byte per weight). Written with ``sparsecl.io.write_bytes_atomic`` (temp
+file, fsync, rename), so a crash leaves either the old or the new checkpoint, never a torn one.
+"""
+import hashlib
+import io
+
+import torch
+
+from ..io import write_bytes_atomic
+
+FORMAT = "sparsecl-continual-checkpoint"
+VERSION = 1
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupted or not a sparsecl continual checkpoint."""
+
+
+def pack_bool(t):
+    """Bool tensor -> {"packed_bool": uint8 [ceil(n/8)], "shape": list} (MSB first, zero padded)."""
+    flat = t.detach().to("cpu", torch.uint8).flatten()
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    packed = (flat.view(-1, 8) * _BITS).sum(1, dtype=torch.uint8) if flat.numel() else flat
+    return {"packed_bool": packed, "shape": list(t.shape)}
+
+
+def unpack_bool(d):
+    shape = d["shape"]
+    n = 1
+    for s in shape:
+        n *= s
+    bits = (d["packed_bool"].view(-1, 1) & _BITS).ne(0).flatten()
+    if bits.numel() < n:
+        raise CheckpointError(f"packed mask holds {bits.numel()} bits, shape {shape} needs {n}")
+    return bits[:n].view(shape)
+
+
+def _map(obj, fn):
+    if isinstance(obj, dict):
+        if "packed_bool" in obj and "shape" in obj and len(obj) == 2:
+            return fn(obj)
+        return {k: _map(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(v, fn) for v in obj)
+    return fn(obj)
+
+
+def _pack(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return pack_bool(x) if x.dtype == torch.bool else x
+    return x
+
+
+def _unpack(x):
+    return unpack_bool(x) if isinstance(x, dict) else x
+
+
+def save_checkpoint(path, state):
+    """Atomically write ``state`` (nested dicts/lists of tensors and plain values) to ``path``."""
+    buf = io.BytesIO()
+    torch.save(_map(state, _pack), buf)
+    payload = buf.getvalue()
+    outer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
+    write_bytes_atomic(path, outer.getvalue())
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load and verify a checkpoint; raises CheckpointError on truncation, bit flips or a foreign file."""
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises several types for torn zip archives
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupted file?): {exc}") from exc
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    if outer.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {outer.get('version')}, this sparsecl reads {VERSION}")
+    payload = outer["payload"].numpy().tobytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != outer.get("sha256"):
+        raise CheckpointError(f"{path}: checksum mismatch (stored {outer.get('sha256')}, computed {digest}); "
+                              "the file is corrupted")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: payload passed its checksum but does not load: {exc}") from exc
+    return _map(state, _unpack)

@@ -1,0 +1,378 @@
+"""Multi-head models for task-incremental learning, built from sparse layers.
+
+Every model has a shared trunk of sparse layers (``model.sparse_layers``) and, per task, its own head
+and its own normalisation parameters, so training task t never touches anything task j < t uses apart
+from the trunk weights, which the trainer freezes by ownership.
+
+Per-task normalisation (evaluation never depends on batch composition):
+  * MLP: no normalisation layer; each task has its own bias vector after every hidden sparse layer
+    (the shared sparse layers carry no bias, since a shared bias would drift across tasks).
+  * CNNs: one BatchNorm2d per task and per BN site (``TaskBatchNorm2d``); in eval mode it uses that
+    task's running statistics, so a test prediction depends only on the input and the task id.
+
+Layers (``mode``):
+  * ``"sparse"``: ``sparsecl.nn.SparseLinear`` (compact storage, real sparse kernels).
+  * ``"dense-masked"``: ``DenseMaskedLinear``, the peer-library baseline ``F.linear(x, weight * mask)``.
+  * Convolutions: sparsecl has no sparse conv kernel yet, so conv layers are ``MaskedConv2d`` (dense
+    ``nn.Conv2d`` weight times a mask, same DST protocol) in both modes. This is a documented fallback:
+    CNN runs are correct but compute densely.
+
+All trunk layers implement the DST layer protocol (``dst_block_size``, ``dst_mask()``, ``dense_weight()``,
+``sparse_parameter``, ``set_topology``) and the continual trainer additionally uses ``set_weight_and_mask``
+(``replace_topology`` below) to change nnz at task boundaries.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _identity_src(old_mask, new_mask):
+    src = torch.arange(new_mask.numel(), device=new_mask.device)
+    return torch.where((old_mask != new_mask).flatten(), torch.full_like(src, -1), src)
+
+
+class DenseMaskedLinear(nn.Module):
+    """Peer-library baseline: dense ``weight`` [out, in] and bool ``mask``; forward ``F.linear(x, weight*mask)``."""
+
+    dst_block_size = 1
+
+    def __init__(self, in_features, out_features, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features, device=device, dtype=dtype))
+        self.register_buffer("_mask", torch.zeros(out_features, in_features, dtype=torch.bool, device=device))
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self._mask)
+
+    def functional(self, x, w):
+        return F.linear(x, w)
+
+    @property
+    def sparse_parameter(self):
+        return self.weight
+
+    def dst_mask(self):
+        return self._mask
+
+    def mask(self):
+        return self._mask
+
+    def dense_weight(self):
+        return self.weight * self._mask
+
+    def set_topology(self, new_mask):
+        new_mask = new_mask.to(torch.bool).reshape(self._mask.shape)
+        src = _identity_src(self._mask, new_mask)
+        with torch.no_grad():
+            self.weight.view(-1).masked_fill_(src < 0, 0.0)
+        self._mask.copy_(new_mask)
+        return src
+
+    def set_weight_and_mask(self, weight, mask):
+        with torch.no_grad():
+            self.weight.copy_(weight.reshape(self.weight.shape) * mask.reshape(self.weight.shape))
+        self._mask.copy_(mask.reshape(self._mask.shape))
+        return self
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={int(self._mask.sum())}"
+
+
+class MaskedConv2d(nn.Module):
+    """Conv2d with a bool mask over its weight (fallback until a sparse conv kernel exists).
+
+    The DST view is 2-D: ``dst_mask()``/``dense_weight()`` are [out, in/groups * kh * kw].
+    """
+
+    dst_block_size = 1
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, device=None, dtype=None):
+        super().__init__()
+        self.in_ch, self.out_ch, self.k = in_ch, out_ch, kernel_size
+        self.stride, self.padding, self.groups = stride, padding, groups
+        shape = (out_ch, in_ch // groups, kernel_size, kernel_size)
+        self.weight = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+        self.register_buffer("_mask", torch.zeros(out_ch, shape[1] * kernel_size ** 2, dtype=torch.bool,
+                                                  device=device))
+
+    def functional(self, x, w):
+        return F.conv2d(x, w.view(self.weight.shape), None, self.stride, self.padding, 1, self.groups)
+
+    def forward(self, x):
+        return self.functional(x, self.weight * self._mask.view(self.weight.shape))
+
+    @property
+    def sparse_parameter(self):
+        return self.weight
+
+    def dst_mask(self):
+        return self._mask
+
+    def mask(self):
+        return self._mask
+
+    def dense_weight(self):
+        return self.weight.view(self.out_ch, -1) * self._mask
+
+    set_topology = DenseMaskedLinear.set_topology
+    set_weight_and_mask = DenseMaskedLinear.set_weight_and_mask
+
+    def extra_repr(self):
+        return (f"{self.in_ch}, {self.out_ch}, k={self.k}, stride={self.stride}, groups={self.groups}, "
+                f"nnz={int(self._mask.sum())}")
+
+
+def _sparse_linear_cls():
+    try:
+        from ..nn import SparseLinear
+    except ImportError as exc:
+        raise RuntimeError("mode='sparse' needs sparsecl.nn.SparseLinear, which this build lacks; "
+                           "use mode='dense-masked'") from exc
+    return SparseLinear
+
+
+def make_linear(in_features, out_features, mode):
+    if mode == "dense-masked":
+        return DenseMaskedLinear(in_features, out_features)
+    if mode == "sparse":
+        return SparseTrunkLinear(in_features, out_features)
+    raise ValueError(f"mode must be 'sparse' or 'dense-masked', got {mode!r}")
+
+
+class SparseTrunkLinear(nn.Module):
+    """Holds a ``sparsecl.nn.SparseLinear`` (bias-free) and swaps it for a new one when nnz changes."""
+
+    dst_block_size = 1
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.inner = _sparse_linear_cls().from_dense(
+            nn.Linear(in_features, out_features, bias=False),
+            mask=torch.zeros(out_features, in_features, dtype=torch.bool))
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def functional(self, x, w):
+        return F.linear(x, w)
+
+    @property
+    def sparse_parameter(self):
+        return self.inner.sparse_parameter
+
+    def dst_mask(self):
+        return self.inner.dst_mask()
+
+    def mask(self):
+        return self.inner.mask()
+
+    def dense_weight(self):
+        return self.inner.dense_weight()
+
+    def set_topology(self, new_mask):
+        return self.inner.set_topology(new_mask)
+
+    def set_weight_and_mask(self, weight, mask):
+        lin = nn.Linear(self.in_features, self.out_features, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(weight * mask)
+        self.inner = _sparse_linear_cls().from_dense(lin, mask=mask)
+        return self
+
+
+class TaskBatchNorm2d(nn.Module):
+    """One BatchNorm2d per task; ``task`` selects which (set by the owning model)."""
+
+    def __init__(self, channels, n_tasks):
+        super().__init__()
+        self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(n_tasks))
+        self.task = 0
+
+    def forward(self, x):
+        return self.bns[self.task](x)
+
+
+class ContinualModel(nn.Module):
+    """Base: ``sparse_layers`` (ModuleList, the shared trunk), ``heads`` (one per task) and per-task norm.
+
+    ``forward(x, task, weights=None)``: with ``weights`` (one dense tensor per trunk layer) the trunk is
+    computed functionally from those weights (the trainer's per-task evaluation view).
+    """
+
+    def task_modules(self, task):
+        """Modules whose parameters belong to ``task`` alone (head, per-task norm/bias)."""
+        raise NotImplementedError
+
+    def _trunk(self, i, x, weights):
+        layer = self.sparse_layers[i]
+        return layer(x) if weights is None else layer.functional(x, weights[i])
+
+    def set_task(self, task):
+        for m in self.modules():
+            if isinstance(m, TaskBatchNorm2d):
+                m.task = task
+
+
+class MLP(ContinualModel):
+    """``in -> [width]*depth -> head_t``, ReLU, a per-task bias after each sparse layer."""
+
+    def __init__(self, in_features, n_classes, n_tasks, width=1024, depth=2, mode="sparse"):
+        super().__init__()
+        dims = [in_features] + [width] * depth
+        self.sparse_layers = nn.ModuleList(make_linear(a, b, mode) for a, b in zip(dims[:-1], dims[1:]))
+        self.biases = nn.ModuleList(nn.ParameterList(nn.Parameter(torch.zeros(width)) for _ in range(depth))
+                                    for _ in range(n_tasks))
+        self.heads = nn.ModuleList(nn.Linear(width, c) for c in n_classes)
+
+    def task_modules(self, task):
+        return [self.biases[task], self.heads[task]]
+
+    def forward(self, x, task, weights=None):
+        x = x.flatten(1)
+        for i in range(len(self.sparse_layers)):
+            x = F.relu(self._trunk(i, x, weights) + self.biases[task][i])
+        return self.heads[task](x)
+
+
+class SmallCNN(ContinualModel):
+    """Three 3x3 conv blocks (channels c, 2c, 4c; BN per task; ReLU; 2x2 max-pool) and a per-task linear head."""
+
+    def __init__(self, in_channels, n_classes, n_tasks, width=32, mode="sparse"):
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width]
+        self.sparse_layers = nn.ModuleList(MaskedConv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.norms = nn.ModuleList(TaskBatchNorm2d(c, n_tasks) for c in chans[1:])
+        self.heads = nn.ModuleList(nn.Linear(chans[-1], c) for c in n_classes)
+
+    def task_modules(self, task):
+        return [n.bns[task] for n in self.norms] + [self.heads[task]]
+
+    def forward(self, x, task, weights=None):
+        self.set_task(task)
+        for i in range(len(self.sparse_layers)):
+            x = F.max_pool2d(F.relu(self.norms[i](self._trunk(i, x, weights))), 2)
+        return self.heads[task](x.mean((2, 3)))
+
+
+class ResNet18(ContinualModel):
+    """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool); ``width`` = first stage channels."""
+
+    def __init__(self, in_channels, n_classes, n_tasks, width=64, mode="sparse"):
+        super().__init__()
+        convs, norms = [], []
+
+        def conv(a, b, k, s):
+            convs.append(MaskedConv2d(a, b, k, stride=s, padding=k // 2))
+            norms.append(TaskBatchNorm2d(b, n_tasks))
+            return len(convs) - 1
+
+        self.stem = conv(in_channels, width, 3, 1)
+        self.blocks = []
+        c = width
+        for stage, mult in enumerate((1, 2, 4, 8)):
+            out = width * mult
+            for b in range(2):
+                s = 2 if stage > 0 and b == 0 else 1
+                c1, c2 = conv(c, out, 3, s), conv(out, out, 3, 1)
+                sc = conv(c, out, 1, s) if (s != 1 or c != out) else None
+                self.blocks.append((c1, c2, sc))
+                c = out
+        self.sparse_layers = nn.ModuleList(convs)
+        self.norms = nn.ModuleList(norms)
+        self.heads = nn.ModuleList(nn.Linear(c, n) for n in n_classes)
+
+    def task_modules(self, task):
+        return [n.bns[task] for n in self.norms] + [self.heads[task]]
+
+    def _cbn(self, i, x, weights):
+        return self.norms[i](self._trunk(i, x, weights))
+
+    def forward(self, x, task, weights=None):
+        self.set_task(task)
+        x = F.relu(self._cbn(self.stem, x, weights))
+        for c1, c2, sc in self.blocks:
+            h = F.relu(self._cbn(c1, x, weights))
+            h = self._cbn(c2, h, weights)
+            x = F.relu(h + (x if sc is None else self._cbn(sc, x, weights)))
+        return self.heads[task](x.mean((2, 3)))
+
+
+class MobileNetV2(ContinualModel):
+    """MobileNetV2 (CIFAR variant: stride-1 stem, strides at stages 3, 4, 6); ``width`` multiplies channels."""
+
+    CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, in_channels, n_classes, n_tasks, width=1.0, mode="sparse"):
+        super().__init__()
+        convs, norms = [], []
+
+        def conv(a, b, k, s=1, groups=1):
+            convs.append(MaskedConv2d(a, b, k, stride=s, padding=k // 2, groups=groups))
+            norms.append(TaskBatchNorm2d(b, n_tasks))
+            return len(convs) - 1
+
+        ch = lambda c: max(8, int(round(c * width / 8)) * 8)  # noqa: E731
+        c = ch(32)
+        self.stem = conv(in_channels, c, 3)
+        self.blocks = []
+        for t, out, n, s in self.CFG:
+            out = ch(out)
+            for i in range(n):
+                hidden = c * t
+                ex = conv(c, hidden, 1) if t != 1 else None
+                dw = conv(hidden, hidden, 3, s if i == 0 else 1, groups=hidden)
+                pw = conv(hidden, out, 1)
+                self.blocks.append((ex, dw, pw, (s if i == 0 else 1) == 1 and c == out))
+                c = out
+        self.last = conv(c, ch(1280) if width > 1.0 else 1280, 1)
+        self.sparse_layers = nn.ModuleList(convs)
+        self.norms = nn.ModuleList(norms)
+        self.heads = nn.ModuleList(nn.Linear(convs[self.last].out_ch, n) for n in n_classes)
+
+    def task_modules(self, task):
+        return [n.bns[task] for n in self.norms] + [self.heads[task]]
+
+    def _cbn(self, i, x, weights):
+        return self.norms[i](self._trunk(i, x, weights))
+
+    def forward(self, x, task, weights=None):
+        self.set_task(task)
+        x = F.relu6(self._cbn(self.stem, x, weights))
+        for ex, dw, pw, residual in self.blocks:
+            h = x if ex is None else F.relu6(self._cbn(ex, x, weights))
+            h = self._cbn(pw, F.relu6(self._cbn(dw, h, weights)), weights)
+            x = x + h if residual else h
+        x = F.relu6(self._cbn(self.last, x, weights))
+        return self.heads[task](x.mean((2, 3)))
+
+
+MODELS = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "mobilenetv2": MobileNetV2}
+
+
+def build_model(name, tasks, mode="sparse", width=None, depth=None):
+    """Model ``name`` for a task list (input shape and classes per task taken from the data)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    x = tasks[0].x_train
+    n_classes = [t.n_classes for t in tasks]
+    kw = {"mode": mode}
+    if width is not None:
+        kw["width"] = width
+    if name == "mlp":
+        if depth is not None:
+            kw["depth"] = depth
+        return MLP(math.prod(x.shape[1:]), n_classes, len(tasks), **kw)
+    if x.dim() != 4:
+        raise ValueError(f"model {name!r} needs image inputs [N, C, H, W], got {tuple(x.shape)}")
+    return MODELS[name](x.shape[1], n_classes, len(tasks), **kw)
+
+
+def init_values(layer, shape, generator):
+    """Fresh values for newly allocated positions: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as nn.Linear/Conv2d."""
+    fan_in = layer.dst_mask().shape[1]
+    bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound

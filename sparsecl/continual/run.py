@@ -1,0 +1,224 @@
+"""``sparsecl continual``: config handling, the run(s), metrics.json, the heatmap and the printed summary."""
+import copy
+import hashlib
+import json
+import os
+
+import yaml
+
+from ..io import write_json_atomic
+from .trainer import DEFAULTS, ContinualTrainer, merge_config
+
+# flag -> dotted config key (every flag here is documented in the README and tested)
+FLAGS = {
+    "out": "out", "dataset": "data.name", "data_root": "data.root", "tasks": "data.n_tasks", "model": "model.name",
+    "width": "model.width", "depth": "model.depth", "density": "density", "init": "init", "growth": "growth",
+    "update_every": "update_every", "drop_fraction": "drop_fraction", "epochs": "epochs",
+    "batch_size": "batch_size", "optimizer": "optimizer.name", "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum", "seed": "seed",
+    "threads": "threads", "checkpoint_every": "checkpoint_every", "device": "device",
+}
+
+
+def set_dotted(cfg, key, value):
+    parts = key.split(".")
+    d = cfg
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            raise ValueError(f"unknown config key {key!r}")
+        d = d[p]
+    if parts[-1] not in d:
+        raise ValueError(f"unknown config key {key!r}; known: {sorted(_keys(DEFAULTS))}")
+    d[parts[-1]] = value
+
+
+def _keys(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _keys(v, prefix + k + ".")
+        else:
+            yield prefix + k
+
+
+def build_config(args):
+    cfg = copy.deepcopy(DEFAULTS)
+    for path in args.config or []:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must be a YAML mapping")
+        unknown = set(_keys(loaded)) - set(_keys(DEFAULTS))
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        cfg = merge_config(cfg, loaded)
+    for flag, key in FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            set_dotted(cfg, key, v)
+    if args.dense_masked:
+        cfg["mode"] = "dense-masked"
+    if args.compare_dense_masked:
+        cfg["compare_dense_masked"] = True
+    if args.resume:
+        cfg["resume"] = True
+    if args.no_progress:
+        cfg["progress"] = False
+    for item in args.overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must be key=value (e.g. model.width=512)")
+        k, v = item.split("=", 1)
+        set_dotted(cfg, k.strip(), yaml.safe_load(v))
+    return cfg
+
+
+def add_arguments(p):
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.width=512")
+    p.add_argument("--config", "-c", action="append", help="YAML config file (repeatable; later ones win)")
+    p.add_argument("--out", help="output directory (metrics.json, log.csv, acc_matrix.png, checkpoint.pt)")
+    p.add_argument("--dataset", choices=["digits", "cifar100", "miniimagenet"])
+    p.add_argument("--data-root", dest="data_root", help="directory holding the image dataset files")
+    p.add_argument("--tasks", type=int, help="number of tasks")
+    p.add_argument("--model", choices=["mlp", "cnn", "resnet18", "mobilenetv2"])
+    p.add_argument("--width", type=float_or_int, help="MLP/CNN width (MobileNetV2: width multiplier)")
+    p.add_argument("--depth", type=int, help="MLP hidden layers")
+    p.add_argument("--density", type=density_arg, help="per-task density of new weights, or 'adaptive'")
+    p.add_argument("--init", choices=["erk", "er", "uniform", "adaptive"])
+    p.add_argument("--growth", choices=["random", "unfired", "gradient", "momentum", "adaptive"])
+    p.add_argument("--update-every", dest="update_every", type=int, help="steps between DST updates")
+    p.add_argument("--drop-fraction", dest="drop_fraction", type=float, help="initial drop fraction (cosine decay)")
+    p.add_argument("--epochs", type=int, help="epochs per task")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads (0: torch default)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps between mid-task checkpoints")
+    p.add_argument("--device")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--dense-masked", action="store_true", help="baseline: dense weight * mask with F.linear")
+    p.add_argument("--compare-dense-masked", action="store_true",
+                   help="also run the same configuration with --dense-masked and report measured ratios")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def float_or_int(s):
+    v = float(s)
+    return int(v) if v.is_integer() else v
+
+
+def density_arg(s):
+    return s if s == "adaptive" else float(s)
+
+
+def _init_distributed():
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def masks_digest(trainer):
+    h = hashlib.sha256()
+    for m, o in zip(trainer.masks(), trainer.own.owner):
+        h.update(m.cpu().numpy().tobytes())
+        h.update(o.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def ratios(sparse, dense):
+    """Measured sparse/dense-masked ratios from two finished runs of the same configuration."""
+    def tp(r):
+        return sum(t["samples"] for t in r["tasks"]) / sum(t["train_seconds"] for t in r["tasks"])
+
+    def wo(st):
+        return st["params"] + st["optimizer"]
+
+    mem = [wo(s) / wo(d) for s, d in zip(sparse["state_bytes_per_task"], dense["state_bytes_per_task"])]
+    return {
+        "train_speedup": tp(sparse) / tp(dense),
+        "train_speedup_per_task": [a / b for a, b in zip(sparse["throughput_samples_per_s"],
+                                                           dense["throughput_samples_per_s"])],
+        "weight_optimizer_memory_ratio_per_task": mem,
+        "weight_optimizer_memory_ratio_max": max(mem),
+        "weight_optimizer_bytes": {"sparse": [wo(s) for s in sparse["state_bytes_per_task"]],
+                                   "dense_masked": [wo(d) for d in dense["state_bytes_per_task"]]},
+        "note": "throughput = training samples / training seconds (forward, backward, optimizer, DST updates), "
+                "both runs in this process; memory = parameter + optimizer-state bytes of the trunk layers "
+                "at the end of each task",
+    }
+
+
+def heatmap(acc, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = len(acc)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * T, 0.8 + 0.7 * T))
+    im = ax.imshow([[a if a is not None else float("nan") for a in r] for r in acc], vmin=0, vmax=1, cmap="viridis")
+    for i in range(T):
+        for j in range(T):
+            if acc[i][j] is not None:
+                ax.text(j, i, f"{acc[i][j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if acc[i][j] < 0.6 else "black")
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after training task i")
+    ax.set_xticks(range(T), [str(j + 1) for j in range(T)])
+    ax.set_yticks(range(T), [str(i + 1) for i in range(T)])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_matrix(acc):
+    T = len(acc)
+    lines = ["after\\task " + " ".join(f"{j + 1:>6}" for j in range(T))]
+    for i, row in enumerate(acc):
+        lines.append(f"{i + 1:>10} " + " ".join(f"{a:6.3f}" for a in row))
+    return "\n".join(lines)
+
+
+def main(args):
+    cfg = build_config(args)
+    rank = _init_distributed()
+    out = cfg["out"]
+    result = {}
+    if cfg["compare_dense_masked"] and cfg["mode"] == "sparse":
+        dcfg = merge_config(cfg, {"mode": "dense-masked", "out": os.path.join(out, "dense-masked"),
+                                  "compare_dense_masked": False})
+        dense = ContinualTrainer(dcfg).run()
+        sparse_trainer = ContinualTrainer(cfg)
+        res = sparse_trainer.run()
+        res["dense_masked"] = {k: dense[k] for k in ("ACC", "BWT", "acc_matrix", "train_seconds",
+                                                      "throughput_samples_per_s", "state_bytes_per_task")}
+        res["vs_dense_masked"] = ratios(res, dense)
+    else:
+        sparse_trainer = ContinualTrainer(cfg)
+        res = sparse_trainer.run()
+    res["mask_sha256"] = masks_digest(sparse_trainer)
+    if rank != 0:
+        write_json_atomic(os.path.join(out, f"rank{rank}.json"), {"mask_sha256": res["mask_sha256"]})
+        return 0
+    write_json_atomic(os.path.join(out, "metrics.json"), res)
+    result = res
+    heatmap(res["acc_matrix"], os.path.join(out, "acc_matrix.png"),
+            f"{cfg['data']['name']} {cfg['model']['name']} d={cfg['density']} {cfg['mode']}: "
+            f"ACC {res['ACC']:.3f} BWT {res['BWT']:+.4f}")
+    print("accuracy matrix acc[i][j] (test accuracy on task j after training task i):")
+    print(format_matrix(result["acc_matrix"]))
+    print(f"ACC {res['ACC']:.4f}  BWT {res['BWT']:+.4f}  FWT {res['FWT']:+.4f}  forgetting {res['forgetting']:.4f}")
+    print(f"train time {res['train_seconds']:.1f} s ({cfg['mode']}), peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB")
+    if "vs_dense_masked" in res:
+        v = res["vs_dense_masked"]
+        print(f"measured training speedup over --dense-masked (same config, this run): {v['train_speedup']:.2f}x "
+              f"(per task: {' '.join(f'{s:.2f}' for s in v['train_speedup_per_task'])}); "
+              f"weight+optimizer memory vs dense-masked: max {v['weight_optimizer_memory_ratio_max']:.3f}x "
+              f"(per task: {' '.join(f'{s:.3f}' for s in v['weight_optimizer_memory_ratio_per_task'])})")
+    print(f"wrote {os.path.join(out, 'metrics.json')}, acc_matrix.png, log.csv, checkpoint.pt")
+    return 0

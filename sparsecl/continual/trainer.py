@@ -1,0 +1,418 @@
+"""Task-incremental continual learning with dynamic sparse training (DST) on a shared sparse trunk.
+
+Per task t (owner id t+1; owner 0 = free):
+  1. allocate: each trunk layer gets ``round(d_l * numel)`` new positions drawn at random from its free
+     positions (``d_l`` from ``sparsecl.dst.layer_densities`` at the task density; clipped to what is free).
+     All frozen positions of earlier tasks stay in the layer's mask and are reused (read, never written).
+  2. train with the DST engine, restricted by ``eligible = (owner == 0)``: frozen positions can never be
+     dropped or grown; the drop fraction restarts its cosine decay each task.
+  3. freeze: ``owner[mask & owner == 0] = t + 1``.
+Ownership is one uint8 per weight position (``Ownership.owner``), not per-task masks.
+
+Frozen weights are bit-identical through later tasks under any optimizer: their gradient is zeroed, and
+the optimizer step is wrapped (``FrozenGuard``) so weight decay / momentum / Adam moments cannot move them
+(the frozen values are gathered before ``optimizer.step()`` and scattered back after it).
+
+Evaluation of task j uses the trunk view ``owner in 1..j+1`` (the weights task j was trained with) plus
+head j and task j's normalisation, so later tasks cannot change task j's predictions.
+"""
+import copy
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import metrics as M
+from .checkpoint import load_checkpoint, save_checkpoint
+from .models import build_model, init_values
+
+DEFAULTS = {
+    "data": {"name": "digits", "root": None, "n_tasks": 5, "seed": 0},
+    "model": {"name": "mlp", "width": 1024, "depth": 2},
+    "mode": "sparse",                # sparse | dense-masked
+    "density": 0.1,                  # per-task density of new weights, or "adaptive"
+    "init": "erk",                   # erk | er | uniform | adaptive
+    "growth": "gradient",            # random | unfired | gradient | momentum | adaptive
+    "prune": "magnitude",
+    "drop_fraction": 0.5,
+    "drop_fraction_end": 0.005,      # cosine decay from drop_fraction, restarted per task
+    "update_every": 20,
+    "epochs": 10,
+    "batch_size": 64,
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+    "seed": 0,
+    "out": "runs/continual",
+    "checkpoint_every": 0,           # steps between mid-task checkpoints (0: only at task ends)
+    "resume": False,
+    "compare_dense_masked": False,   # also run mode=dense-masked and report measured speed/memory ratios
+    "threads": 0,
+    "progress": True,
+    "device": "cpu",
+    "stop_after_steps": 0,           # testing aid: exit (as if killed) after this many global steps
+}
+
+ADAPTIVE_RULES = {
+    # density >= 0.1 (low sparsity): ERK; below: uniform (the paper's reported robustness at high sparsity)
+    "init": lambda d: "erk" if d >= 0.1 else "uniform",
+    # growth: gradient with ERK at low sparsity, random exploration at high sparsity
+    "growth": lambda d: "gradient" if d >= 0.1 else "random",
+}
+
+
+def merge_config(base, override):
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class Ownership:
+    """uint8 owner index per trunk-layer position (0 = free, t+1 = frozen by task t)."""
+
+    def __init__(self, layers):
+        self.owner = [torch.zeros(l.dst_mask().shape, dtype=torch.uint8, device=l.dst_mask().device)
+                      for l in layers]
+
+    def free(self, i):
+        return self.owner[i] == 0
+
+    def view(self, i, task):
+        """Bool mask of positions task ``task`` (0-based) reads: owned by tasks 0..task."""
+        o = self.owner[i]
+        return (o != 0) & (o <= task + 1)
+
+    def freeze(self, layers, task):
+        for o, l in zip(self.owner, layers):
+            o[l.dst_mask() & (o == 0)] = task + 1
+
+    def capacity(self, layers):
+        """Fraction of each layer's positions owned by some task."""
+        return [float((o != 0).float().mean()) if o.numel() else 0.0 for o in self.owner]
+
+
+class FrozenGuard:
+    """Keeps frozen entries of each trunk ``sparse_parameter`` bit-identical across optimizer steps."""
+
+    def __init__(self, layers, ownership):
+        self.layers, self.ownership = layers, ownership
+        self.refresh()
+
+    def refresh(self):
+        """Recompute flat indices of frozen entries (call after any topology change)."""
+        self.index = []
+        for i, l in enumerate(self.layers):
+            p, frozen = l.sparse_parameter, ~self.ownership.free(i)
+            if p.numel() == frozen.numel():  # dense storage: parameter laid out like the mask
+                idx = frozen.flatten().nonzero().squeeze(1)
+            else:  # compact storage: values in row-major order of the mask (CSR order)
+                idx = frozen.flatten()[l.dst_mask().flatten()].nonzero().squeeze(1)
+            self.index.append(idx)
+
+    def zero_grads(self):
+        for l, idx in zip(self.layers, self.index):
+            g = l.sparse_parameter.grad
+            if g is not None and idx.numel():
+                g.view(-1).index_fill_(0, idx, 0.0)
+
+    def step(self, optimizer):
+        saved = [l.sparse_parameter.detach().view(-1)[idx].clone() for l, idx in zip(self.layers, self.index)]
+        optimizer.step()
+        with torch.no_grad():
+            for l, idx, v in zip(self.layers, self.index, saved):
+                if idx.numel():
+                    l.sparse_parameter.view(-1).index_copy_(0, idx, v)
+
+
+def make_optimizer(params, cfg):
+    name = cfg["name"].lower()
+    lr, wd = float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.0)), weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"optimizer must be sgd, adam or adamw, got {cfg['name']!r}")
+
+
+def _resolve(cfg, density):
+    init = ADAPTIVE_RULES["init"](density) if cfg["init"] == "adaptive" else cfg["init"]
+    growth = ADAPTIVE_RULES["growth"](density) if cfg["growth"] == "adaptive" else cfg["growth"]
+    return init, growth
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+class ContinualTrainer:
+    """Runs the whole task sequence; ``run()`` returns the metrics dict (also written to ``out/metrics.json``)."""
+
+    def __init__(self, cfg, tasks=None):
+        self.cfg = merge_config(DEFAULTS, cfg)
+        c = self.cfg
+        self.dist, self.rank, self.world = _dist()
+        self.device = torch.device(c["device"])
+        self.tasks = tasks if tasks is not None else _load(c)
+        torch.manual_seed(c["seed"])
+        m = c["model"]
+        self.model = build_model(m["name"], self.tasks, mode=c["mode"], width=m.get("width"),
+                                 depth=m.get("depth")).to(self.device)
+        self.layers = list(self.model.sparse_layers)
+        self.own = Ownership(self.layers)
+        self.T = len(self.tasks)
+        self.acc = [[None] * self.T for _ in range(self.T)]
+        self.baseline = None
+        self.log = []  # per-task records
+        self.out = c["out"]
+        self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+
+    # -- allocation -----------------------------------------------------------------------------
+    def task_density(self, t):
+        d = self.cfg["density"]
+        if d == "adaptive":
+            total = sum(o.numel() for o in self.own.owner)
+            free = sum(int((o == 0).sum()) for o in self.own.owner)
+            return free / total / (self.T - t)
+        d = float(d)
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"density must be in [0, 1] or 'adaptive', got {d}")
+        return d
+
+    def allocate(self, t, density, init):
+        from ..dst import layer_densities
+
+        shapes = [tuple(l.dst_mask().shape) for l in self.layers]
+        dens = layer_densities(shapes, density, init=init)
+        g = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + t)
+        for i, (l, d) in enumerate(zip(self.layers, dens)):
+            free = self.own.free(i).flatten()
+            n_free = int(free.sum())
+            n = min(int(round(d * free.numel())), n_free)
+            pick = free.nonzero().squeeze(1)[torch.randperm(n_free, generator=g)[:n]]
+            new = torch.zeros_like(free)
+            new[pick] = True
+            mask = (~self.own.free(i)).flatten() | new
+            w = l.dense_weight().detach().flatten().clone()
+            w[pick] = init_values(l, (n,), g).to(w)
+            l.set_weight_and_mask(w.view(l.dst_mask().shape), mask.view(l.dst_mask().shape))
+        self.layers = list(self.model.sparse_layers)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, j, upto, batch=512):
+        """Test accuracy of task j through the trunk view of tasks 0..upto (None: the live weights)."""
+        task = self.tasks[j]
+        was = self.model.training
+        self.model.eval()
+        weights = None
+        if upto is not None:
+            weights = [l.dense_weight() * self.own.view(i, upto) for i, l in enumerate(self.layers)]
+        correct = 0
+        for s in range(0, len(task.y_test), batch):
+            x = task.prepare(task.x_test[s:s + batch].to(self.device))
+            correct += int((self.model(x, j, weights).argmax(1) == task.y_test[s:s + batch].to(self.device)).sum())
+        self.model.train(was)
+        return correct / max(1, len(task.y_test))
+
+    # -- one task ----------------------------------------------------------------------------------
+    def _steps_per_epoch(self, t):
+        n = len(self.tasks[t].y_train)
+        return max(1, math.ceil(n / self.cfg["batch_size"]))
+
+    def _batch(self, t, step):
+        task, bs = self.tasks[t], self.cfg["batch_size"]
+        spe = self._steps_per_epoch(t)
+        epoch, k = divmod(step, spe)
+        g = torch.Generator().manual_seed(hash((self.cfg["seed"], t, epoch)) & 0x7FFFFFFF)
+        idx = torch.randperm(len(task.y_train), generator=g)[k * bs:(k + 1) * bs]
+        idx = idx[self.rank::self.world]
+        return task.prepare(task.x_train[idx].to(self.device)), task.y_train[idx].to(self.device)
+
+    def _make_dst(self, optimizer, growth, total_steps):
+        from ..dst import DST
+
+        c = self.cfg
+        return DST(self.model, optimizer, layers=self.layers, prune=c["prune"], growth=growth,
+                   drop_fraction=c["drop_fraction"], drop_fraction_end=c["drop_fraction_end"],
+                   decay="cosine", update_every=c["update_every"], end_step=total_steps,
+                   eligible=[self.own.free(i) for i in range(len(self.layers))],
+                   seed=c["seed"] * 1000 + 17)
+
+    def _task_setup(self, t):
+        c = self.cfg
+        density = self.task_density(t)
+        init, growth = _resolve(c, density)
+        self.model.train()
+        params = [l.sparse_parameter for l in self.layers]
+        for m in self.model.task_modules(t):
+            params += list(m.parameters())
+        opt = make_optimizer(params, c["optimizer"])
+        total = self._steps_per_epoch(t) * c["epochs"]
+        dst = self._make_dst(opt, growth, total)
+        return density, init, growth, opt, dst, total
+
+    def _sync_grads(self, params):
+        if self.world > 1:
+            for p in params:
+                if p.grad is not None:
+                    self.dist.all_reduce(p.grad)
+                    p.grad.div_(self.world)
+
+    def train_task(self, t, start_step=0, state=None):
+        c = self.cfg
+        density, init, growth, opt, dst, total = self._task_setup(t)
+        if state is not None:
+            opt.load_state_dict(state["optimizer"])
+            dst.load_state_dict(state["dst"])
+        guard = FrozenGuard(self.layers, self.own)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        rec = state["record"] if state is not None else {"task": t, "density": density, "init": init,
+                                                         "growth": growth, "train_seconds": 0.0, "samples": 0,
+                                                         "steps": 0}
+        bar = _progress(c, total, start_step, f"task {t + 1}/{self.T}", self.rank)
+        for step in range(start_step, total):
+            t0 = time.perf_counter()
+            x, y = self._batch(t, step)
+            loss = F.cross_entropy(self.model(x, t), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._sync_grads(params)
+            guard.zero_grads()
+            guard.step(opt)
+            if dst.step():
+                guard.refresh()
+            rec["train_seconds"] += time.perf_counter() - t0
+            rec["samples"] += len(y) * self.world
+            rec["steps"] += 1
+            self.global_step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if c["checkpoint_every"] and (step + 1) % c["checkpoint_every"] == 0 and step + 1 < total:
+                self.save(t, step + 1, {"optimizer": opt.state_dict(), "dst": dst.state_dict(), "record": rec})
+            if c["stop_after_steps"] and self.global_step >= c["stop_after_steps"]:
+                raise SystemExit(f"stop_after_steps={c['stop_after_steps']} reached (testing aid)")
+        if bar is not None:
+            bar.close()
+        rec["state_bytes"] = M.state_bytes(self.layers, opt)
+        rec["owner_bytes"] = sum(o.numel() for o in self.own.owner)
+        rec["throughput"] = rec["samples"] / rec["train_seconds"] if rec["train_seconds"] else None
+        rec["drop_steps"] = getattr(dst, "num_updates", None)
+        return rec
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, task, step, task_state):
+        if self.rank != 0:
+            return
+        trunk = [{"values": l.dense_weight().detach()[l.dst_mask()], "mask": l.dst_mask().clone()}
+                 for l in self.layers]
+        rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith("sparse_layers.")}
+        save_checkpoint(self.ckpt_path, {
+            "config": json.dumps(self.cfg, default=str), "task": task, "step": step, "global_step": self.global_step,
+            "trunk": trunk, "model": rest, "owner": list(self.own.owner),
+            "acc": json.dumps(self.acc), "baseline": json.dumps(self.baseline), "log": json.dumps(self.log),
+            "task_state": task_state, "rng": torch.get_rng_state()})
+
+    def load(self):
+        s = load_checkpoint(self.ckpt_path)
+        for l, tr in zip(self.layers, s["trunk"]):
+            w = torch.zeros(tr["mask"].shape, dtype=tr["values"].dtype)
+            w[tr["mask"]] = tr["values"]
+            l.set_weight_and_mask(w, tr["mask"])
+        self.layers = list(self.model.sparse_layers)
+        missing, unexpected = self.model.load_state_dict(s["model"], strict=False)
+        if unexpected or any(not k.startswith("sparse_layers.") for k in missing):
+            raise ValueError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+        for o, so in zip(self.own.owner, s["owner"]):
+            o.copy_(so)
+        self.acc, self.baseline, self.log = json.loads(s["acc"]), json.loads(s["baseline"]), json.loads(s["log"])
+        torch.set_rng_state(s["rng"])
+        self.global_step = s["global_step"]
+        return s["task"], s["step"], s["task_state"]
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self):
+        c = self.cfg
+        if c["threads"]:
+            torch.set_num_threads(int(c["threads"]))
+        os.makedirs(self.out, exist_ok=True)
+        self.global_step = 0
+        t0, step0, state = 0, 0, None
+        if c["resume"] and os.path.exists(self.ckpt_path):
+            t0, step0, state = self.load()
+            if state is None:  # checkpoint written at a task end: continue with the next task
+                t0, step0 = t0 + 1, 0
+        for t in range(t0, self.T):
+            if step0 == 0:
+                density = self.task_density(t)
+                self.allocate(t, density, _resolve(c, density)[0])
+                if self.baseline is None:
+                    # FWT baseline: every task through the randomly initialised first subnetwork + its random head
+                    self.baseline = [self.evaluate(j, None) for j in range(self.T)]
+            rec = self.train_task(t, step0, state)
+            step0, state = 0, None
+            self.own.freeze(self.layers, t)
+            rec["capacity"] = self.own.capacity(self.layers)
+            rec["peak_rss_bytes"] = M.peak_rss_bytes()
+            rec["peak_device_bytes"] = M.peak_device_bytes(self.device)
+            for j in range(self.T):
+                self.acc[t][j] = self.evaluate(j, min(j, t))
+            rec["acc_row"] = self.acc[t]
+            self.log.append(rec)
+            self.save(t, 0, None)
+            if self.rank == 0:
+                _append_csv(os.path.join(self.out, "log.csv"), rec)
+        return self.finish()
+
+    def masks(self):
+        return [l.dst_mask().clone() for l in self.layers]
+
+    def finish(self):
+        res = {"config": self.cfg, "acc_matrix": self.acc, "baseline_acc": self.baseline,
+               **M.summary(self.acc, self.baseline),
+               "per_task_seconds": [r["train_seconds"] for r in self.log],
+               "throughput_samples_per_s": [r["throughput"] for r in self.log],
+               "train_seconds": sum(r["train_seconds"] for r in self.log),
+               "peak_rss_bytes": max(r["peak_rss_bytes"] for r in self.log),
+               "peak_device_bytes": self.log[-1]["peak_device_bytes"],
+               "capacity_per_layer": [r["capacity"] for r in self.log],
+               "state_bytes_per_task": [r["state_bytes"] for r in self.log],
+               "owner_index_bytes": self.log[-1]["owner_bytes"],
+               "tasks": self.log, "world_size": self.world}
+        return res
+
+
+def _load(c):
+    from .data import load_tasks
+
+    d = c["data"]
+    return load_tasks(d["name"], n_tasks=d.get("n_tasks"), root=d.get("root"), seed=d.get("seed", 0))
+
+
+def _progress(c, total, start, desc, rank):
+    if not c["progress"] or rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _append_csv(path, rec):
+    cols = ["task", "density", "init", "growth", "steps", "samples", "train_seconds", "throughput", "peak_rss_bytes"]
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write(",".join(cols + ["acc_row", "capacity"]) + "\n")
+        f.write(",".join(str(rec[k]) for k in cols) + ',"' + " ".join(f"{a:.4f}" for a in rec["acc_row"] if a is not None)
+                + '","' + " ".join(f"{x:.4f}" for x in rec["capacity"]) + '"\n')

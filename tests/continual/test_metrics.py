@@ -1,0 +1,37 @@
+import pytest
+
+from sparsecl.continual import metrics as M
+
+
+def test_metrics_on_a_hand_matrix():
+    acc = [[0.9, 0.1, 0.2],
+           [0.8, 0.95, 0.3],
+           [0.7, 0.9, 1.0]]
+    base = [0.5, 0.15, 0.25]
+    assert M.average_accuracy(acc) == pytest.approx((0.7 + 0.9 + 1.0) / 3)
+    assert M.backward_transfer(acc) == pytest.approx(((0.7 - 0.9) + (0.9 - 0.95)) / 2)
+    assert M.forward_transfer(acc, base) == pytest.approx(((0.1 - 0.15) + (0.3 - 0.25)) / 2)
+    assert M.forgetting(acc) == pytest.approx(((0.9 - 0.7) + (0.95 - 0.9)) / 2)
+    s = M.summary(acc, base)
+    assert set(s) == {"ACC", "BWT", "FWT", "forgetting"}
+
+
+def test_single_task_and_bad_shapes():
+    assert M.backward_transfer([[0.5]]) == 0.0 and M.forgetting([[0.5]]) == 0.0
+    with pytest.raises(ValueError, match="square"):
+        M.average_accuracy([[0.1, 0.2]])
+    with pytest.raises(ValueError, match="baseline"):
+        M.forward_transfer([[1.0, 0.0], [1.0, 1.0]], [0.5])
+
+
+def test_state_bytes_counts_params_buffers_and_optimizer_state():
+    import torch
+
+    lin = torch.nn.Linear(10, 4)
+    lin.register_buffer("m", torch.zeros(4, 10, dtype=torch.bool))
+    opt = torch.optim.Adam(lin.parameters())
+    lin(torch.randn(2, 10)).sum().backward()
+    opt.step()
+    b = M.state_bytes([lin], opt)
+    assert b == {"params": 44 * 4, "buffers": 40, "optimizer": 2 * 44 * 4}
+    assert M.peak_rss_bytes() > 0
