@@ -187,6 +187,16 @@ def format_matrix(acc):
 def main(args):
     cfg = build_config(args)
     rank = _init_distributed()
+    try:
+        return _main(cfg, rank)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(cfg, rank):
     out = cfg["out"]
     result = {}
     if cfg["compare_dense_masked"] and cfg["mode"] == "sparse":
