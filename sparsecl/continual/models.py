@@ -71,6 +71,9 @@ class DenseMaskedLinear(nn.Module):
         self._mask.copy_(new_mask)
         return src
 
+    def dst_module(self):
+        return self
+
     def set_weight_and_mask(self, weight, mask):
         with torch.no_grad():
             self.weight.copy_(weight.reshape(self.weight.shape) * mask.reshape(self.weight.shape))
@@ -91,15 +94,16 @@ class MaskedConv2d(nn.Module):
 
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, device=None, dtype=None):
         super().__init__()
-        self.in_ch, self.out_ch, self.k = in_ch, out_ch, kernel_size
-        self.stride, self.padding, self.groups = stride, padding, groups
+        self.in_channels, self.out_channels, self.groups = in_ch, out_ch, groups
+        # nn.Conv2d attribute names, so code that handles convs (the DST engine's dense-gradient hook) sees one
+        self.kernel_size, self.stride, self.padding, self.dilation = (kernel_size,) * 2, (stride,) * 2, (padding,) * 2, (1, 1)
         shape = (out_ch, in_ch // groups, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
         self.register_buffer("_mask", torch.zeros(out_ch, shape[1] * kernel_size ** 2, dtype=torch.bool,
                                                   device=device))
 
     def functional(self, x, w):
-        return F.conv2d(x, w.view(self.weight.shape), None, self.stride, self.padding, 1, self.groups)
+        return F.conv2d(x, w.view(self.weight.shape), None, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x):
         return self.functional(x, self.weight * self._mask.view(self.weight.shape))
@@ -115,14 +119,15 @@ class MaskedConv2d(nn.Module):
         return self._mask
 
     def dense_weight(self):
-        return self.weight.view(self.out_ch, -1) * self._mask
+        return self.weight.view(self.out_channels, -1) * self._mask
 
     set_topology = DenseMaskedLinear.set_topology
+    dst_module = DenseMaskedLinear.dst_module
     set_weight_and_mask = DenseMaskedLinear.set_weight_and_mask
 
     def extra_repr(self):
-        return (f"{self.in_ch}, {self.out_ch}, k={self.k}, stride={self.stride}, groups={self.groups}, "
-                f"nnz={int(self._mask.sum())}")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, nnz={int(self._mask.sum())}")
 
 
 def _sparse_linear_cls():
@@ -143,22 +148,23 @@ def make_linear(in_features, out_features, mode):
 
 
 class SparseTrunkLinear(nn.Module):
-    """Holds a ``sparsecl.nn.SparseLinear`` (bias-free) and swaps it for a new one when nnz changes."""
-
-    dst_block_size = 1
+    """Holds a bias-free ``sparsecl.nn.SparseLinear`` (``inner``, the module the DST engine sees) and
+    swaps it for a new one when a task boundary changes nnz."""
 
     def __init__(self, in_features, out_features):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.inner = _sparse_linear_cls().from_dense(
-            nn.Linear(in_features, out_features, bias=False),
-            mask=torch.zeros(out_features, in_features, dtype=torch.bool))
+        self.set_weight_and_mask(torch.zeros(out_features, in_features),
+                                 torch.zeros(out_features, in_features, dtype=torch.bool))
 
     def forward(self, x):
         return self.inner(x)
 
     def functional(self, x, w):
         return F.linear(x, w)
+
+    def dst_module(self):
+        return self.inner
 
     @property
     def sparse_parameter(self):
@@ -172,9 +178,6 @@ class SparseTrunkLinear(nn.Module):
 
     def dense_weight(self):
         return self.inner.dense_weight()
-
-    def set_topology(self, new_mask):
-        return self.inner.set_topology(new_mask)
 
     def set_weight_and_mask(self, weight, mask):
         lin = nn.Linear(self.in_features, self.out_features, bias=False)
@@ -331,7 +334,7 @@ class MobileNetV2(ContinualModel):
         self.last = conv(c, ch(1280) if width > 1.0 else 1280, 1)
         self.sparse_layers = nn.ModuleList(convs)
         self.norms = nn.ModuleList(norms)
-        self.heads = nn.ModuleList(nn.Linear(convs[self.last].out_ch, n) for n in n_classes)
+        self.heads = nn.ModuleList(nn.Linear(convs[self.last].out_channels, n) for n in n_classes)
 
     def task_modules(self, task):
         return [n.bns[task] for n in self.norms] + [self.heads[task]]

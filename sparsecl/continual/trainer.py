@@ -243,10 +243,14 @@ class ContinualTrainer:
         from ..dst import DST
 
         c = self.cfg
-        return DST(self.model, optimizer, layers=self.layers, prune=c["prune"], growth=growth,
-                   drop_fraction=c["drop_fraction"], drop_fraction_end=c["drop_fraction_end"],
-                   decay="cosine", update_every=c["update_every"], end_step=total_steps,
-                   eligible=[self.own.free(i) for i in range(len(self.layers))],
+        index = {id(l.dst_module()): i for i, l in enumerate(self.layers)}
+
+        def eligible(name, module):  # never drop or grow a position an earlier task owns
+            return self.own.free(index[id(module)])
+
+        return DST(self.model, optimizer, density=None, prune=c["prune"], growth=growth,
+                   update_every=c["update_every"], end_step=total_steps, drop_fraction=c["drop_fraction"],
+                   decay="cosine", final_drop_fraction=c["drop_fraction_end"], eligible=eligible,
                    seed=c["seed"] * 1000 + 17)
 
     def _task_setup(self, t):
@@ -290,7 +294,7 @@ class ContinualTrainer:
             self._sync_grads(params)
             guard.zero_grads()
             guard.step(opt)
-            if dst.step():
+            if dst.step() is not None:
                 guard.refresh()
             rec["train_seconds"] += time.perf_counter() - t0
             rec["samples"] += len(y) * self.world
@@ -308,7 +312,9 @@ class ContinualTrainer:
         rec["state_bytes"] = M.state_bytes(self.layers, opt)
         rec["owner_bytes"] = sum(o.numel() for o in self.own.owner)
         rec["throughput"] = rec["samples"] / rec["train_seconds"] if rec["train_seconds"] else None
-        rec["drop_steps"] = getattr(dst, "num_updates", None)
+        rec["dst_updates"] = len(dst.history)  # the engine state (history included) survives resume
+        rec["positions_changed"] = sum(sum(h["changed"].values()) for h in dst.history)
+        dst.remove()
         return rec
 
     # -- checkpoints -----------------------------------------------------------------------------

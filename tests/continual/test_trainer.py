@@ -74,6 +74,7 @@ def test_ownership_and_capacity(tmp_path, mode):
         counts = torch.bincount(o.flatten().long(), minlength=6)[1:]
         # uniform init: each task gets round(0.1 * numel) new positions (exact nnz through DST updates)
         assert counts.tolist() == [round(0.1 * o.numel())] * 5
+    assert all(r["dst_updates"] > 0 and r["positions_changed"] > 0 for r in res["tasks"])  # DST really ran
     caps = res["capacity_per_layer"]
     assert len(caps) == 5 and all(abs(c[0] - 0.1 * (t + 1)) < 0.01 for t, c in enumerate(caps))
 
