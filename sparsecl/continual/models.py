@@ -17,9 +17,11 @@ Layers (``mode``):
     ``nn.Conv2d`` weight times a mask, same DST protocol) in both modes. This is a documented fallback:
     CNN runs are correct but compute densely.
 
-All trunk layers implement the DST layer protocol (``dst_block_size``, ``dst_mask()``, ``dense_weight()``,
-``sparse_parameter``, ``set_topology``) and the continual trainer additionally uses ``set_weight_and_mask``
-(``replace_topology`` below) to change nnz at task boundaries.
+Trunk layers offer to the trainer: ``dst_module()`` (the module the DST engine updates), ``dst_mask()`` /
+``dense_weight()`` over all positions (frozen and trainable), ``sparse_parameter`` (trainable values),
+``allocate(new, values)`` at a task start, ``freeze()`` at its end, ``load_split`` on resume, and
+``functional(x, w)`` for the per-task evaluation view. ``DenseMaskedLinear``/``MaskedConv2d`` are themselves
+DST protocol layers (one dense weight; frozen entries protected by the trainer's FrozenGuard).
 """
 import math
 
@@ -74,11 +76,26 @@ class DenseMaskedLinear(nn.Module):
     def dst_module(self):
         return self
 
+    def set_trainable(self, free):
+        """Peer-library baseline: gradients are computed densely and masked; the trainer zeroes frozen ones."""
+
     def set_weight_and_mask(self, weight, mask):
         with torch.no_grad():
             self.weight.copy_(weight.reshape(self.weight.shape) * mask.reshape(self.weight.shape))
         self._mask.copy_(mask.reshape(self._mask.shape))
         return self
+
+    def allocate(self, new, values):
+        """Start a task: add the free positions ``new`` to the mask with ``values`` there."""
+        with torch.no_grad():
+            self.weight.view(-1)[new.flatten()] = values.flatten()[new.flatten()].to(self.weight)
+        self._mask |= new.reshape(self._mask.shape)
+
+    def freeze(self):
+        """Ownership alone protects frozen entries here (see FrozenGuard)."""
+
+    def load_split(self, weight, mask, owned):
+        self.set_weight_and_mask(weight, mask)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={int(self._mask.sum())}"
@@ -123,7 +140,11 @@ class MaskedConv2d(nn.Module):
 
     set_topology = DenseMaskedLinear.set_topology
     dst_module = DenseMaskedLinear.dst_module
+    set_trainable = DenseMaskedLinear.set_trainable
     set_weight_and_mask = DenseMaskedLinear.set_weight_and_mask
+    allocate = DenseMaskedLinear.allocate
+    freeze = DenseMaskedLinear.freeze
+    load_split = DenseMaskedLinear.load_split
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -148,17 +169,44 @@ def make_linear(in_features, out_features, mode):
 
 
 class SparseTrunkLinear(nn.Module):
-    """Holds a bias-free ``sparsecl.nn.SparseLinear`` (``inner``, the module the DST engine sees) and
-    swaps it for a new one when a task boundary changes nnz."""
+    """A trunk layer in two compact parts: ``y = csr_linear(x, frozen) + inner(x)``.
+
+    * frozen part: the weights earlier tasks own, as CSR values + index in buffers (no gradient, no
+      optimizer state, so they cannot move: bit-identity is structural, and optimizer memory scales with
+      the trainable nnz only);
+    * ``inner``: a bias-free ``sparsecl.nn.SparseLinear`` holding the current task's trainable weights,
+      the only module here the DST engine sees (its mask never contains a frozen position).
+    """
 
     def __init__(self, in_features, out_features):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.set_weight_and_mask(torch.zeros(out_features, in_features),
-                                 torch.zeros(out_features, in_features, dtype=torch.bool))
+        empty = torch.zeros(out_features, in_features, dtype=torch.bool)
+        self._set_frozen(torch.zeros(out_features, in_features), empty)
+        self._set_inner(torch.zeros(out_features, in_features), empty)
+
+    def _set_frozen(self, weight, mask):
+        from ..formats import CSRLayout
+
+        layout = CSRLayout.from_mask(mask)
+        self.frozen_layout = layout
+        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
+        for name, t in layout.index_tensors().items():
+            self.register_buffer("frozen_" + name, t)
+
+    def _set_inner(self, weight, mask):
+        lin = nn.Linear(self.in_features, self.out_features, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(weight * mask)
+        self.inner = _sparse_linear_cls().from_dense(lin, mask=mask)
 
     def forward(self, x):
-        return self.inner(x)
+        y = self.inner(x)
+        if self.frozen_values.numel():
+            from ..ops import csr_linear
+
+            y = y + csr_linear(x, self.frozen_values, self.frozen_layout)
+        return y
 
     def functional(self, x, w):
         return F.linear(x, w)
@@ -171,20 +219,29 @@ class SparseTrunkLinear(nn.Module):
         return self.inner.sparse_parameter
 
     def dst_mask(self):
-        return self.inner.dst_mask()
+        """Union of frozen and trainable positions."""
+        return self.frozen_layout.mask() | self.inner.mask()
 
-    def mask(self):
-        return self.inner.mask()
+    mask = dst_mask
 
     def dense_weight(self):
-        return self.inner.dense_weight()
+        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight()
 
-    def set_weight_and_mask(self, weight, mask):
-        lin = nn.Linear(self.in_features, self.out_features, bias=False)
-        with torch.no_grad():
-            lin.weight.copy_(weight * mask)
-        self.inner = _sparse_linear_cls().from_dense(lin, mask=mask)
-        return self
+    def set_trainable(self, free):
+        """Masked storage: dW only at the inner layer's active positions (``grad_mask`` = its mask)."""
+
+    def allocate(self, new, values):
+        """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``."""
+        self._set_inner(values, new)
+
+    def freeze(self):
+        """End a task: merge the trainable part into the frozen CSR part."""
+        self.load_split(self.dense_weight().detach(), self.dst_mask(), self.dst_mask())
+
+    def load_split(self, weight, mask, owned):
+        """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable."""
+        self._set_frozen(weight, mask & owned)
+        self._set_inner(weight, mask & ~owned)
 
 
 class TaskBatchNorm2d(nn.Module):

@@ -90,6 +90,7 @@ class Ownership:
     def freeze(self, layers, task):
         for o, l in zip(self.owner, layers):
             o[l.dst_mask() & (o == 0)] = task + 1
+            l.freeze()
 
     def capacity(self, layers):
         """Fraction of each layer's positions owned by some task."""
@@ -107,12 +108,13 @@ class FrozenGuard:
         """Recompute flat indices of frozen entries (call after any topology change)."""
         self.index = []
         for i, l in enumerate(self.layers):
-            p, frozen = l.sparse_parameter, ~self.ownership.free(i)
+            p, frozen, m = l.sparse_parameter, ~self.ownership.free(i), l.dst_module().dst_mask()
             if p.numel() == frozen.numel():  # dense storage: parameter laid out like the mask
                 idx = frozen.flatten().nonzero().squeeze(1)
             else:  # compact storage: values in row-major order of the mask (CSR order)
-                idx = frozen.flatten()[l.dst_mask().flatten()].nonzero().squeeze(1)
+                idx = frozen.flatten()[m.flatten()].nonzero().squeeze(1)
             self.index.append(idx)
+            l.set_trainable(self.ownership.free(i))
 
     def zero_grads(self):
         for l, idx in zip(self.layers, self.index):
@@ -202,10 +204,10 @@ class ContinualTrainer:
             pick = free.nonzero().squeeze(1)[torch.randperm(n_free, generator=g)[:n]]
             new = torch.zeros_like(free)
             new[pick] = True
-            mask = (~self.own.free(i)).flatten() | new
-            w = l.dense_weight().detach().flatten().clone()
-            w[pick] = init_values(l, (n,), g).to(w)
-            l.set_weight_and_mask(w.view(l.dst_mask().shape), mask.view(l.dst_mask().shape))
+            values = torch.zeros(free.numel())
+            values[pick] = init_values(l, (n,), g)
+            shape = l.dst_mask().shape
+            l.allocate(new.view(shape), values.view(shape).to(l.dense_weight().dtype))
         self.layers = list(self.model.sparse_layers)
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -332,16 +334,16 @@ class ContinualTrainer:
 
     def load(self):
         s = load_checkpoint(self.ckpt_path)
-        for l, tr in zip(self.layers, s["trunk"]):
+        for o, so in zip(self.own.owner, s["owner"]):
+            o.copy_(so)
+        for i, (l, tr) in enumerate(zip(self.layers, s["trunk"])):
             w = torch.zeros(tr["mask"].shape, dtype=tr["values"].dtype)
             w[tr["mask"]] = tr["values"]
-            l.set_weight_and_mask(w, tr["mask"])
+            l.load_split(w, tr["mask"], ~self.own.free(i))
         self.layers = list(self.model.sparse_layers)
         missing, unexpected = self.model.load_state_dict(s["model"], strict=False)
         if unexpected or any(not k.startswith("sparse_layers.") for k in missing):
             raise ValueError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-        for o, so in zip(self.own.owner, s["owner"]):
-            o.copy_(so)
         self.acc, self.baseline, self.log = json.loads(s["acc"]), json.loads(s["baseline"]), json.loads(s["log"])
         torch.set_rng_state(s["rng"])
         self.global_step = s["global_step"]
