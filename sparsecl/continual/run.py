@@ -134,20 +134,25 @@ def ratios(sparse, dense):
         return sum(t["samples"] for t in r["tasks"]) / sum(t["train_seconds"] for t in r["tasks"])
 
     def wo(st):
-        return st["params"] + st["optimizer"]
+        return st["weights"] + st["optimizer"]
 
-    mem = [wo(s) / wo(d) for s, d in zip(sparse["state_bytes_per_task"], dense["state_bytes_per_task"])]
+    def total(st):
+        return st["weights"] + st["optimizer"] + st["index"]
+
+    pairs = list(zip(sparse["state_bytes_per_task"], dense["state_bytes_per_task"]))
+    mem = [wo(s) / wo(d) for s, d in pairs]
     return {
         "train_speedup": tp(sparse) / tp(dense),
         "train_speedup_per_task": [a / b for a, b in zip(sparse["throughput_samples_per_s"],
                                                            dense["throughput_samples_per_s"])],
         "weight_optimizer_memory_ratio_per_task": mem,
         "weight_optimizer_memory_ratio_max": max(mem),
+        "total_state_memory_ratio_per_task": [total(s) / total(d) for s, d in pairs],
         "weight_optimizer_bytes": {"sparse": [wo(s) for s in sparse["state_bytes_per_task"]],
                                    "dense_masked": [wo(d) for d in dense["state_bytes_per_task"]]},
         "note": "throughput = training samples / training seconds (forward, backward, optimizer, DST updates), "
-                "both runs in this process; memory = parameter + optimizer-state bytes of the trunk layers "
-                "at the end of each task",
+                "both runs in this process; memory = weight (trainable + frozen values) + optimizer-state bytes "
+                "of the trunk layers at the end of each task; total = also CSR indices and masks",
     }
 
 

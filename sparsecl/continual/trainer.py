@@ -311,7 +311,11 @@ class ContinualTrainer:
                 raise SystemExit(f"stop_after_steps={c['stop_after_steps']} reached (testing aid)")
         if bar is not None:
             bar.close()
-        rec["state_bytes"] = M.state_bytes(self.layers, opt)
+        sb = M.state_bytes(self.layers, opt)
+        frozen = M.tensor_bytes([l.frozen_values for l in self.layers if hasattr(l, "frozen_values")])
+        # weights = trainable parameters + frozen values; index = CSR indices and masks (buffers minus values)
+        rec["state_bytes"] = {"weights": sb["params"] + frozen, "optimizer": sb["optimizer"],
+                              "index": sb["buffers"] - frozen}
         rec["owner_bytes"] = sum(o.numel() for o in self.own.owner)
         rec["throughput"] = rec["samples"] / rec["train_seconds"] if rec["train_seconds"] else None
         rec["dst_updates"] = len(dst.history)  # the engine state (history included) survives resume
