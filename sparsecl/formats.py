@@ -202,9 +202,13 @@ def block_reduce(t, block_size, how="sum"):
 
 
 def _merge_positions(kept, grown):
-    """Positions in the merged sorted order of two sorted, disjoint int64 key tensors."""
-    pos_kept = torch.arange(kept.numel(), device=kept.device) + torch.searchsorted(grown, kept)
-    pos_grown = torch.arange(grown.numel(), device=grown.device) + torch.searchsorted(kept, grown)
+    """Positions in the merged sorted order of two sorted, disjoint int64 key tensors.
+
+    Only the (few) grown keys are binary-searched; the kept ones shift by a prefix count: O(n + g log n)."""
+    ins = torch.searchsorted(kept, grown)
+    pos_grown = torch.arange(grown.numel(), device=grown.device) + ins
+    before = torch.bincount(ins, minlength=kept.numel() + 1)[: kept.numel()].cumsum(0)
+    pos_kept = torch.arange(kept.numel(), device=kept.device) + before
     return pos_kept, pos_grown
 
 
@@ -297,36 +301,38 @@ class CSRLayout:
             if bool((old_keys[hit] == grow).any()):
                 raise ValueError("grow contains positions that are already active")
         kept_idx = keep.nonzero().squeeze(1)
-        pos_k, pos_g = _merge_positions(old_keys[kept_idx], grow)
+        pos_k, pos_g = _merge_positions(old_keys.index_select(0, kept_idx), grow)
         n_new = kept_idx.numel() + grow.numel()
         dev = self.device
         src = torch.full((n_new,), -1, dtype=torch.int64, device=dev)
-        src[pos_k] = kept_idx
+        src.index_copy_(0, pos_k, kept_idx)
         new_keys = torch.empty(n_new, dtype=torch.int64, device=dev)
-        new_keys[pos_k] = old_keys[kept_idx]
-        new_keys[pos_g] = grow
+        new_keys.index_copy_(0, pos_k, old_keys.index_select(0, kept_idx))
+        new_keys.index_copy_(0, pos_g, grow)
         rows = torch.div(new_keys, max(in_f, 1), rounding_mode="floor")
         cols = new_keys - rows * in_f
         row_ptr = torch.zeros(out_f + 1, dtype=torch.int64, device=dev)
         row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
         # transposed order: merge the surviving transposed entries with the grown ones in (col, row) order
         t_old = self.t_perm.long()
-        t_kept = t_old[keep[t_old]]
+        t_kept = t_old.masked_select(keep.index_select(0, t_old))
         new_of_old = torch.full((self.nnz,), -1, dtype=torch.int64, device=dev)
-        new_of_old[kept_idx] = pos_k
+        new_of_old.index_copy_(0, kept_idx, pos_k)
         g_rows = torch.div(grow, max(in_f, 1), rounding_mode="floor")
         g_tkeys = (grow - g_rows * in_f) * out_f + g_rows
         g_order = torch.argsort(g_tkeys)
-        k_tkeys = self.col_idx.long()[t_kept] * out_f + self.row_idx.long()[t_kept]
-        tpos_k, tpos_g = _merge_positions(k_tkeys, g_tkeys[g_order])
+        k_tkeys = (self.col_idx.index_select(0, t_kept).long() * out_f
+                   + self.row_idx.index_select(0, t_kept).long())
+        tpos_k, tpos_g = _merge_positions(k_tkeys, g_tkeys.index_select(0, g_order))
         t_perm = torch.empty(n_new, dtype=torch.int64, device=dev)
-        t_perm[tpos_k] = new_of_old[t_kept]
-        t_perm[tpos_g] = pos_g[g_order]
+        t_perm.index_copy_(0, tpos_k, new_of_old.index_select(0, t_kept))
+        t_perm.index_copy_(0, tpos_g, pos_g.index_select(0, g_order))
         t_row_ptr = torch.zeros(in_f + 1, dtype=torch.int64, device=dev)
         t_row_ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
         i32 = torch.int32
         layout = CSRLayout(row_ptr.to(i32), cols.to(i32), self.shape, validate=False,
-                           _derived=(rows.to(i32), t_row_ptr.to(i32), rows[t_perm].to(i32), t_perm.to(i32)))
+                           _derived=(rows.to(i32), t_row_ptr.to(i32), rows.index_select(0, t_perm).to(i32),
+                                     t_perm.to(i32)))
         return layout, src
 
     def with_topology(self, new_mask):
@@ -336,9 +342,9 @@ class CSRLayout:
             raise ValueError(f"new_mask must be bool {self.shape}, got {new_mask.dtype} {tuple(new_mask.shape)}")
         flat = new_mask.reshape(-1)
         old_keys = self.keys()
-        keep = flat[old_keys]
+        keep = flat.index_select(0, old_keys)
         fresh = flat.clone()
-        fresh[old_keys] = False
+        fresh.index_fill_(0, old_keys, False)
         return self.update(keep, fresh.nonzero().squeeze(1))
 
     # queries ---------------------------------------------------------------------------------

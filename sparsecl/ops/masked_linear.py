@@ -79,7 +79,7 @@ class _MaskedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = dx_op(grad_out, weight, mask)
         if ctx.needs_input_grad[1]:
-            dw = dw_op(grad_out, x, grad_mask)
+            dw = dw_op(grad_out, x, mask if grad_mask is None else grad_mask)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = grad_out.sum(0)
         return dx, dw, None, db, None
@@ -105,14 +105,15 @@ def masked_linear(x, weight, mask, bias=None, grad_mask=None):
     receive weight gradient (exactly 0 elsewhere). Returns [..., out]. Nothing is mutated.
     """
     _check(x, weight, mask, "mask")
-    if grad_mask is None:
-        grad_mask = mask
-    else:
+    if grad_mask is mask:
+        grad_mask = None
+    if grad_mask is not None:  # None (= mask) is resolved in backward: apply() must not get one tensor twice
         _check(x, weight, grad_mask, "grad_mask")
+        grad_mask = grad_mask.contiguous()
     x, weight, bias = autocast_args(x, weight, bias)
     out_f, in_f = weight.shape
     lead = x.shape[:-1]
-    y = _MaskedLinear.apply(x.reshape(-1, in_f), weight, mask.contiguous(), bias, grad_mask.contiguous())
+    y = _MaskedLinear.apply(x.reshape(lead.numel(), in_f), weight, mask.contiguous(), bias, grad_mask)
     return y.reshape(*lead, out_f)
 
 
@@ -125,4 +126,5 @@ def masked_linear_dense_grad(x, grad_out):
         raise ValueError(f"x {tuple(x.shape)} and grad_out {tuple(grad_out.shape)} must share leading dims")
     if x.dtype != grad_out.dtype:
         raise ValueError(f"x dtype {x.dtype} != grad_out dtype {grad_out.dtype}")
-    return grad_out.reshape(-1, grad_out.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    rows = x.shape[:-1].numel()
+    return grad_out.reshape(rows, grad_out.shape[-1]).T @ x.reshape(rows, x.shape[-1])
