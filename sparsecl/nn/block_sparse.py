@@ -150,7 +150,10 @@ class BlockSparseLinear(nn.Module):
         src_block[kept_pos] = kept_src
         values = self.values.new_zeros(n_new, self.block_size, self.block_size)
         values[kept_pos] = self.values.data[kept_src]
-        self.values.data = values
+        if values.shape == self.values.shape:
+            self.values.data.copy_(values)  # same storage: DDP and optimizers keep their views
+        else:
+            self.values.data = values
         src = src_block[:, None] * B2 + torch.arange(B2, device=dev)
         return torch.where(src_block[:, None] >= 0, src, -1).view(-1)
 
