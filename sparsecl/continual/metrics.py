@@ -7,7 +7,7 @@ With T tasks (GEM, Lopez-Paz & Ranzato 2017; forgetting as in Chaudhry et al. 20
   FWT        = mean_{j>0} (acc[j-1][j] - b[j]), where b[j] is the accuracy on task j of the randomly
                initialised model before any training (``baseline`` row, measured by the trainer).
                In the multi-head setting the head of task j is untrained before task j, so FWT ~ 0.
-  forgetting = mean_{j<T-1} (max_{l<T-1} acc[l][j] - acc[T-1][j])
+  forgetting = mean_{j<T-1} (max_{j<=l<T-1} acc[l][j] - acc[T-1][j])  (only after task j was learnt)
 """
 import resource
 import sys
@@ -43,7 +43,7 @@ def forgetting(acc):
     T = _check(acc)
     if T == 1:
         return 0.0
-    return sum(max(acc[l][j] for l in range(T - 1)) - acc[T - 1][j] for j in range(T - 1)) / (T - 1)
+    return sum(max(acc[l][j] for l in range(j, T - 1)) - acc[T - 1][j] for j in range(T - 1)) / (T - 1)
 
 
 def summary(acc, baseline):

@@ -236,8 +236,10 @@ class ContinualTrainer:
         task, bs = self.tasks[t], self.cfg["batch_size"]
         spe = self._steps_per_epoch(t)
         epoch, k = divmod(step, spe)
-        g = torch.Generator().manual_seed((self.cfg["seed"] * 1_000_003 + t * 10_007 + epoch) % 2**63)
-        idx = torch.randperm(len(task.y_train), generator=g)[k * bs:(k + 1) * bs]
+        if getattr(self, "_perm_key", None) != (t, epoch):  # one seeded shuffle per (task, epoch)
+            g = torch.Generator().manual_seed((self.cfg["seed"] * 1_000_003 + t * 10_007 + epoch) % 2**63)
+            self._perm_key, self._perm = (t, epoch), torch.randperm(len(task.y_train), generator=g)
+        idx = self._perm[k * bs:(k + 1) * bs]
         idx = idx[self.rank::self.world]
         return task.prepare(task.x_train[idx].to(self.device)), task.y_train[idx].to(self.device)
 

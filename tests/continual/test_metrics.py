@@ -12,6 +12,8 @@ def test_metrics_on_a_hand_matrix():
     assert M.backward_transfer(acc) == pytest.approx(((0.7 - 0.9) + (0.9 - 0.95)) / 2)
     assert M.forward_transfer(acc, base) == pytest.approx(((0.1 - 0.15) + (0.3 - 0.25)) / 2)
     assert M.forgetting(acc) == pytest.approx(((0.9 - 0.7) + (0.95 - 0.9)) / 2)
+    # an accuracy seen before task j was trained (acc[0][1] here) does not count as forgetting
+    assert M.forgetting([[0.9, 0.99, 0.1], [0.9, 0.8, 0.1], [0.9, 0.8, 0.9]]) == 0.0
     s = M.summary(acc, base)
     assert set(s) == {"ACC", "BWT", "FWT", "forgetting"}
 
