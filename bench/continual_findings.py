@@ -116,6 +116,8 @@ def main(argv=None):
                                                    for d in DENSITIES) + " |")
     lines += ["", "| finding | holds here | evidence |", "|---|---|---|"]
     lines += [f"| {f} | {'yes' if h else 'no'} | {e} |" for f, h, e in found]
+    lines += ["", f"Note: with {a.seeds} seeds, differences smaller than the ± columns are within seed noise; "
+              "verdicts compare means only."]
     write_bytes_atomic(os.path.join(a.out, "findings.md"), ("\n".join(lines) + "\n").encode())
     plot(table, os.path.join(a.out, "findings.png"))
     print("\n".join(lines))
