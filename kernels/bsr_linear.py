@@ -13,7 +13,10 @@ Accumulation is fp32 (fp64 for fp64 inputs). Features need not be multiples of B
 so the padding entries of edge blocks are never read, and their gradient is written as 0.
 fp32 uses IEEE products unless ``torch.backends.cuda.matmul.allow_tf32`` is set (like cuBLAS).
 Launchers take torch tensors; they run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+SPARSECL_TRITON_AUTOTUNE=0 (read per call) replaces autotuning by the first config of each list:
+the CUDA test suite uses it so that it compiles one variant per kernel instead of six.
 """
+import os
 from typing import Optional
 
 import torch
@@ -119,8 +122,12 @@ def _sddmm(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr, n_tokens, out_f, in_
     tl.store(out, acc.to(out_ptr.dtype.element_ty))
 
 
-_gather_mm_tuned = triton.autotune(GATHER_CONFIGS, key=["B", "t_bucket", "k_feat", "n_feat", "W_T"])(_gather_mm)
-_sddmm_tuned = triton.autotune(SDDMM_CONFIGS, key=["B", "t_bucket", "out_f", "in_f"])(_sddmm)
+_GATHER_KEY = ["B", "t_bucket", "k_feat", "n_feat", "W_T"]
+_SDDMM_KEY = ["B", "t_bucket", "out_f", "in_f"]
+_gather_mm_tuned = triton.autotune(GATHER_CONFIGS, key=_GATHER_KEY)(_gather_mm)
+_sddmm_tuned = triton.autotune(SDDMM_CONFIGS, key=_SDDMM_KEY)(_sddmm)
+_gather_mm_fixed = triton.autotune(GATHER_CONFIGS[:1], key=_GATHER_KEY)(_gather_mm)
+_sddmm_fixed = triton.autotune(SDDMM_CONFIGS[:1], key=_SDDMM_KEY)(_sddmm)
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -156,10 +163,10 @@ def _check_index(t, name, n=None):
         _check(t.shape[0] == n, f"{name} must have {n} entries, got {t.shape[0]}")
 
 
-def _pick(tuned, plain, device):
-    """(kernel, fixed meta): autotuned on CUDA, fixed small tiles in the interpreter."""
+def _pick(tuned, fixed, plain, device):
+    """(kernel, meta): autotuned (or one fixed config) on CUDA, small tiles in the interpreter."""
     if device.type == "cuda":
-        return launchable(tuned, device), {}
+        return launchable(tuned if os.environ.get("SPARSECL_TRITON_AUTOTUNE", "1") != "0" else fixed, device), {}
     return launchable(plain, device), _INTERPRET_META
 
 
@@ -167,7 +174,7 @@ def _gather(a, values, bias, out, ptr, idx, perm, k_feat, n_feat, w_t):
     T = a.shape[0]
     B = values.shape[1]
     n_blocks = ptr.shape[0] - 1
-    kernel, meta = _pick(_gather_mm_tuned, _gather_mm, a.device)
+    kernel, meta = _pick(_gather_mm_tuned, _gather_mm_fixed, _gather_mm, a.device)
     kernel[lambda m: (triton.cdiv(T, m["BLOCK_T"]) * n_blocks,)](
         a, values, bias if bias is not None else values, out, ptr, idx, perm if perm is not None else idx,
         T, k_feat, n_feat, n_blocks, triton.next_power_of_2(T),
@@ -230,7 +237,7 @@ def bsr_linear_dw(grad_out: torch.Tensor, x: torch.Tensor, row_idx: torch.Tensor
     if nnzb == 0:
         return dv
     T = x.shape[0]
-    kernel, meta = _pick(_sddmm_tuned, _sddmm, x.device)
+    kernel, meta = _pick(_sddmm_tuned, _sddmm_fixed, _sddmm, x.device)
     kernel[(nnzb,)](
         grad_out, x, dv, row_idx, col_idx, T, grad_out.shape[1], x.shape[1], triton.next_power_of_2(T),
         grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
