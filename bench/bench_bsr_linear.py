@@ -86,8 +86,10 @@ def rows(quick=False, device="cpu"):
 def _torch_bsr_mm(w_bsr):
     """torch's Triton BSR kernel when this torch has it, else torch.sparse.mm: W_bsr @ (.)"""
     try:
-        from torch.sparse._triton_ops import bsr_dense_mm
+        from torch.sparse._triton_ops import bsr_dense_mm  # None when torch sees no usable triton
     except ImportError:
+        bsr_dense_mm = None
+    if bsr_dense_mm is None or not w_bsr.is_cuda:
         return "torch.sparse bsr (mm)", lambda dense: torch.sparse.mm(w_bsr, dense)
     return "torch.sparse bsr (triton)", lambda dense: bsr_dense_mm(w_bsr, dense)
 
@@ -116,14 +118,19 @@ def _gpu_rows(quick, device, dtype=torch.bfloat16):
             xt = x.T.contiguous()
             t_torch = measure(lambda: bsr_mm(xt), device, min_time)
             fwd = {name: t_torch}
+            ref = F.linear(x.float(), layout.to_dense(values).float())
+            err = {}
             for b in backends:
                 with sparsecl.use_backend(b, "bsr_linear"):
                     fwd[f"sparsecl {b}"] = measure(lambda: bsr_linear(x, values, layout), device, min_time)
+                    err[f"sparsecl {b}"] = float((bsr_linear(x, values, layout).float() - ref).norm() / ref.norm())
+            del ref
             for method, t in fwd.items():
                 row = dict(base, method=method, density=d, pass_="fwd", ms=t * 1e3, speedup=t_dense / t,
                            gflops=d * flops / t / 1e9, eff=d * flops / t / (flops / t_dense))
-                if method.startswith("sparsecl"):
-                    row.update(meets_density_bar=t <= 1.25 * d * t_dense, beats_torch_bsr=t < t_torch)
+                if method.startswith("sparsecl"):  # rel_err: ||y - y_fp32|| / ||y_fp32|| at this shape
+                    row.update(meets_density_bar=t <= 1.25 * d * t_dense, beats_torch_bsr=t < t_torch,
+                               rel_err=err[method])
                 yield row
             xg, vg = x.clone().requires_grad_(True), values.clone().requires_grad_(True)
             for b in backends:

@@ -167,7 +167,7 @@ def test_gpu_backend_matches_dense(backend, dtype, B, T, in_f, out_f, density, s
     assert_close(bias.grad, g.double().sum(0), dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_launchers_padding_never_read(dtype, seed):
