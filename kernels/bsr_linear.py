@@ -25,16 +25,20 @@ import triton.language as tl
 
 from ._launch import launchable
 
-# Autotune configs (CUDA only; the interpreter runs the plain kernels with _INTERPRET_META).
+# Autotune configs (CUDA only; the interpreter runs the plain kernels with *_INTERPRET_META).
+# SWAP computes the transposed tile (W block @ a^T: M = B features, N = BLOCK_T tokens), which suits
+# Hopper's wgmma (N up to 256) better than M = BLOCK_T, N = B; the autotuner decides.
 GATHER_CONFIGS = [
-    triton.Config({"BLOCK_T": bt, "GROUP": 8}, num_warps=w, num_stages=s)
-    for bt, w, s in [(64, 4, 4), (128, 4, 3), (128, 4, 4), (128, 8, 4), (256, 8, 3), (256, 8, 4)]
+    triton.Config({"BLOCK_T": bt, "GROUP": 8, "SWAP": sw}, num_warps=w, num_stages=s)
+    for bt, w, s, sw in [(128, 4, 3, False), (64, 4, 4, False), (128, 8, 4, False), (256, 8, 3, False),
+                         (128, 4, 4, True), (256, 4, 3, True), (256, 8, 3, True), (128, 8, 4, True)]
 ]
 SDDMM_CONFIGS = [
     triton.Config({"BLOCK_T": bt}, num_warps=w, num_stages=s)
     for bt, w, s in [(32, 4, 4), (64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (128, 8, 4)]
 ]
-_INTERPRET_META = {"BLOCK_T": 16, "GROUP": 8}
+GATHER_INTERPRET_META = {"BLOCK_T": 16, "GROUP": 8, "SWAP": False}
+SDDMM_INTERPRET_META = {"BLOCK_T": 16}
 
 
 @triton.jit
@@ -43,7 +47,7 @@ def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
                stride_at, stride_ak, stride_ot,
                B: tl.constexpr, W_T: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
                EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, FP64: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_T: tl.constexpr, GROUP: tl.constexpr):
+               BLOCK_T: tl.constexpr, GROUP: tl.constexpr, SWAP: tl.constexpr):
     """out[t, nb*B + n] = sum_j a[t, idx[j]*B + k] * Wj[k, n] over j in ptr[nb]:ptr[nb+1]."""
     # grouped order: GROUP output blocks x all token tiles, so a tile of `a` is reused from L2
     pid = tl.program_id(0)
@@ -60,10 +64,11 @@ def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
     n0 = nb * B
     mask_n = (n0 + offs_b) < n_feat
     a_rows = a_ptr + offs_t.to(tl.int64)[:, None] * stride_at
-    if FP64:
-        acc = tl.zeros((BLOCK_T, B), dtype=tl.float64)
+    ACC = tl.float64 if FP64 else tl.float32
+    if SWAP:
+        acc = tl.zeros((B, BLOCK_T), dtype=ACC)
     else:
-        acc = tl.zeros((BLOCK_T, B), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_T, B), dtype=ACC)
     start = tl.load(ptr_ptr + nb)
     end = tl.load(ptr_ptr + nb + 1)
     for j in range(start, end):
@@ -87,7 +92,12 @@ def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
             w = tl.load(w_ptrs)
         else:  # edge block: its padding entries are never read
             w = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+        if SWAP:
+            acc = tl.dot(tl.trans(w), tl.trans(a), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    if SWAP:
+        acc = tl.trans(acc)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n0 + offs_b, mask=mask_n, other=0.0).to(acc.dtype)[None, :]
     out = out_ptr + offs_t.to(tl.int64)[:, None] * stride_ot + (n0 + offs_b)[None, :]
@@ -106,10 +116,7 @@ def _sddmm(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr, n_tokens, out_f, in_
     offs_t = tl.arange(0, BLOCK_T)
     mask_o = (o0 + offs_b) < out_f
     mask_i = (i0 + offs_b) < in_f
-    if FP64:
-        acc = tl.zeros((B, B), dtype=tl.float64)
-    else:
-        acc = tl.zeros((B, B), dtype=tl.float32)
+    acc = tl.zeros((B, B), dtype=tl.float64 if FP64 else tl.float32)
     for t0 in range(0, n_tokens, BLOCK_T):
         t = (t0 + offs_t).to(tl.int64)
         mt = t < n_tokens
@@ -163,18 +170,18 @@ def _check_index(t, name, n=None):
         _check(t.shape[0] == n, f"{name} must have {n} entries, got {t.shape[0]}")
 
 
-def _pick(tuned, fixed, plain, device):
+def _pick(tuned, fixed, plain, interpret_meta, device):
     """(kernel, meta): autotuned (or one fixed config) on CUDA, small tiles in the interpreter."""
     if device.type == "cuda":
         return launchable(tuned if os.environ.get("SPARSECL_TRITON_AUTOTUNE", "1") != "0" else fixed, device), {}
-    return launchable(plain, device), _INTERPRET_META
+    return launchable(plain, device), dict(interpret_meta)
 
 
 def _gather(a, values, bias, out, ptr, idx, perm, k_feat, n_feat, w_t):
     T = a.shape[0]
     B = values.shape[1]
     n_blocks = ptr.shape[0] - 1
-    kernel, meta = _pick(_gather_mm_tuned, _gather_mm_fixed, _gather_mm, a.device)
+    kernel, meta = _pick(_gather_mm_tuned, _gather_mm_fixed, _gather_mm, GATHER_INTERPRET_META, a.device)
     kernel[lambda m: (triton.cdiv(T, m["BLOCK_T"]) * n_blocks,)](
         a, values, bias if bias is not None else values, out, ptr, idx, perm if perm is not None else idx,
         T, k_feat, n_feat, n_blocks, triton.next_power_of_2(T),
@@ -237,10 +244,10 @@ def bsr_linear_dw(grad_out: torch.Tensor, x: torch.Tensor, row_idx: torch.Tensor
     if nnzb == 0:
         return dv
     T = x.shape[0]
-    kernel, meta = _pick(_sddmm_tuned, _sddmm_fixed, _sddmm, x.device)
+    kernel, meta = _pick(_sddmm_tuned, _sddmm_fixed, _sddmm, SDDMM_INTERPRET_META, x.device)
     kernel[(nnzb,)](
         grad_out, x, dv, row_idx, col_idx, T, grad_out.shape[1], x.shape[1], triton.next_power_of_2(T),
         grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
         B=B, FP64=x.dtype == torch.float64, PRECISION=_precision(x.dtype, x.device),
-        **{k: v for k, v in meta.items() if k == "BLOCK_T"})
+        **meta)
     return dv

@@ -9,6 +9,8 @@
   (bench/gpu.sh sets it), because the interpreter would stand in for the compiled kernels.
 """
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,8 +78,11 @@ INTERP_CASES = [  # (B, T, in, out, density)
 
 
 @interpreter
+@pytest.mark.parametrize("swap", [False, True], ids=["tile_TxB", "tile_BxT"])
 @pytest.mark.parametrize("B,T,in_f,out_f,density", INTERP_CASES)
-def test_launchers_interpreter_fp32(B, T, in_f, out_f, density, seed):
+def test_launchers_interpreter_fp32(B, T, in_f, out_f, density, swap, seed, monkeypatch):
+    """Both tile orientations of the gather kernel (SWAP is an autotune choice on CUDA)."""
+    monkeypatch.setitem(_kernels().GATHER_INTERPRET_META, "SWAP", swap)
     x, values, layout = _case(T, in_f, out_f, density, B, torch.float32)
     bias = torch.randn(out_f) if T % 2 else None
     g = torch.randn(T, out_f)
@@ -134,6 +139,21 @@ def test_launchers_reject_bad_input():
         k.bsr_linear_dw(x, x[:2], layout.row_idx, layout.col_idx, 16)
     with pytest.raises(ValueError, match="unsupported dtype"):
         k.bsr_linear_dw(x.int(), x.int(), layout.row_idx, layout.col_idx, 16)
+
+
+def test_triton_kernels_compile_for_sm90_with_wgmma():
+    """No GPU needed: the kernels compile for Hopper, bf16 dots lower to wgmma and loads are pipelined."""
+    pytest.importorskip("triton.backends.nvidia")
+    script = os.path.join(os.path.dirname(__file__), "_triton_sm90_check.py")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 7, run.stdout
+    for line in lines:
+        assert "pipelined=True" in line, line
+        if "bf16" in line:
+            assert "wgmma=True" in line, line
 
 
 # ---- CUDA ------------------------------------------------------------------------------------
