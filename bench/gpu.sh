@@ -3,20 +3,23 @@
 # GPU benchmarks. Everything lands in RESULTS_DIR (argument, else $OUT, else bench/results/gpu-<date>):
 #   machine.json  card, driver, nvcc, torch, triton, CUDA, date      build.log, resources.txt (ptxas)
 #   tests.log / tests.xml                                            bench-cuda.json, bench.log
-# Usage: bench/gpu.sh [--sanitize] [--quick] [--no-build] [RESULTS_DIR]
+# Usage: bench/gpu.sh [--sanitize] [--quick] [--no-build] [--no-tests] [--no-bench] [RESULTS_DIR]
 #   --sanitize  instead of tests + bench: the CUDA C++ tests under compute-sanitizer memcheck and
 #               racecheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the caching allocator hides nothing)
 #   --quick     the benchmark's quick mode (d=0.1 only)
+#   --no-build / --no-tests / --no-bench  skip that step (to split the work over several calls)
 # Expects torch (CUDA build), triton, nvcc, pytest already installed (no internet needed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SANITIZE=0 QUICK="" BUILD=1 RESULTS=""
+SANITIZE=0 QUICK="" BUILD=1 TESTS=1 BENCH=1 RESULTS=""
 for a in "$@"; do
   case "$a" in
     --sanitize) SANITIZE=1 ;;
     --quick) QUICK="--quick" ;;
     --no-build) BUILD=0 ;;
+    --no-tests) TESTS=0 ;;
+    --no-bench) BENCH=0 ;;
     -*) echo "unknown option $a" >&2; exit 2 ;;
     *) RESULTS="$a" ;;
   esac
@@ -92,14 +95,18 @@ if [ "$SANITIZE" = 1 ]; then
   exit $status
 fi
 
-step "CUDA tests"
-# one config per Triton kernel here (six would be compiled per variant); the benchmark autotunes
-SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_bsr_linear.py \
-  tests/ops/test_bsr_linear_triton.py -k "cuda" --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" | tail -15
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+if [ "$TESTS" = 1 ]; then
+  step "CUDA tests"
+  # one config per Triton kernel here (eight would be compiled per variant); the benchmark autotunes
+  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_bsr_linear.py \
+    tests/ops/test_bsr_linear_triton.py -k "cuda" --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" | tail -15
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 
-step "GPU benchmarks"
-"$PY" -m sparsecl.cli bench bsr_linear --device cuda $QUICK --out "$RESULTS" -v 2>&1 | tee "$RESULTS/bench.log" | tail -25
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+if [ "$BENCH" = 1 ]; then
+  step "GPU benchmarks"
+  "$PY" -m sparsecl.cli bench bsr_linear --device cuda $QUICK --out "$RESULTS" -v 2>&1 | tee "$RESULTS/bench.log" | tail -25
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 echo "results in $RESULTS (status $status)"
 exit $status

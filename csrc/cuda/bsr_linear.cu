@@ -88,7 +88,8 @@ struct GatherArgs {
 };
 
 // ---- tensor cores (fp16/bf16) ----------------------------------------------------------------
-constexpr int TC_BM = 128, TC_WARPS = 8;  // each warp: 16 tokens x B features
+// each warp: TC_WM x 16 tokens x B features, so every W fragment loaded feeds TC_WM products
+constexpr int TC_WARPS = 8, TC_WM = 2, TC_BM = TC_WARPS * TC_WM * 16;
 
 template <int B> constexpr int tc_lda() { return B + 8; }  // 16-byte row pad against bank conflicts
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -133,9 +134,11 @@ __global__ void __launch_bounds__(TC_WARPS * 32) gather_mm_tc(GatherArgs p) {
     }
   };
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NF];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[TC_WM][NF];
 #pragma unroll
-  for (int f = 0; f < NF; ++f) wmma::fill_fragment(acc[f], 0.f);
+  for (int m = 0; m < TC_WM; ++m)
+#pragma unroll
+    for (int f = 0; f < NF; ++f) wmma::fill_fragment(acc[m][f], 0.f);
 
   if (n_steps > 0) load_stage(0, start);
   cp_async_commit();
@@ -144,25 +147,28 @@ __global__ void __launch_bounds__(TC_WARPS * 32) gather_mm_tc(GatherArgs p) {
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const T* as = As + (s & 1) * TC_BM * LDA + warp * 16 * LDA;
+    const T* as = As + (s & 1) * TC_BM * LDA + warp * TC_WM * 16 * LDA;
     const T* ws = Ws + (s & 1) * B * LDA;
 #pragma unroll
     for (int kk = 0; kk < NF; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::load_matrix_sync(fa, as + kk * 16, LDA);
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[TC_WM];
+#pragma unroll
+      for (int m = 0; m < TC_WM; ++m) wmma::load_matrix_sync(fa[m], as + m * 16 * LDA + kk * 16, LDA);
       if (p.w_t) {  // b(k=i, n=o) = W[o][i]: column-major view of the stored block
 #pragma unroll
         for (int nn = 0; nn < NF; ++nn) {
           wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
           wmma::load_matrix_sync(fb, ws + nn * 16 * LDA + kk * 16, LDA);
-          wmma::mma_sync(acc[nn], fa, fb, acc[nn]);
+#pragma unroll
+          for (int m = 0; m < TC_WM; ++m) wmma::mma_sync(acc[m][nn], fa[m], fb, acc[m][nn]);
         }
       } else {  // b(k=o, n=i) = W[o][i]: the stored block as is
 #pragma unroll
         for (int nn = 0; nn < NF; ++nn) {
           wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
           wmma::load_matrix_sync(fb, ws + kk * 16 * LDA + nn * 16, LDA);
-          wmma::mma_sync(acc[nn], fa, fb, acc[nn]);
+#pragma unroll
+          for (int m = 0; m < TC_WM; ++m) wmma::mma_sync(acc[m][nn], fa[m], fb, acc[m][nn]);
         }
       }
     }
@@ -173,7 +179,10 @@ __global__ void __launch_bounds__(TC_WARPS * 32) gather_mm_tc(GatherArgs p) {
 
   float* Cs = reinterpret_cast<float*>(smem_raw);  // [TC_BM][LDC], reuses the stages
 #pragma unroll
-  for (int f = 0; f < NF; ++f) wmma::store_matrix_sync(Cs + warp * 16 * LDC + f * 16, acc[f], LDC, wmma::mem_row_major);
+  for (int m = 0; m < TC_WM; ++m)
+#pragma unroll
+    for (int f = 0; f < NF; ++f)
+      wmma::store_matrix_sync(Cs + (warp * TC_WM + m) * 16 * LDC + f * 16, acc[m][f], LDC, wmma::mem_row_major);
   __syncthreads();
   const T* bias = static_cast<const T*>(p.bias);
   T* out = static_cast<T*>(p.out);
