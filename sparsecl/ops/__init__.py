@@ -2,5 +2,7 @@
 from . import _schemas  # noqa: F401  (schemas first, then the kernels that implement them)
 from .. import _extension  # noqa: F401
 from .bsr_linear import bsr_linear
+from .slimmable import slimmable_conv2d, slimmable_linear, slimmable_linear_multi
 
 __all__ = ["bsr_linear"]
+__all__ += ["slimmable_conv2d", "slimmable_linear", "slimmable_linear_multi"]

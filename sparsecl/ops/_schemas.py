@@ -54,3 +54,83 @@ def _(grad_out, x, row_idx, col_idx, block_size):
     torch._check(grad_out.dim() == 2 and x.dim() == 2, lambda: "grad_out and x must be 2-D")
     torch._check(grad_out.shape[0] == x.shape[0], lambda: "grad_out and x must have equal token counts")
     return x.new_empty((col_idx.shape[0], block_size, block_size))
+
+
+# slimmable_*: width-sliced linear / conv2d on W[:o, :i] (i from the input) -----------------------
+
+
+def _check_slim(x, weight, mask, dim):
+    torch._check(weight.dim() == dim, lambda: f"weight must be {dim}-D, got {weight.dim()}-D")
+    torch._check(weight.dtype == x.dtype, lambda: f"weight dtype {weight.dtype} != input dtype {x.dtype}")
+    if mask is not None:
+        torch._check(mask.dtype == torch.bool, lambda: f"mask must be bool, got {mask.dtype}")
+        torch._check(mask.shape == weight.shape, lambda: "mask must have the weight's shape")
+
+
+def _conv_out(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@torch.library.register_fake("sparsecl::slimmable_linear")
+def _(x, weight, bias, mask, out_features):
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    _check_slim(x, weight, mask, 2)
+    torch._check(x.shape[1] <= weight.shape[1], lambda: "x's in width exceeds the weight's")
+    torch._check(0 <= out_features <= weight.shape[0], lambda: "out_features outside [0, weight.shape[0]]")
+    return x.new_empty((x.shape[0], out_features))
+
+
+@torch.library.register_fake("sparsecl::slimmable_linear_dx")
+def _(grad_out, weight, mask, in_features):
+    torch._check(grad_out.dim() == 2, lambda: "grad_out must be 2-D")
+    _check_slim(grad_out, weight, mask, 2)
+    return grad_out.new_empty((grad_out.shape[0], in_features))
+
+
+@torch.library.register_fake("sparsecl::slimmable_linear_dw_")
+def _(grad_out, x, mask, grad_weight):
+    torch._check(grad_out.dim() == 2 and x.dim() == 2, lambda: "grad_out and x must be 2-D")
+    _check_slim(x, grad_weight, mask, 2)
+
+
+@torch.library.register_fake("sparsecl::slimmable_linear_multi")
+def _(x, weight, bias, mask, in_widths, out_widths):
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    _check_slim(x, weight, mask, 2)
+    torch._check(len(in_widths) == len(out_widths) and len(in_widths) > 0, lambda: "one in and out width each")
+    return [x.new_empty((x.shape[0], o)) for o in out_widths]
+
+
+@torch.library.register_fake("sparsecl::slimmable_linear_multi_dx")
+def _(grad_outs, weight, mask, in_widths, in_features):
+    torch._check(len(grad_outs) == len(in_widths) and len(grad_outs) > 0, lambda: "one grad_out per width")
+    _check_slim(grad_outs[0], weight, mask, 2)
+    return grad_outs[0].new_empty((grad_outs[0].shape[0], in_features))
+
+
+@torch.library.register_fake("sparsecl::slimmable_linear_multi_dw_")
+def _(grad_outs, x, mask, in_widths, grad_weight):
+    torch._check(len(grad_outs) == len(in_widths), lambda: "one grad_out per width")
+    _check_slim(x, grad_weight, mask, 2)
+
+
+@torch.library.register_fake("sparsecl::slimmable_conv2d")
+def _(x, weight, bias, mask, out_channels, stride, padding, dilation):
+    torch._check(x.dim() == 4, lambda: f"x must be 4-D, got {x.dim()}-D")
+    _check_slim(x, weight, mask, 4)
+    ho = _conv_out(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    wo = _conv_out(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    y = x.new_empty((x.shape[0], out_channels, ho, wo))
+    return y.contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
+
+
+@torch.library.register_fake("sparsecl::slimmable_conv2d_dx")
+def _(grad_out, weight, mask, x_shape, stride, padding, dilation):
+    _check_slim(grad_out, weight, mask, 4)
+    dx = grad_out.new_empty(tuple(x_shape))
+    return dx.contiguous(memory_format=torch._prims_common.suggest_memory_format(grad_out))
+
+
+@torch.library.register_fake("sparsecl::slimmable_conv2d_dw_")
+def _(grad_out, x, mask, grad_weight, stride, padding, dilation):
+    _check_slim(x, grad_weight, mask, 4)
