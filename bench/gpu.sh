@@ -80,16 +80,16 @@ if [ "$SANITIZE" = 1 ]; then
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
   # CUDA C++ kernels only (Triton's autotuning under the sanitizer would take hours); the T64odd
   # cases cover every dtype, block size and density with odd features and a partial token tile
-  SEL=(tests/ops/test_bsr_linear.py -k "cuda and (opcheck or leading)")
-  SEL2=(tests/ops/test_bsr_linear_triton.py -m cuda -k "be_cuda and (T64odd or padding)")
+  sanitize() {
+    local tool=$1; shift
+    step "compute-sanitizer --tool $tool: $*"
+    compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$PY" -m pytest -q -x -p no:cacheprovider "$@" >> "$RESULTS/sanitize-$tool.log" 2>&1 || status=1
+    tail -3 "$RESULTS/sanitize-$tool.log"
+  }
   for tool in memcheck racecheck; do
-    for sel in SEL SEL2; do
-      declare -n args=$sel
-      step "compute-sanitizer --tool $tool: ${args[*]}"
-      compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
-        "$PY" -m pytest -q -x -p no:cacheprovider "${args[@]}" >> "$RESULTS/sanitize-$tool.log" 2>&1 || status=1
-      tail -3 "$RESULTS/sanitize-$tool.log"
-    done
+    sanitize "$tool" tests/ops/test_bsr_linear.py -k "cuda and (opcheck or leading)"
+    sanitize "$tool" tests/ops/test_bsr_linear_triton.py -m cuda -k "be_cuda and (T64odd or padding)"
   done
   grep -h "ERROR SUMMARY" "$RESULTS"/sanitize-*.log
   exit $status
@@ -97,9 +97,10 @@ fi
 
 if [ "$TESTS" = 1 ]; then
   step "CUDA tests"
-  # one config per Triton kernel here (eight would be compiled per variant); the benchmark autotunes
-  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests/ops/test_bsr_linear.py \
-    tests/ops/test_bsr_linear_triton.py -k "cuda" --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" | tail -15
+  # every test marked `cuda` or parametrized over the cuda device; one config per Triton kernel
+  # here (eight would be compiled per variant), the benchmark autotunes
+  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests -k "cuda" \
+    --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
