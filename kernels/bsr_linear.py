@@ -14,7 +14,8 @@ so the padding entries of edge blocks are never read, and their gradient is writ
 fp32 uses IEEE products unless ``torch.backends.cuda.matmul.allow_tf32`` is set (like cuBLAS).
 Launchers take torch tensors; they run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
 SPARSECL_TRITON_AUTOTUNE=0 (read per call) replaces autotuning by the first config of each list:
-the CUDA test suite uses it so that it compiles one variant per kernel instead of six.
+the CUDA test suite uses it so that it compiles one variant per kernel instead of one per config.
+``t_bucket`` (next power of two of the token count) is a kernel argument only so autotuning is keyed on it.
 """
 import os
 from typing import Optional
