@@ -108,6 +108,17 @@ if [ "$BENCH" = 1 ]; then
   step "GPU benchmarks"
   "$PY" -m sparsecl.cli bench bsr_linear --device cuda $QUICK --out "$RESULTS" -v 2>&1 | tee "$RESULTS/bench.log" | tail -25
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  step "bar: forward t <= 1.25*d*t_dense and faster than torch.sparse BSR (measured in this run)"
+  "$PY" - "$RESULTS"/bench-cuda*.json <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+dense = {r["shape"]: r["ms"] for r in rows if r["method"].startswith("dense") and r["pass_"] == "fwd"}
+for r in rows:
+    if r["method"].startswith("sparsecl") and r["pass_"] == "fwd":
+        ratio = r["ms"] / (r["density"] * dense[r["shape"]])
+        print(f'{r["method"]:16s} d={r["density"]:<4} {r["ms"]:.4f} ms  t/(d*t_dense)={ratio:.2f} '
+              f'density_bar={r["meets_density_bar"]} beats_torch_bsr={r["beats_torch_bsr"]} rel_err={r["rel_err"]:.1e}')
+EOF
 fi
 echo "results in $RESULTS (status $status)"
 exit $status
