@@ -55,10 +55,11 @@ DEFAULTS = {
 }
 
 ADAPTIVE_RULES = {
-    # density >= 0.1 (low sparsity): ERK; below: uniform (the paper's reported robustness at high sparsity)
+    # init: the paper's rule, ERK at low sparsity (density >= 0.1), uniform at high sparsity
     "init": lambda d: "erk" if d >= 0.1 else "uniform",
-    # growth: gradient with ERK at low sparsity, random exploration at high sparsity
-    "growth": lambda d: "gradient" if d >= 0.1 else "random",
+    # growth: gradient at low sparsity; momentum below 0.1, the best or tied-best growth at d=0.05 and 0.01
+    # for both inits in bench/results/continual/findings.md (random/unfired fall 3-8 points behind there)
+    "growth": lambda d: "gradient" if d >= 0.1 else "momentum",
 }
 
 
