@@ -2,9 +2,10 @@
 // Per layer both selections are "the n smallest items by (key, flat index)" over order-preserving
 // unsigned keys of the scores: drop key = asc(prune), grow key = ~asc(grow), NaN -> asc 0, so NaN is
 // dropped first and grown last, and the index breaks ties. Selection is a radix select: one pass over
-// the layer builds a histogram of the top key bits for both sets (and compacts the few drop candidates),
-// a second pass over the grow candidates splits them at the threshold bin, and nth_element orders only
-// the threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel.
+// the layer builds a histogram of the top key bits for both sets and compacts the drop candidates and the
+// grow candidates under a bound guessed from a small sample; the sets are then split at their threshold
+// bins from those lists (a second pass only if the guess fell short), and nth_element orders only the
+// threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -84,6 +85,32 @@ inline void zero_position(const LayerView& L, int64_t i) {
   for (int64_t r = r0; r < r1; ++r) std::fill(w + r * L.cols + c0, w + r * L.cols + c1, W(0));
 }
 
+// A bin bound that the n best grow candidates very likely fall under, from the grow keys of 64 spread
+// chunks of the layer (with a 1.5x + 32 margin); every bin for small layers. Pass 1 keeps the candidates
+// under it, so the grow selection needs no second pass over the layer unless the guess was short.
+template <typename S, typename K>
+int64_t guess_grow_bound(const LayerView& L, int shift, K flip, int64_t nbins) {
+  constexpr int64_t kChunks = 64, kChunk = 128;
+  const int64_t N = L.numel;
+  if (N < 8 * kChunks * kChunk) return nbins - 1;
+  const S* gs = static_cast<const S*>(L.gs);
+  std::vector<int64_t> h(nbins, 0);
+  int64_t cands = 0;
+  for (int64_t c = 0; c < kChunks; ++c)
+    for (int64_t i = c * (N / kChunks), e = i + kChunk; i < e; ++i)
+      if (!L.mask[i] && (!L.elig || L.elig[i])) {
+        ++h[(asc_key(gs[i]) ^ flip) >> shift];
+        ++cands;
+      }
+  if (cands == 0) return nbins - 1;
+  const double share = double(L.n) * (kChunks * kChunk) / (double(cands) * N);  // of all E \ A, roughly
+  const int64_t want = int64_t(1.5 * share * double(cands)) + 32;
+  int64_t cum = 0;
+  for (int64_t b = 0; b < nbins; ++b)
+    if ((cum += h[b]) >= want) return b;
+  return nbins - 1;
+}
+
 template <typename W, typename S>
 int64_t prune_regrow_layer(const LayerView& L) {
   using K = typename KeyOf<S>::type;
@@ -98,9 +125,11 @@ int64_t prune_regrow_layer(const LayerView& L) {
   const int shift = kKeyBits - hb;
   const K flip = ~K(0);
 
-  // pass 1: drop candidates compacted, grow keys of E \ A histogrammed
-  std::vector<int64_t> dhist(size_t(1) << hb, 0), ghist(size_t(1) << hb, 0);
-  std::vector<Item<K>> drop_cands;
+  // pass 1: drop candidates compacted, grow keys of E \ A histogrammed (and kept under the guessed bound)
+  const int64_t nbins = int64_t(1) << hb;
+  const int64_t guess = guess_grow_bound<S, K>(L, shift, flip, nbins);
+  std::vector<int64_t> dhist(nbins, 0), ghist(nbins, 0);
+  std::vector<Item<K>> drop_cands, grow_cands;
   for (int64_t i = 0; i < N; ++i) {
     if (L.elig && !L.elig[i]) continue;
     if (L.mask[i]) {
@@ -108,7 +137,10 @@ int64_t prune_regrow_layer(const LayerView& L) {
       drop_cands.push_back({k, i});
       ++dhist[k >> shift];
     } else {
-      ++ghist[(asc_key(gs[i]) ^ flip) >> shift];
+      const K k = asc_key(gs[i]) ^ flip;
+      const int64_t b = int64_t(k >> shift);
+      ++ghist[b];
+      if (b <= guess) grow_cands.push_back({k, i});
     }
   }
   const int64_t n = std::min<int64_t>(L.n, int64_t(drop_cands.size()));
@@ -129,7 +161,8 @@ int64_t prune_regrow_layer(const LayerView& L) {
   }
   drop_cands = {};
 
-  // grow set G over E \ (A \ D): D joins the histogram, then one pass splits at the threshold bin
+  // grow set G over E \ (A \ D): D joins the histogram, then the kept candidates (or, if the guess was
+  // short, a second pass over the layer) split at the threshold bin
   for (int64_t d : drop) ++ghist[(asc_key(gs[d]) ^ flip) >> shift];
   std::vector<int64_t> grow;
   grow.reserve(n);
@@ -137,15 +170,19 @@ int64_t prune_regrow_layer(const LayerView& L) {
   {
     auto [t, below] = threshold_bin(ghist, n);
     std::vector<Item<K>> ties;
-    auto visit = [&](int64_t i) {
-      const K k = asc_key(gs[i]) ^ flip;
+    auto visit = [&](K k, int64_t i) {
       const int64_t b = int64_t(k >> shift);
       if (b < t) grow.push_back(i);
       else if (b == t) ties.push_back({k, i});
     };
-    for (int64_t i = 0; i < N; ++i)
-      if (!L.mask[i] && (!L.elig || L.elig[i])) visit(i);
-    for (int64_t d : drop) visit(d);
+    if (t <= guess) {
+      for (const auto& c : grow_cands) visit(c.key, c.idx);
+    } else {
+      for (int64_t i = 0; i < N; ++i)
+        if (!L.mask[i] && (!L.elig || L.elig[i])) visit(asc_key(gs[i]) ^ flip, i);
+    }
+    grow_cands = {};
+    for (int64_t d : drop) visit(asc_key(gs[d]) ^ flip, d);
     pivot = take_smallest(ties, n - below, grow);
   }
 

@@ -226,3 +226,26 @@ def test_cuda_matches_reference(kind, block, seed):
     assert got == want
     for a, b, c, d in zip(mc, ms2, wc, ws2):
         assert torch.equal(a.cpu(), b) and bits_equal(c.cpu(), d)
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["randn", "ties", "adversarial"])
+def test_large_layer_sampled_bound_and_fallback(kind, seed):
+    """Layers >= 64K positions guess the grow threshold from a sample; "adversarial" puts the best grow
+    scores exactly in the sampled chunks, so the guess falls short and the second pass must run."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (300, 301)
+    m = torch.rand(shape, generator=gen) < 0.1
+    w = torch.randn(shape, generator=gen)
+    p = scores(shape, "ties" if kind == "ties" else "randn", gen)
+    g = scores(shape, "ties" if kind == "ties" else "randn", gen)
+    if kind == "adversarial":
+        g = torch.rand(shape, generator=gen)
+        flat, N = g.view(-1), g.numel()
+        for c in range(64):
+            flat[c * (N // 64): c * (N // 64) + 128] = 100.0
+    # adversarial: n exceeds the ~7.4K sampled candidates at 100.0, so the true threshold is past the guess
+    n = int((0.9 if kind == "adversarial" else 0.3) * int(m.sum()))
+    w1, m1, w2, m2 = w.clone(), m.clone(), w.clone(), m.clone()
+    assert prune_regrow([w1], [m1], [p], [g], [n]) == reference_prune_regrow([w2], [m2], [p], [g], [n])
+    assert torch.equal(m1, m2) and bits_equal(w1, w2)
