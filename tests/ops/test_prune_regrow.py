@@ -249,3 +249,35 @@ def test_large_layer_sampled_bound_and_fallback(kind, seed):
     w1, m1, w2, m2 = w.clone(), m.clone(), w.clone(), m.clone()
     assert prune_regrow([w1], [m1], [p], [g], [n]) == reference_prune_regrow([w2], [m2], [p], [g], [n])
     assert torch.equal(m1, m2) and bits_equal(w1, w2)
+
+
+def sort_oracle(ws, ms, ps, gs, cs, es):
+    """The contract spelled out with stable sorts (independent of the reference's integer ranks)."""
+    out = []
+    for l, (w, m, p, g) in enumerate(zip(ws, ms, ps, gs)):
+        A = m.flatten().clone()
+        E = es[l].flatten() if es else torch.ones_like(A)
+        n = min(cs[l], int((A & E).sum()))
+        d = drop_order(p)
+        D = d[(A & E)[d]][:n]
+        cand = E & ~A
+        cand[D] = True
+        go = grow_order(g)
+        G = go[cand[go]][:n]
+        new = A.clone()
+        new[D] = False
+        new[G] = True
+        out.append((new.view(m.shape), D, G))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "zeros"])
+@pytest.mark.parametrize("score_dtype", [torch.float32, torch.float16, torch.float64])
+def test_reference_matches_sort_oracle(kind, score_dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ws, ms, ps, gs, cs, es = clone_all(random_layers(gen, 12, kind, False, True))
+    ps, gs = [p.to(score_dtype) for p in ps], [g.to(score_dtype) for g in gs]
+    want = sort_oracle(ws, ms, ps, gs, cs, es)
+    reference_prune_regrow(ws, ms, ps, gs, cs, es)
+    for (new, _, _), m in zip(want, ms):
+        assert torch.equal(m, new)
