@@ -5,7 +5,8 @@
 // the layer builds a histogram of the top key bits for both sets and compacts the drop candidates and the
 // grow candidates under a bound guessed from a small sample; the sets are then split at their threshold
 // bins from those lists (a second pass only if the guess fell short), and nth_element orders only the
-// threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel.
+// threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel, largest
+// first; a lone or dominant layer instead splits its first pass over the threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -128,20 +129,39 @@ int64_t prune_regrow_layer(const LayerView& L) {
   // pass 1: drop candidates compacted, grow keys of E \ A histogrammed (and kept under the guessed bound)
   const int64_t nbins = int64_t(1) << hb;
   const int64_t guess = guess_grow_bound<S, K>(L, shift, flip, nbins);
-  std::vector<int64_t> dhist(nbins, 0), ghist(nbins, 0);
-  std::vector<Item<K>> drop_cands, grow_cands;
-  for (int64_t i = 0; i < N; ++i) {
-    if (L.elig && !L.elig[i]) continue;
-    if (L.mask[i]) {
-      const K k = asc_key(ps[i]);
-      drop_cands.push_back({k, i});
-      ++dhist[k >> shift];
-    } else {
-      const K k = asc_key(gs[i]) ^ flip;
-      const int64_t b = int64_t(k >> shift);
-      ++ghist[b];
-      if (b <= guess) grow_cands.push_back({k, i});
+  // chunks of the layer run in parallel when the layers themselves do not (a lone or dominant layer)
+  const int64_t n_chunks = at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(
+      at::get_num_threads(), N / (int64_t(1) << 18)));
+  std::vector<std::vector<int64_t>> dh(n_chunks, std::vector<int64_t>(nbins, 0)), gh(dh);
+  std::vector<std::vector<Item<K>>> dc(n_chunks), gc(n_chunks);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      auto &dhist = dh[c], &ghist = gh[c];
+      auto &drop_cands = dc[c], &grow_cands = gc[c];
+      for (int64_t i = N * c / n_chunks, end = N * (c + 1) / n_chunks; i < end; ++i) {
+        if (L.elig && !L.elig[i]) continue;
+        if (L.mask[i]) {
+          const K k = asc_key(ps[i]);
+          drop_cands.push_back({k, i});
+          ++dhist[k >> shift];
+        } else {
+          const K k = asc_key(gs[i]) ^ flip;
+          const int64_t b = int64_t(k >> shift);
+          ++ghist[b];
+          if (b <= guess) grow_cands.push_back({k, i});
+        }
+      }
     }
+  });
+  std::vector<int64_t> dhist = std::move(dh[0]), ghist = std::move(gh[0]);
+  std::vector<Item<K>> drop_cands = std::move(dc[0]), grow_cands = std::move(gc[0]);
+  for (int64_t c = 1; c < n_chunks; ++c) {
+    for (int64_t b = 0; b < nbins; ++b) {
+      dhist[b] += dh[c][b];
+      ghist[b] += gh[c][b];
+    }
+    drop_cands.insert(drop_cands.end(), dc[c].begin(), dc[c].end());
+    grow_cands.insert(grow_cands.end(), gc[c].begin(), gc[c].end());
   }
   const int64_t n = std::min<int64_t>(L.n, int64_t(drop_cands.size()));
   if (n == 0) return 0;
@@ -206,9 +226,18 @@ int64_t prune_regrow_layer(const LayerView& L) {
 template <typename W, typename S>
 void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>& order, int64_t* out) {
   const int64_t L = int64_t(views.size());
-  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(L, at::get_num_threads())));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t j = 0; j < L; ++j) out[order[j]] = prune_regrow_layer<W, S>(views[order[j]]);
+  const int64_t threads = at::get_num_threads();
+  int64_t total = 0;
+  for (const auto& v : views) total += v.numel;
+  // a layer holding over half of all positions (or fewer layers than threads) runs alone, chunked in parallel
+  int64_t j0 = 0;
+  for (; j0 < L && (L - j0 < threads || 2 * views[order[j0]].numel > total); ++j0) {
+    out[order[j0]] = prune_regrow_layer<W, S>(views[order[j0]]);
+    total -= views[order[j0]].numel;
+  }
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(L - j0, threads)));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t j = j0; j < L; ++j) out[order[j]] = prune_regrow_layer<W, S>(views[order[j]]);
 }
 
 int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {

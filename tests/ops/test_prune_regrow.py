@@ -281,3 +281,25 @@ def test_reference_matches_sort_oracle(kind, score_dtype, seed):
     reference_prune_regrow(ws, ms, ps, gs, cs, es)
     for (new, _, _), m in zip(want, ms):
         assert torch.equal(m, new)
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["randn", "ties"])
+def test_lone_large_layer_split_over_threads(kind, seed):
+    """A lone layer of >= 2 * 2**18 positions splits its first pass into chunks (when threads allow)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (800, 700)
+    m = torch.rand(shape, generator=gen) < 0.1
+    w = torch.randn(shape, generator=gen)
+    p, g = scores(shape, kind, gen), scores(shape, kind, gen)
+    e = torch.rand(shape, generator=gen) < 0.9
+    n = int(0.3 * int(m.sum()))
+    w1, m1, w2, m2 = w.clone(), m.clone(), w.clone(), m.clone()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        got = prune_regrow([w1], [m1], [p], [g], [n], [e])
+    finally:
+        torch.set_num_threads(threads)
+    assert got == reference_prune_regrow([w2], [m2], [p], [g], [n], [e])
+    assert torch.equal(m1, m2) and bits_equal(w1, w2)
