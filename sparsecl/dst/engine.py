@@ -138,7 +138,12 @@ class DST:
                 keep = torch.sort(score, descending=True, stable=True).indices[:target]
                 new = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
                 new[keep] = True
-                self._set_topology(module, new.view(mask.shape))
+                try:
+                    self._set_topology(module, new.view(mask.shape))
+                except ValueError as exc:
+                    raise ValueError(f"{name}: density={density} needs {target} active positions, the layer has "
+                                     f"{int(mask.sum())} and cannot change its nnz ({exc}); build it at the target "
+                                     "density or pass density=None") from exc
                 self.ever_active[name] |= new.view(mask.shape)
 
     @staticmethod
