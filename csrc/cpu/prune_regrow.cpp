@@ -2,9 +2,11 @@
 // Per layer both selections are "the n smallest items by (key, flat index)" over order-preserving
 // unsigned keys of the scores: drop key = asc(prune), grow key = ~asc(grow), NaN -> asc 0, so NaN is
 // dropped first and grown last, and the index breaks ties. Selection is a radix select: one pass over
-// the layer builds a histogram of the top key bits for both sets (and compacts the few drop candidates),
-// a second pass over the grow candidates splits them at the threshold bin, and nth_element orders only
-// the threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel.
+// the layer builds a histogram of the top key bits for both sets and compacts the drop candidates and the
+// grow candidates under a bound guessed from a small sample; the sets are then split at their threshold
+// bins from those lists (a second pass only if the guess fell short), and nth_element orders only the
+// threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel, largest
+// first; a lone or dominant layer instead splits its first pass over the threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -84,6 +86,32 @@ inline void zero_position(const LayerView& L, int64_t i) {
   for (int64_t r = r0; r < r1; ++r) std::fill(w + r * L.cols + c0, w + r * L.cols + c1, W(0));
 }
 
+// A bin bound that the n best grow candidates very likely fall under, from the grow keys of 64 spread
+// chunks of the layer (with a 1.5x + 32 margin); every bin for small layers. Pass 1 keeps the candidates
+// under it, so the grow selection needs no second pass over the layer unless the guess was short.
+template <typename S, typename K>
+int64_t guess_grow_bound(const LayerView& L, int shift, K flip, int64_t nbins) {
+  constexpr int64_t kChunks = 64, kChunk = 128;
+  const int64_t N = L.numel;
+  if (N < 8 * kChunks * kChunk) return nbins - 1;
+  const S* gs = static_cast<const S*>(L.gs);
+  std::vector<int64_t> h(nbins, 0);
+  int64_t cands = 0;
+  for (int64_t c = 0; c < kChunks; ++c)
+    for (int64_t i = c * (N / kChunks), e = i + kChunk; i < e; ++i)
+      if (!L.mask[i] && (!L.elig || L.elig[i])) {
+        ++h[(asc_key(gs[i]) ^ flip) >> shift];
+        ++cands;
+      }
+  if (cands == 0) return nbins - 1;
+  const double share = double(L.n) * (kChunks * kChunk) / (double(cands) * N);  // of all E \ A, roughly
+  const int64_t want = int64_t(1.5 * share * double(cands)) + 32;
+  int64_t cum = 0;
+  for (int64_t b = 0; b < nbins; ++b)
+    if ((cum += h[b]) >= want) return b;
+  return nbins - 1;
+}
+
 template <typename W, typename S>
 int64_t prune_regrow_layer(const LayerView& L) {
   using K = typename KeyOf<S>::type;
@@ -98,18 +126,42 @@ int64_t prune_regrow_layer(const LayerView& L) {
   const int shift = kKeyBits - hb;
   const K flip = ~K(0);
 
-  // pass 1: drop candidates compacted, grow keys of E \ A histogrammed
-  std::vector<int64_t> dhist(size_t(1) << hb, 0), ghist(size_t(1) << hb, 0);
-  std::vector<Item<K>> drop_cands;
-  for (int64_t i = 0; i < N; ++i) {
-    if (L.elig && !L.elig[i]) continue;
-    if (L.mask[i]) {
-      const K k = asc_key(ps[i]);
-      drop_cands.push_back({k, i});
-      ++dhist[k >> shift];
-    } else {
-      ++ghist[(asc_key(gs[i]) ^ flip) >> shift];
+  // pass 1: drop candidates compacted, grow keys of E \ A histogrammed (and kept under the guessed bound)
+  const int64_t nbins = int64_t(1) << hb;
+  const int64_t guess = guess_grow_bound<S, K>(L, shift, flip, nbins);
+  // chunks of the layer run in parallel when the layers themselves do not (a lone or dominant layer)
+  const int64_t n_chunks = at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(
+      at::get_num_threads(), N / (int64_t(1) << 18)));
+  std::vector<std::vector<int64_t>> dh(n_chunks, std::vector<int64_t>(nbins, 0)), gh(dh);
+  std::vector<std::vector<Item<K>>> dc(n_chunks), gc(n_chunks);
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      auto &dhist = dh[c], &ghist = gh[c];
+      auto &drop_cands = dc[c], &grow_cands = gc[c];
+      for (int64_t i = N * c / n_chunks, end = N * (c + 1) / n_chunks; i < end; ++i) {
+        if (L.elig && !L.elig[i]) continue;
+        if (L.mask[i]) {
+          const K k = asc_key(ps[i]);
+          drop_cands.push_back({k, i});
+          ++dhist[k >> shift];
+        } else {
+          const K k = asc_key(gs[i]) ^ flip;
+          const int64_t b = int64_t(k >> shift);
+          ++ghist[b];
+          if (b <= guess) grow_cands.push_back({k, i});
+        }
+      }
     }
+  });
+  std::vector<int64_t> dhist = std::move(dh[0]), ghist = std::move(gh[0]);
+  std::vector<Item<K>> drop_cands = std::move(dc[0]), grow_cands = std::move(gc[0]);
+  for (int64_t c = 1; c < n_chunks; ++c) {
+    for (int64_t b = 0; b < nbins; ++b) {
+      dhist[b] += dh[c][b];
+      ghist[b] += gh[c][b];
+    }
+    drop_cands.insert(drop_cands.end(), dc[c].begin(), dc[c].end());
+    grow_cands.insert(grow_cands.end(), gc[c].begin(), gc[c].end());
   }
   const int64_t n = std::min<int64_t>(L.n, int64_t(drop_cands.size()));
   if (n == 0) return 0;
@@ -129,7 +181,8 @@ int64_t prune_regrow_layer(const LayerView& L) {
   }
   drop_cands = {};
 
-  // grow set G over E \ (A \ D): D joins the histogram, then one pass splits at the threshold bin
+  // grow set G over E \ (A \ D): D joins the histogram, then the kept candidates (or, if the guess was
+  // short, a second pass over the layer) split at the threshold bin
   for (int64_t d : drop) ++ghist[(asc_key(gs[d]) ^ flip) >> shift];
   std::vector<int64_t> grow;
   grow.reserve(n);
@@ -137,15 +190,19 @@ int64_t prune_regrow_layer(const LayerView& L) {
   {
     auto [t, below] = threshold_bin(ghist, n);
     std::vector<Item<K>> ties;
-    auto visit = [&](int64_t i) {
-      const K k = asc_key(gs[i]) ^ flip;
+    auto visit = [&](K k, int64_t i) {
       const int64_t b = int64_t(k >> shift);
       if (b < t) grow.push_back(i);
       else if (b == t) ties.push_back({k, i});
     };
-    for (int64_t i = 0; i < N; ++i)
-      if (!L.mask[i] && (!L.elig || L.elig[i])) visit(i);
-    for (int64_t d : drop) visit(d);
+    if (t <= guess) {
+      for (const auto& c : grow_cands) visit(c.key, c.idx);
+    } else {
+      for (int64_t i = 0; i < N; ++i)
+        if (!L.mask[i] && (!L.elig || L.elig[i])) visit(asc_key(gs[i]) ^ flip, i);
+    }
+    grow_cands = {};
+    for (int64_t d : drop) visit(asc_key(gs[d]) ^ flip, d);
     pivot = take_smallest(ties, n - below, grow);
   }
 
@@ -169,9 +226,18 @@ int64_t prune_regrow_layer(const LayerView& L) {
 template <typename W, typename S>
 void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>& order, int64_t* out) {
   const int64_t L = int64_t(views.size());
-  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(L, at::get_num_threads())));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t j = 0; j < L; ++j) out[order[j]] = prune_regrow_layer<W, S>(views[order[j]]);
+  const int64_t threads = at::get_num_threads();
+  int64_t total = 0;
+  for (const auto& v : views) total += v.numel;
+  // a layer holding over half of all positions (or fewer layers than threads) runs alone, chunked in parallel
+  int64_t j0 = 0;
+  for (; j0 < L && (L - j0 < threads || 2 * views[order[j0]].numel > total); ++j0) {
+    out[order[j0]] = prune_regrow_layer<W, S>(views[order[j0]]);
+    total -= views[order[j0]].numel;
+  }
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(L - j0, threads)));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t j = j0; j < L; ++j) out[order[j]] = prune_regrow_layer<W, S>(views[order[j]]);
 }
 
 int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {

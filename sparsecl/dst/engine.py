@@ -22,10 +22,24 @@ def is_dst_layer(module):
 
 
 def _block_reduce(t, B):
+    """Sum of |t| over B x B blocks of a 2-D tensor (edge blocks clipped); t itself when B == 1."""
     if B == 1:
         return t
-    from ..formats import block_reduce
-    return block_reduce(t, B, "abs_sum")
+    nb = (-(-t.shape[0] // B), -(-t.shape[1] // B))
+    if t.shape[0] % B or t.shape[1] % B:
+        t = torch.nn.functional.pad(t, (0, nb[1] * B - t.shape[1], 0, nb[0] * B - t.shape[0]))
+    return t.reshape(nb[0], B, nb[1], B).abs().sum((1, 3))
+
+
+def _compact_block_sum(module, t):
+    """Per-block sum of |t| for a block layer with compact BSR storage (t shaped like its values), scattered
+    to the block grid without building the dense weight; None when the layer has no such layout."""
+    layout = getattr(module, "layout", None)
+    if module.dst_block_size == 1 or not hasattr(layout, "block_mask") or t.dim() != 3:
+        return None
+    grid = torch.zeros(layout.n_block_rows, layout.n_block_cols, dtype=torch.float32, device=t.device)
+    grid[layout.row_idx.long(), layout.col_idx.long()] = t.abs().sum((1, 2)).float()
+    return grid
 
 
 class DST:
@@ -76,6 +90,8 @@ class DST:
                 self.layers.append((name, module, cfg))
         if not self.layers:
             raise ValueError("model has no sparse layers (modules implementing the DST layer protocol)")
+        self._shapes = {name: self._weight_shape(m) for name, m, _ in self.layers}
+        self._names = {id(m): name for name, m, _ in self.layers}
         self._step = 0
         self.ever_active = {name: m.dst_mask().clone() for name, m, _ in self.layers}
         self._dense_grads = {}
@@ -122,15 +138,25 @@ class DST:
                 keep = torch.sort(score, descending=True, stable=True).indices[:target]
                 new = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
                 new[keep] = True
-                self._set_topology(module, new.view(mask.shape))
+                try:
+                    self._set_topology(module, new.view(mask.shape))
+                except ValueError as exc:
+                    raise ValueError(f"{name}: density={density} needs {target} active positions, the layer has "
+                                     f"{int(mask.sum())} and cannot change its nnz ({exc}); build it at the target "
+                                     "density or pass density=None") from exc
                 self.ever_active[name] |= new.view(mask.shape)
 
     @staticmethod
-    def _wshape(module, mask):
+    def _weight_shape(module):
         # element layers: the dense weight in the mask's shape (conv: [out, in*kh*kw]); block layers: [out, in]
         if module.dst_block_size == 1:
-            return tuple(mask.shape)
+            return tuple(module.dst_mask().shape)
         return tuple(module.dense_weight().shape)
+
+    def _wshape(self, module, mask):
+        if module.dst_block_size == 1:
+            return tuple(mask.shape)
+        return self._shapes[self._names[id(module)]]
 
     # schedule -----------------------------------------------------------------------------------
     @property
@@ -252,36 +278,43 @@ class DST:
 
     def _scores(self, i, name, module, cfg, mask):
         shape = self._wshape(module, mask)
-        w = module.dense_weight().detach().reshape(shape)
-        if cfg["prune"] == "magnitude":
-            prune = criteria.magnitude_score(w)
-        elif cfg["prune"] == "taylor":
-            grad = module.sparse_parameter.grad
-            if grad is None:
+        B = module.dst_block_size
+        prune = None
+        if cfg["prune"] == "taylor":
+            p = module.sparse_parameter
+            if p.grad is None:
                 raise RuntimeError(f"{name}: prune='taylor' needs the parameter's .grad at the update step "
                                    "(call DST.step() before optimizer.zero_grad())")
-            prune = criteria.taylor_score(w, self._param_as_dense(module, grad).reshape(shape))
+            prune = _compact_block_sum(module, p.detach() * p.grad)
+            if prune is None:
+                w = module.dense_weight().detach().reshape(shape)
+                prune = criteria.taylor_score(w, self._param_as_dense(module, p.grad).reshape(shape))
+        elif cfg["prune"] == "magnitude":
+            prune = _compact_block_sum(module, module.sparse_parameter.detach())
+            if prune is None:
+                prune = criteria.magnitude_score(module.dense_weight().detach().reshape(shape))
         else:
-            emask = mask if module.dst_block_size == 1 else torch.ones_like(w, dtype=torch.bool)
-            prune = criteria.set_score(w, emask)
+            w = module.dense_weight().detach().reshape(shape)
+            prune = criteria.set_score(w, mask if B == 1 else torch.ones_like(w, dtype=torch.bool))
         growth = cfg["growth"]
         if growth == "random":
             grow = criteria.random_score(mask.shape, self._generator(i, 1), mask.device)
         elif growth == "unfired":
             grow = criteria.unfired_score(self.ever_active[name], self._generator(i, 2))
         elif growth == "gradient":
-            grow = self._dense_grad(name, module, mask).abs()
+            grow = self._dense_grad(name, module, mask)
         else:
             if name not in self._momentum:
                 raise RuntimeError(f"{name}: no momentum yet: growth='momentum' needs dense gradients captured "
                                    "on the steps before the update")
             m, v = self._momentum[name]
             eps = self.optimizer.param_groups[0].get("eps", 1e-8)
-            grow = (m if v is None else m / (v.sqrt() + eps)).abs().reshape(shape)
-        B = module.dst_block_size  # element-level scores are summed over blocks; random ones are per block
-        prune = _block_reduce(prune.float(), B)
+            grow = (m if v is None else m / (v.sqrt() + eps)).reshape(shape)
+        # element-level scores become per-block sums of |.|; random scores are already per block
+        if prune.shape != mask.shape:
+            prune = _block_reduce(prune.float(), B)
         if growth in ("gradient", "momentum"):
-            grow = _block_reduce(grow.float(), B)
+            grow = _block_reduce(grow.float(), B) if B > 1 else grow.abs()
         return prune.to(torch.float32), grow.to(torch.float32)
 
     def _eligible(self, name, module, mask):
@@ -328,11 +361,10 @@ class DST:
         state = self.optimizer.state.get(p) if self.optimizer is not None else None
         if not state:
             return
-        valid, idx = src >= 0, src.clamp(min=0)
+        invalid, idx = src < 0, src.clamp(min=0)
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and v.shape == old_shape and v.numel() > 0:
-                new = torch.where(valid, v.flatten()[idx], torch.zeros((), dtype=v.dtype, device=v.device))
-                state[k] = new.view(p.shape)
+                state[k] = v.flatten().index_select(0, idx).masked_fill_(invalid, 0).view(p.shape)
 
     # checkpointing ------------------------------------------------------------------------------
     def state_dict(self):

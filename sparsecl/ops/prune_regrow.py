@@ -50,6 +50,40 @@ def grow_order(score):
     return order[torch.sort(nan[order].to(torch.uint8), stable=True).indices]
 
 
+def _asc_key32(score):
+    """Order-preserving int64 keys in [0, 2**32) of float32-exact scores; NaN -> 0, -0.0 and +0.0 equal."""
+    v = score.detach().flatten().float() + 0.0
+    u = v.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    key = torch.where(u >= 2 ** 31, 0xFFFFFFFF - u, u + 2 ** 31)
+    return key.masked_fill_(torch.isnan(v), 0)
+
+
+def _smallest(rank, cand, n):
+    """Indices of the n smallest (unique) ranks among the candidates, via torch.topk."""
+    rank = rank.masked_fill(~cand, torch.iinfo(torch.int64).max)
+    return torch.topk(rank, n, largest=False, sorted=False).indices
+
+
+def _select(p, g, A, E, n):
+    """(D, G) as flat indices. float32-exact scores: unique int64 ranks (key * 2**31 + index) and
+    torch.topk; float64 scores: stable sorts in drop/grow order."""
+    exact32 = p.dtype != torch.float64 and g.dtype != torch.float64 and A.numel() < 2 ** 31
+    if exact32:
+        idx = torch.arange(A.numel(), device=A.device)
+        D = _smallest(_asc_key32(p) * 2 ** 31 + idx, A & E, n)
+    else:
+        d_order = drop_order(p)
+        D = d_order[(A & E)[d_order]][:n]
+    cand = E & ~A
+    cand[D] = True
+    if exact32:
+        G = _smallest((0xFFFFFFFF - _asc_key32(g)) * 2 ** 31 + idx, cand, n)
+    else:
+        g_order = grow_order(g)
+        G = g_order[cand[g_order]][:n]
+    return D, G
+
+
 def _expand_blocks(grid, shape, B):
     return grid.repeat_interleave(B, 0).repeat_interleave(B, 1)[: shape[0], : shape[1]]
 
@@ -60,12 +94,7 @@ def _reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, e
         A = m.flatten().clone()
         E = eligible[l].flatten() if len(eligible) else torch.ones_like(A)
         n = min(int(counts[l]), int((A & E).sum()))
-        d_order = drop_order(p)
-        D = d_order[(A & E)[d_order]][:n]
-        cand = E & ~A
-        cand[D] = True
-        g_order = grow_order(g)
-        G = g_order[cand[g_order]][:n]
+        D, G = _select(p, g, A, E, n)
         in_d, in_g = torch.zeros_like(A), torch.zeros_like(A)
         in_d[D] = True
         in_g[G] = True
@@ -79,7 +108,8 @@ def _reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, e
 
 
 def reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, eligible=None):
-    """The plain-torch implementation (stable sorts per layer + scatter); same contract as prune_regrow."""
+    """The plain-torch implementation (torch.topk on unique integer ranks per layer + scatter; stable sorts
+    for float64 scores); same contract as prune_regrow."""
     counts = torch.as_tensor(counts, dtype=torch.int64)
     return _reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, eligible or []).tolist()
 

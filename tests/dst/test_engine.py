@@ -262,3 +262,19 @@ def test_block_set_topology_incremental_repack(seed):
     assert (layer.values.detach().flatten()[~valid] == 0).all()
     with pytest.raises(ValueError, match="block grid"):
         layer.set_topology(torch.ones(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("mode", ["csr", "masked"])
+def test_sparse_linear_layers_work_unchanged(mode):
+    from sparsecl.nn import SparseLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SparseLinear(20, 48, density=0.3, mode=mode), nn.ReLU(),
+                          SparseLinear(48, 10, density=0.3, mode=mode))
+    opt = make_opt("adam", model)
+    before = masks(model)
+    dst = DST(model, opt, growth="gradient", update_every=2, end_step=8, drop_fraction=0.3)
+    train(model, opt, dst, data("masked", 8))
+    after = masks(model)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(int(a.sum()) == int(b.sum()) for a, b in zip(before, after))

@@ -226,3 +226,80 @@ def test_cuda_matches_reference(kind, block, seed):
     assert got == want
     for a, b, c, d in zip(mc, ms2, wc, ws2):
         assert torch.equal(a.cpu(), b) and bits_equal(c.cpu(), d)
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["randn", "ties", "adversarial"])
+def test_large_layer_sampled_bound_and_fallback(kind, seed):
+    """Layers >= 64K positions guess the grow threshold from a sample; "adversarial" puts the best grow
+    scores exactly in the sampled chunks, so the guess falls short and the second pass must run."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (300, 301)
+    m = torch.rand(shape, generator=gen) < 0.1
+    w = torch.randn(shape, generator=gen)
+    p = scores(shape, "ties" if kind == "ties" else "randn", gen)
+    g = scores(shape, "ties" if kind == "ties" else "randn", gen)
+    if kind == "adversarial":
+        g = torch.rand(shape, generator=gen)
+        flat, N = g.view(-1), g.numel()
+        for c in range(64):
+            flat[c * (N // 64): c * (N // 64) + 128] = 100.0
+    # adversarial: n exceeds the ~7.4K sampled candidates at 100.0, so the true threshold is past the guess
+    n = int((0.9 if kind == "adversarial" else 0.3) * int(m.sum()))
+    w1, m1, w2, m2 = w.clone(), m.clone(), w.clone(), m.clone()
+    assert prune_regrow([w1], [m1], [p], [g], [n]) == reference_prune_regrow([w2], [m2], [p], [g], [n])
+    assert torch.equal(m1, m2) and bits_equal(w1, w2)
+
+
+def sort_oracle(ws, ms, ps, gs, cs, es):
+    """The contract spelled out with stable sorts (independent of the reference's integer ranks)."""
+    out = []
+    for l, (w, m, p, g) in enumerate(zip(ws, ms, ps, gs)):
+        A = m.flatten().clone()
+        E = es[l].flatten() if es else torch.ones_like(A)
+        n = min(cs[l], int((A & E).sum()))
+        d = drop_order(p)
+        D = d[(A & E)[d]][:n]
+        cand = E & ~A
+        cand[D] = True
+        go = grow_order(g)
+        G = go[cand[go]][:n]
+        new = A.clone()
+        new[D] = False
+        new[G] = True
+        out.append((new.view(m.shape), D, G))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "zeros"])
+@pytest.mark.parametrize("score_dtype", [torch.float32, torch.float16, torch.float64])
+def test_reference_matches_sort_oracle(kind, score_dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ws, ms, ps, gs, cs, es = clone_all(random_layers(gen, 12, kind, False, True))
+    ps, gs = [p.to(score_dtype) for p in ps], [g.to(score_dtype) for g in gs]
+    want = sort_oracle(ws, ms, ps, gs, cs, es)
+    reference_prune_regrow(ws, ms, ps, gs, cs, es)
+    for (new, _, _), m in zip(want, ms):
+        assert torch.equal(m, new)
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["randn", "ties"])
+def test_lone_large_layer_split_over_threads(kind, seed):
+    """A lone layer of >= 2 * 2**18 positions splits its first pass into chunks (when threads allow)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (800, 700)
+    m = torch.rand(shape, generator=gen) < 0.1
+    w = torch.randn(shape, generator=gen)
+    p, g = scores(shape, kind, gen), scores(shape, kind, gen)
+    e = torch.rand(shape, generator=gen) < 0.9
+    n = int(0.3 * int(m.sum()))
+    w1, m1, w2, m2 = w.clone(), m.clone(), w.clone(), m.clone()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        got = prune_regrow([w1], [m1], [p], [g], [n], [e])
+    finally:
+        torch.set_num_threads(threads)
+    assert got == reference_prune_regrow([w2], [m2], [p], [g], [n], [e])
+    assert torch.equal(m1, m2) and bits_equal(w1, w2)

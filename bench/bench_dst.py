@@ -1,0 +1,66 @@
+"""Cost of one DST update against training steps of the same block-sparse MLP (bar: update <= 2 steps).
+
+A training step is zero_grad + forward + backward + Adam step. An update step is the same plus, for
+gradient growth, the dense-gradient hooks on that batch, then the fused prune_regrow over all layers,
+the incremental repack of every layer and the optimizer-state remap. "update cost" = update step - step.
+"""
+import torch
+from torch import nn
+
+from sparsecl.dst import DST
+from sparsecl.nn import BlockSparseLinear
+
+try:
+    from .harness import measure
+except ImportError:  # run by pytest from the bench/ folder
+    from harness import measure
+
+CASES = [dict(id="mlp-1024-4096-d0.1-b32", width=1024, hidden=4096, depth=2, density=0.1, block=32, tokens=256)]
+
+
+def make(case, growth, seed=0):
+    torch.manual_seed(seed)
+    w, h, B, d = case["width"], case["hidden"], case["block"], case["density"]
+    layers = []
+    for _ in range(case["depth"]):
+        layers += [BlockSparseLinear(w, h, density=d, block_size=B), nn.ReLU(), BlockSparseLinear(h, w, density=d,
+                                                                                                 block_size=B)]
+    model = nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    dst = DST(model, opt, growth=growth, update_every=10 ** 9, decay="constant", drop_fraction=0.3)
+    x = torch.randn(case["tokens"], w)
+    return model, opt, dst, x
+
+
+def rows(quick=False, device="cpu"):
+    min_time = 0.5 if quick else 2.0
+    for case in CASES:
+        for growth in ("gradient", "random"):
+            model, opt, dst, x = make(case, growth)
+
+            def train_step():
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
+                dst.step()
+
+            t_step = measure(train_step, device, min_time)
+            dst.update_every = 1  # every step updates (hooks armed for each batch)
+            dst._arm_hooks()
+            t_update = measure(train_step, device, min_time)
+            dst.update_every = 10 ** 9
+            dst._arm_hooks()
+            t_step2 = measure(train_step, device, min_time)
+            t_step = min(t_step, t_step2)
+            cost = t_update - t_step
+            nnz = sum(m.values.numel() for m in model if isinstance(m, BlockSparseLinear))
+            yield dict(op="dst_update", case=case["id"], growth=growth, nnz=nnz, step_ms=t_step * 1e3,
+                       update_step_ms=t_update * 1e3, update_cost_ms=cost * 1e3, update_in_steps=cost / t_step,
+                       bar_ok=cost <= 2 * t_step)
+
+
+if __name__ == "__main__":
+    from harness import format_table
+
+    print(format_table(list(rows()), ["case", "growth", "step_ms", "update_step_ms", "update_cost_ms",
+                                      "update_in_steps", "bar_ok"]))
