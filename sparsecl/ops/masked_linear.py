@@ -15,12 +15,12 @@ OP = "masked_linear"
 
 # Pure-torch reference kernels (used only when the compiled extension is missing) -------------
 def _reference_forward(x, weight, mask, bias):
-    y = x @ (weight * mask).T
+    y = x @ torch.where(mask, weight, 0).T
     return y + bias if bias is not None else y
 
 
 def _reference_dx(grad_out, weight, mask):
-    return grad_out @ (weight * mask)
+    return grad_out @ torch.where(mask, weight, 0)
 
 
 def _reference_dw(grad_out, x, grad_mask):

@@ -82,7 +82,7 @@ def test_leading_dims_and_noncontiguous(device, seed):
 
 
 def test_large_panels(seed):
-    """More output rows than one masking panel (16 MiB / row bytes, min 256 rows)."""
+    """More output rows than one masking panel (32 MiB / row bytes, min 256 rows)."""
     x, w, mask, bias = random_case(3, 8, 700, 0.5, "cpu", torch.float64)
     assert_close(masked_linear(x, w, mask, bias), x @ (w * mask).T + bias)
     g = torch.randn(3, 700, dtype=torch.float64)
