@@ -61,12 +61,36 @@ std::vector<int64_t> balanced_rows(const int32_t* row_ptr, int64_t n_rows, int64
 }
 
 // Panel-major transposed copy: xT [Tp / P, cols, P] with xT[p, i, t] = x[p * P + t, i], zero for tokens >= T.
+// One pass over x (any strides), in P x kColBlock tiles that stay in L1.
+template <typename T>
+void transpose_panels_kernel(const T* x, int64_t s0, int64_t s1, int64_t n_tokens, int64_t cols, T* xT) {
+  constexpr int64_t kColBlock = 64;
+  const int64_t n_panels = (n_tokens + kPanel - 1) / kPanel, n_cb = (cols + kColBlock - 1) / kColBlock;
+  at::parallel_for(0, n_panels * n_cb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t p = job / n_cb, i0 = (job % n_cb) * kColBlock, in = std::min(kColBlock, cols - i0);
+      T* out = xT + (p * cols + i0) * kPanel;
+      for (int64_t t = 0; t < kPanel; ++t) {
+        const int64_t tok = p * kPanel + t;
+        if (tok < n_tokens) {
+          const T* xr = x + tok * s0 + i0 * s1;
+          for (int64_t i = 0; i < in; ++i) out[i * kPanel + t] = xr[i * s1];
+        } else {
+          for (int64_t i = 0; i < in; ++i) out[i * kPanel + t] = T(0);
+        }
+      }
+    }
+  });
+}
+
 at::Tensor transpose_panels(const at::Tensor& x) {
-  const int64_t T = x.size(0), cols = x.size(1);
-  const int64_t n_panels = (T + kPanel - 1) / kPanel;
-  auto xp = at::zeros({n_panels * kPanel, cols}, x.options());
-  xp.narrow(0, 0, T).copy_(x);
-  return xp.view({n_panels, kPanel, cols}).transpose(1, 2).contiguous();
+  const int64_t n_panels = (x.size(0) + kPanel - 1) / kPanel;
+  auto xT = at::empty({n_panels, x.size(1), kPanel}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_transpose_panels", [&] {
+    transpose_panels_kernel<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.size(0), x.size(1),
+                                      xT.data_ptr<scalar_t>());
+  });
+  return xT;
 }
 
 // ---- forward / dX: rows [r0, r1) of yT over one token panel ---------------------------------
