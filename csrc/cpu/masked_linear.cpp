@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -66,9 +67,13 @@ void pack_masked(const at::Tensor& w, const at::Tensor& mask, at::Tensor& out) {
   });
 }
 
+// Rows per masked panel. SPARSECL_MASKED_PANEL_BYTES overrides the byte budget (tests use it to
+// exercise several panels on small shapes).
 int64_t panel_rows(const at::Tensor& weight) {
+  const char* env = std::getenv("SPARSECL_MASKED_PANEL_BYTES");
+  const int64_t budget = env ? std::max<int64_t>(1, std::atoll(env)) : kPanelBytes;
   const int64_t row_bytes = std::max<int64_t>(1, weight.size(1) * weight.element_size());
-  return std::max<int64_t>(kMinPanelRows, kPanelBytes / row_bytes);
+  return std::max<int64_t>(kMinPanelRows, budget / row_bytes);
 }
 
 void check_weight_mask(const at::Tensor& weight, const at::Tensor& mask, const at::Tensor& like, const char* mname) {

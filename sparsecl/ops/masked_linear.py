@@ -99,7 +99,8 @@ def _check(x, weight, mask, name):
 
 
 def masked_linear(x, weight, mask, bias=None, grad_mask=None):
-    """``x @ (weight * mask).T + bias`` with weight [out, in] dense and bool mask [out, in].
+    """``x @ (weight * mask).T + bias`` with weight [out, in] dense and bool mask [out, in]; masked-out
+    weights contribute exactly 0 (also when they are inf/NaN).
 
     x: [..., in]; bias: [out] or None; grad_mask: bool [out, in] (default ``mask``): the positions that
     receive weight gradient (exactly 0 elsewhere). Returns [..., out]. Nothing is mutated.
