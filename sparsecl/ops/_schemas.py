@@ -219,3 +219,20 @@ def _(row_ptr, col_idx, t_row_ptr, t_col_idx, t_perm, keep, grow):
     n_new = torch.library.get_ctx().new_dynamic_size()
     idx = [col_idx.new_empty((n,)) for n in (row_ptr.shape[0], n_new, n_new, t_row_ptr.shape[0], n_new, n_new)]
     return (*idx, grow.new_empty((n_new,)))
+
+
+# prune_regrow: in place on weights (float) and masks (bool), returns int64 [L] changed positions --------
+
+
+@torch.library.register_fake("sparsecl::prune_regrow")
+def _(weights, masks, prune_scores, grow_scores, counts, eligible):
+    n = len(weights)
+    torch._check(len(masks) == n and len(prune_scores) == n and len(grow_scores) == n,
+                 lambda: "weights, masks, prune_scores and grow_scores must have one entry per layer")
+    torch._check(len(eligible) in (0, n), lambda: "eligible must be empty or have one entry per layer")
+    torch._check(counts.dtype == torch.int64 and counts.dim() == 1 and counts.shape[0] == n,
+                 lambda: f"counts must be int64 [{n}]")
+    for m, p, g in zip(masks, prune_scores, grow_scores):
+        torch._check(m.dtype == torch.bool, lambda: f"masks must be bool, got {m.dtype}")
+        torch._check(p.shape == m.shape and g.shape == m.shape, lambda: "scores must have the mask's shape")
+    return counts.new_empty((n,))
