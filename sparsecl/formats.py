@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from . import _extension
+
 BLOCK_SIZES = (16, 32, 64)
 _INDEX_NAMES = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
 
@@ -207,7 +209,9 @@ def _merge_positions(kept, grown):
     Only the (few) grown keys are binary-searched; the kept ones shift by a prefix count: O(n + g log n)."""
     ins = torch.searchsorted(kept, grown)
     pos_grown = torch.arange(grown.numel(), device=grown.device) + ins
-    before = torch.bincount(ins, minlength=kept.numel() + 1)[: kept.numel()].cumsum(0)
+    hist = torch.zeros(kept.numel() + 1, dtype=torch.int64, device=kept.device)
+    hist.index_add_(0, ins, torch.ones_like(ins))
+    before = hist[: kept.numel()].cumsum(0)
     pos_kept = torch.arange(kept.numel(), device=kept.device) + before
     return pos_kept, pos_grown
 
@@ -289,17 +293,33 @@ class CSRLayout:
         if keep.dtype != torch.bool or keep.shape != (self.nnz,):
             raise ValueError(f"keep must be bool [{self.nnz}], got {keep.dtype} {tuple(keep.shape)}")
         out_f, in_f = self.shape
-        grow = torch.as_tensor(grow, device=self.device).long().reshape(-1).sort().values
+        grow = torch.as_tensor(grow, device=self.device).long().reshape(-1)
+        if grow.numel() > 1 and not bool((grow[1:] > grow[:-1]).all()):
+            grow = grow.sort().values
+        if self.device.type == "cpu" and _extension.AVAILABLE:  # one merge pass in C++, which also validates
+            try:
+                *index, src = torch.ops.sparsecl.csr_update(self.row_ptr, self.col_idx, self.t_row_ptr,
+                                                            self.t_col_idx, self.t_perm, keep.contiguous(),
+                                                            grow.contiguous())
+            except RuntimeError as exc:
+                raise ValueError(f"CSRLayout.update: {str(exc).splitlines()[0]}") from None
+            return CSRLayout(index[0], index[1], self.shape, validate=False, _derived=tuple(index[2:])), src
         if grow.numel():
             if int(grow[0]) < 0 or int(grow[-1]) >= out_f * in_f:
                 raise ValueError(f"grow has positions outside [0, {out_f * in_f})")
             if bool((grow[1:] == grow[:-1]).any()):
                 raise ValueError("grow has duplicate positions")
-        old_keys = self.keys()
         if grow.numel() and self.nnz:
+            old_keys = self.keys()
             hit = torch.searchsorted(old_keys, grow).clamp_max(self.nnz - 1)
             if bool((old_keys[hit] == grow).any()):
                 raise ValueError("grow contains positions that are already active")
+        return self._update_torch(keep, grow)
+
+    def _update_torch(self, keep, grow):
+        """``update`` in torch ops (any device; also the reference for the C++ merge). Inputs validated."""
+        out_f, in_f = self.shape
+        old_keys = self.keys()
         kept_idx = keep.nonzero().squeeze(1)
         pos_k, pos_g = _merge_positions(old_keys.index_select(0, kept_idx), grow)
         n_new = kept_idx.numel() + grow.numel()
@@ -311,8 +331,8 @@ class CSRLayout:
         new_keys.index_copy_(0, pos_g, grow)
         rows = torch.div(new_keys, max(in_f, 1), rounding_mode="floor")
         cols = new_keys - rows * in_f
-        row_ptr = torch.zeros(out_f + 1, dtype=torch.int64, device=dev)
-        row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
+        # rows are sorted: offsets by binary search (cheaper than a histogram over nnz)
+        row_ptr = torch.searchsorted(rows, torch.arange(out_f + 1, device=dev))
         # transposed order: merge the surviving transposed entries with the grown ones in (col, row) order
         t_old = self.t_perm.long()
         t_kept = t_old.masked_select(keep.index_select(0, t_old))
@@ -327,8 +347,7 @@ class CSRLayout:
         t_perm = torch.empty(n_new, dtype=torch.int64, device=dev)
         t_perm.index_copy_(0, tpos_k, new_of_old.index_select(0, t_kept))
         t_perm.index_copy_(0, tpos_g, pos_g.index_select(0, g_order))
-        t_row_ptr = torch.zeros(in_f + 1, dtype=torch.int64, device=dev)
-        t_row_ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
+        t_row_ptr = torch.searchsorted(cols.index_select(0, t_perm), torch.arange(in_f + 1, device=dev))
         i32 = torch.int32
         layout = CSRLayout(row_ptr.to(i32), cols.to(i32), self.shape, validate=False,
                            _derived=(rows.to(i32), t_row_ptr.to(i32), rows.index_select(0, t_perm).to(i32),

@@ -35,7 +35,7 @@ def sparsify(model, density=0.1, init="erk", structure="unstructured", block_siz
     structure: "unstructured" (SparseLinear, ``mode`` "auto" | "csr" | "masked") or "block"
     (BlockSparseLinear with ``block_size``).
     exclude: fnmatch patterns of module names left untouched (e.g. the first layer and heads);
-    dense_layers: patterns of layers kept at density 1 but still counted as convertible (not converted).
+    dense_layers: patterns of layers kept dense (not converted) whose weights count toward the budget.
     """
     if structure not in ("unstructured", "block"):
         raise ValueError(f"structure must be 'unstructured' or 'block', got {structure!r}")

@@ -3,6 +3,7 @@ topology update against a rebuild from the mask."""
 import pytest
 import torch
 
+import sparsecl
 from sparsecl import CSRLayout
 
 
@@ -126,7 +127,10 @@ def test_with_topology_matches_rebuild(shape, density, n, seed):
     assert torch.equal(new.to_dense(repacked), expect)
 
 
-def test_update_rejects_bad_input(seed):
+@pytest.mark.parametrize("cpp", [True, False])
+def test_update_rejects_bad_input(cpp, seed, monkeypatch):
+    if not cpp:  # the torch fallback validates too
+        monkeypatch.setattr(sparsecl._extension, "AVAILABLE", False)
     layout = CSRLayout.random((10, 10), 0.3)
     keep = torch.ones(layout.nnz, dtype=torch.bool)
     with pytest.raises(ValueError, match="already active"):
@@ -140,3 +144,31 @@ def test_update_rejects_bad_input(seed):
         layout.update(keep, free[:1].repeat(2))
     with pytest.raises(ValueError, match="new_mask"):
         layout.with_topology(torch.ones(10, 11, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("shape,density,n", [((13, 29), 0.3, 10), ((1, 50), 0.1, 5), ((64, 80), 0.05, 200),
+                                              ((30, 30), 0.0, 0), ((7, 1), 0.5, 2)])
+def test_cpp_update_matches_torch_update(shape, density, n, seed):
+    layout = CSRLayout.random(shape, density)
+    new_mask = swap_mask(layout.mask(), n)
+    flat = new_mask.flatten()
+    keep = flat[layout.keys()]
+    fresh = flat.clone()
+    fresh[layout.keys()] = False
+    grow = fresh.nonzero().squeeze(1)
+    a, src_a = layout.update(keep, grow)
+    b, src_b = layout._update_torch(keep, grow)
+    assert_same_layout(a, b)
+    assert torch.equal(src_a, src_b)
+
+
+def test_csr_update_opcheck(seed):
+    layout = CSRLayout.random((9, 11), 0.3)
+    keep = torch.rand(layout.nnz) < 0.7
+    free = (~layout.mask()).flatten().nonzero().squeeze(1)
+    grow = free[torch.randperm(free.numel())[:4]].sort().values
+    args = (layout.row_ptr, layout.col_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, keep, grow)
+    torch.library.opcheck(torch.ops.sparsecl.csr_update.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="sorted"):
+        torch.ops.sparsecl.csr_update(*args[:6], grow.flip(0).contiguous())

@@ -16,6 +16,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
+#include <tuple>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -31,6 +33,20 @@ namespace {
 constexpr int64_t kPanel = 64;       // tokens per panel (an xT panel of 4096 rows is 1 MiB in fp32)
 constexpr int64_t kRowGroup = 16;    // output rows buffered before the transposed store into y
 
+// Runs fn(job) for job in [0, n_jobs) on the intra-op threads, handing out jobs dynamically: the
+// 2-core machines this targets are shared, and a static split stalls on a descheduled thread.
+template <typename F>
+void parallel_jobs(int64_t n_jobs, const F& fn) {
+#ifdef _OPENMP
+  if (n_jobs > 1 && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+    for (int64_t job = 0; job < n_jobs; ++job) fn(job);
+    return;
+  }
+#endif
+  for (int64_t job = 0; job < n_jobs; ++job) fn(job);
+}
+
 // Row boundaries splitting rows [0, n_rows) into n_chunks ranges of about equal nnz.
 std::vector<int64_t> balanced_rows(const int32_t* row_ptr, int64_t n_rows, int64_t n_chunks) {
   std::vector<int64_t> b(n_chunks + 1, n_rows);
@@ -45,12 +61,36 @@ std::vector<int64_t> balanced_rows(const int32_t* row_ptr, int64_t n_rows, int64
 }
 
 // Panel-major transposed copy: xT [Tp / P, cols, P] with xT[p, i, t] = x[p * P + t, i], zero for tokens >= T.
+// One pass over x (any strides), in P x kColBlock tiles that stay in L1.
+template <typename T>
+void transpose_panels_kernel(const T* x, int64_t s0, int64_t s1, int64_t n_tokens, int64_t cols, T* xT) {
+  constexpr int64_t kColBlock = 64;
+  const int64_t n_panels = (n_tokens + kPanel - 1) / kPanel, n_cb = (cols + kColBlock - 1) / kColBlock;
+  at::parallel_for(0, n_panels * n_cb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t p = job / n_cb, i0 = (job % n_cb) * kColBlock, in = std::min(kColBlock, cols - i0);
+      T* out = xT + (p * cols + i0) * kPanel;
+      for (int64_t t = 0; t < kPanel; ++t) {
+        const int64_t tok = p * kPanel + t;
+        if (tok < n_tokens) {
+          const T* xr = x + tok * s0 + i0 * s1;
+          for (int64_t i = 0; i < in; ++i) out[i * kPanel + t] = xr[i * s1];
+        } else {
+          for (int64_t i = 0; i < in; ++i) out[i * kPanel + t] = T(0);
+        }
+      }
+    }
+  });
+}
+
 at::Tensor transpose_panels(const at::Tensor& x) {
-  const int64_t T = x.size(0), cols = x.size(1);
-  const int64_t n_panels = (T + kPanel - 1) / kPanel;
-  auto xp = at::zeros({n_panels * kPanel, cols}, x.options());
-  xp.narrow(0, 0, T).copy_(x);
-  return xp.view({n_panels, kPanel, cols}).transpose(1, 2).contiguous();
+  const int64_t n_panels = (x.size(0) + kPanel - 1) / kPanel;
+  auto xT = at::empty({n_panels, x.size(1), kPanel}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_transpose_panels", [&] {
+    transpose_panels_kernel<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.size(0), x.size(1),
+                                      xT.data_ptr<scalar_t>());
+  });
+  return xT;
 }
 
 // ---- forward / dX: rows [r0, r1) of yT over one token panel ---------------------------------
@@ -140,25 +180,23 @@ void spmm_tokens(const T* xT, int64_t n_tokens, int64_t n_cols, const T* vals, c
   const int64_t n_panels = (n_tokens + kPanel - 1) / kPanel;
   const int64_t threads = at::get_num_threads();
   // enough (panel, row chunk) jobs to keep every thread busy; chunks hold about equal nnz
-  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>((4 * threads + n_panels - 1) / n_panels,
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>((8 * threads + n_panels - 1) / n_panels,
                                                                   (n_rows + kRowGroup - 1) / kRowGroup));
   auto bounds = balanced_rows(rp, n_rows, n_chunks);
   for (auto& b : bounds) b = b / kRowGroup * kRowGroup;  // chunks start on row-group boundaries
   bounds.back() = n_rows;
   const RowFn<T> row = pick_row_kernel<T>();
-  at::parallel_for(0, n_panels * n_chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_jobs(n_panels * n_chunks, [&](int64_t job) {
     alignas(64) T buf[kRowGroup * kPanel];
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t p = job / n_chunks, c = job % n_chunks;
-      const int64_t t0 = p * kPanel, tn = std::min(kPanel, n_tokens - t0);
-      const T* xp = xT + p * n_cols * kPanel;
-      for (int64_t g0 = bounds[c]; g0 < bounds[c + 1]; g0 += kRowGroup) {
-        const int64_t gn = std::min(kRowGroup, bounds[c + 1] - g0);
-        for (int64_t r = 0; r < gn; ++r) row(xp, kPanel, vals, rp, ci, g0 + r, buf + r * kPanel);
-        for (int64_t t = 0; t < tn; ++t) {
-          T* yr = y + (t0 + t) * n_rows + g0;
-          for (int64_t r = 0; r < gn; ++r) yr[r] = buf[r * kPanel + t] + (bias ? bias[g0 + r] : T(0));
-        }
+    const int64_t p = job / n_chunks, c = job % n_chunks;  // consecutive jobs share a panel (cache reuse)
+    const int64_t t0 = p * kPanel, tn = std::min(kPanel, n_tokens - t0);
+    const T* xp = xT + p * n_cols * kPanel;
+    for (int64_t g0 = bounds[c]; g0 < bounds[c + 1]; g0 += kRowGroup) {
+      const int64_t gn = std::min(kRowGroup, bounds[c + 1] - g0);
+      for (int64_t r = 0; r < gn; ++r) row(xp, kPanel, vals, rp, ci, g0 + r, buf + r * kPanel);
+      for (int64_t t = 0; t < tn; ++t) {
+        T* yr = y + (t0 + t) * n_rows + g0;
+        for (int64_t r = 0; r < gn; ++r) yr[r] = buf[r * kPanel + t] + (bias ? bias[g0 + r] : T(0));
       }
     }
   });
@@ -240,14 +278,13 @@ void sddmm(const T* gT, const T* xT, int64_t n_panels, const int32_t* rp, const 
     std::fill(dv, dv + nnz, T(0));
     return;
   }
-  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), n_rows));
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(8 * at::get_num_threads(), n_rows));
   const auto bounds = balanced_rows(rp, n_rows, n_chunks);
   const SddmmFn<T> row = pick_sddmm_kernel<T>();
-  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c)
-      for (int64_t p = 0; p < n_panels; ++p)
-        for (int64_t r = bounds[c]; r < bounds[c + 1]; ++r)
-          row(gT + (p * n_rows + r) * kPanel, xT + p * n_cols * kPanel, kPanel, ci, rp[r], rp[r + 1], p == 0, dv);
+  parallel_jobs(n_chunks, [&](int64_t c) {
+    for (int64_t p = 0; p < n_panels; ++p)
+      for (int64_t r = bounds[c]; r < bounds[c + 1]; ++r)
+        row(gT + (p * n_rows + r) * kPanel, xT + p * n_cols * kPanel, kPanel, ci, rp[r], rp[r + 1], p == 0, dv);
   });
 }
 
@@ -365,9 +402,105 @@ at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   return dv;
 }
 
+// Incremental topology change of a CSR layout (see CSRLayout.update): drop the entries with keep=false,
+// insert the sorted, new flat positions `grow` (row * in + col), and rebuild both the row-major and the
+// transposed index by merging sorted lists in one O(nnz + g + rows + cols) pass each.
+// Returns (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm, src); src[new] = old index or -1.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_update_cpu(
+    const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& t_row_ptr, const at::Tensor& t_col_idx,
+    const at::Tensor& t_perm, const at::Tensor& keep, const at::Tensor& grow) {
+  check_index(row_ptr, "row_ptr", col_idx);
+  check_index(col_idx, "col_idx", col_idx);
+  check_index(t_row_ptr, "t_row_ptr", col_idx);
+  check_index(t_col_idx, "t_col_idx", col_idx);
+  check_index(t_perm, "t_perm", col_idx);
+  const int64_t out_f = row_ptr.size(0) - 1, in_f = t_row_ptr.size(0) - 1, nnz = col_idx.size(0);
+  TORCH_CHECK(out_f >= 0 && in_f >= 0, "row_ptr and t_row_ptr must have at least one entry");
+  TORCH_CHECK(t_col_idx.size(0) == nnz && t_perm.size(0) == nnz, "transposed index must have nnz entries");
+  TORCH_CHECK(keep.scalar_type() == at::kBool && keep.dim() == 1 && keep.size(0) == nnz && keep.is_contiguous(),
+              "keep must be a contiguous bool [nnz] tensor");
+  TORCH_CHECK(grow.scalar_type() == at::kLong && grow.dim() == 1 && grow.is_contiguous(),
+              "grow must be a contiguous int64 1-D tensor");
+  check_ptr(row_ptr, out_f, nnz, "row_ptr");
+  check_ptr(t_row_ptr, in_f, nnz, "t_row_ptr");
+  const int32_t *rp = row_ptr.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
+  const int32_t *trp = t_row_ptr.data_ptr<int32_t>(), *tci = t_col_idx.data_ptr<int32_t>();
+  const int32_t* tp = t_perm.data_ptr<int32_t>();
+  const bool* kp = keep.data_ptr<bool>();
+  const int64_t* gp = grow.data_ptr<int64_t>();
+  const int64_t g = grow.size(0);
+  for (int64_t j = 0; j < g; ++j) {
+    TORCH_CHECK(gp[j] >= 0 && gp[j] < out_f * in_f, "grow position ", gp[j], " outside [0, ", out_f * in_f, ")");
+    TORCH_CHECK(j == 0 || gp[j] > gp[j - 1], "grow must be sorted without duplicates");
+  }
+  int64_t kept = 0;
+  for (int64_t k = 0; k < nnz; ++k) kept += kp[k];
+  const int64_t n_new = kept + g;
+  TORCH_CHECK(n_new <= std::numeric_limits<int32_t>::max(), "too many nonzeros for int32 indices");
+  auto i32 = row_ptr.options();
+  auto n_rp = at::empty({out_f + 1}, i32), n_ci = at::empty({n_new}, i32), n_ri = at::empty({n_new}, i32);
+  auto n_trp = at::empty({in_f + 1}, i32), n_tci = at::empty({n_new}, i32), n_tp = at::empty({n_new}, i32);
+  auto src = at::empty({n_new}, grow.options());
+  int32_t *o_rp = n_rp.data_ptr<int32_t>(), *o_ci = n_ci.data_ptr<int32_t>(), *o_ri = n_ri.data_ptr<int32_t>();
+  int32_t *o_trp = n_trp.data_ptr<int32_t>(), *o_tci = n_tci.data_ptr<int32_t>(), *o_tp = n_tp.data_ptr<int32_t>();
+  int64_t* o_src = src.data_ptr<int64_t>();
+  std::vector<int32_t> new_of_old(nnz, -1), new_of_grow(g);
+  // row-major merge: per row, surviving columns and grown columns are both sorted
+  int64_t n = 0, j = 0;
+  o_rp[0] = 0;
+  for (int64_t r = 0; r < out_f; ++r) {
+    int64_t k = rp[r];
+    const int64_t k_end = rp[r + 1];
+    while (true) {
+      while (k < k_end && !kp[k]) ++k;
+      const bool has_g = j < g && gp[j] / in_f == r;
+      if (k >= k_end && !has_g) break;
+      const int64_t gc = has_g ? gp[j] % in_f : std::numeric_limits<int64_t>::max();
+      if (k < k_end && ci[k] < gc) {
+        TORCH_CHECK(!has_g || ci[k] != gc, "grow position ", gp[j], " is already active");
+        o_ci[n] = ci[k], o_src[n] = k, new_of_old[k] = int32_t(n), ++k;
+      } else {
+        TORCH_CHECK(k >= k_end || ci[k] != gc, "grow position ", gp[j], " is already active");
+        o_ci[n] = int32_t(gc), o_src[n] = -1, new_of_grow[j] = int32_t(n), ++j;
+      }
+      o_ri[n++] = int32_t(r);
+    }
+    o_rp[r + 1] = int32_t(n);
+  }
+  // grown entries bucketed by column (rows stay increasing: grow is row-major sorted)
+  std::vector<int64_t> g_off(in_f + 1, 0), g_order(g);
+  for (int64_t q = 0; q < g; ++q) ++g_off[gp[q] % in_f + 1];
+  for (int64_t c = 0; c < in_f; ++c) g_off[c + 1] += g_off[c];
+  {
+    std::vector<int64_t> fill(g_off.begin(), g_off.end() - 1);
+    for (int64_t q = 0; q < g; ++q) g_order[fill[gp[q] % in_f]++] = q;
+  }
+  // column-major merge by row
+  n = 0;
+  o_trp[0] = 0;
+  for (int64_t c = 0; c < in_f; ++c) {
+    int64_t t = trp[c], q = g_off[c];
+    const int64_t t_end = trp[c + 1], q_end = g_off[c + 1];
+    while (true) {
+      while (t < t_end && !kp[tp[t]]) ++t;
+      if (t >= t_end && q >= q_end) break;
+      const int64_t g_row = q < q_end ? gp[g_order[q]] / in_f : std::numeric_limits<int64_t>::max();
+      if (t < t_end && tci[t] < g_row) {
+        o_tci[n] = tci[t], o_tp[n] = new_of_old[tp[t]], ++t;
+      } else {
+        o_tci[n] = int32_t(g_row), o_tp[n] = new_of_grow[g_order[q]], ++q;
+      }
+      ++n;
+    }
+    o_trp[c + 1] = int32_t(n);
+  }
+  return {n_rp, n_ci, n_ri, n_trp, n_tci, n_tp, src};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
+  m.impl("csr_update", &csr_update_cpu);
   m.impl("csr_linear", &csr_linear_cpu);
   m.impl("csr_linear_dx", &csr_linear_dx_cpu);
   m.impl("csr_linear_dw", &csr_linear_dw_cpu);

@@ -19,10 +19,11 @@ from ..ops import csr_linear, masked_linear
 
 MODES = ("auto", "csr", "masked")
 # Crossover of fwd+bwd time, csr_linear vs masked_linear, 2-core AMD EPYC (Zen 4), fp32, T=512,
-# 4096 -> 4096, measured in one run under load ~7-9 (other jobs sharing the 2 cores), min of 3:
-#   d=0.1: csr 1136 ms, masked 2764 ms (0.41x)   d=0.2: 1572 / 2475 ms (0.63x)   d=0.3: 1817 / 2700 ms (0.67x)
-#   d=0.4: 2048 / 2384 ms (0.86x)                d=0.5: 3888 / 3672 ms (1.06x)
-# so "auto" uses CSR up to density 0.4 and the masked dense path above.
+# 4096 -> 4096, timed round-robin in one run (bench.harness.measure_interleaved, median) under load
+# ~14.7 (other jobs sharing the 2 cores; absolute times are ~10x an idle machine's, ratios are what count):
+#   d=0.2: csr 1898 ms, masked 3229 ms (0.59x)   d=0.3: 2305 / 3083 ms (0.75x)
+#   d=0.4: 3129 / 3350 ms (0.93x)                d=0.5: 4114 / 3501 ms (1.17x)
+# so "auto" uses CSR up to density 0.4 and the masked dense path above (crossover ~0.44).
 CSR_MAX_DENSITY = 0.4
 
 _INDEX_BUFFERS = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")

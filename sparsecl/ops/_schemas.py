@@ -207,6 +207,20 @@ def _(grad_out, weight, mask, x_shape, stride, padding, dilation):
 @torch.library.register_fake("sparsecl::slimmable_conv2d_dw_")
 def _(grad_out, x, mask, grad_weight, stride, padding, dilation):
     _check_slim(x, grad_weight, mask, 4)
+
+
+# csr_update: incremental CSRLayout topology change (drop by keep, insert sorted grow positions) -------
+
+
+@torch.library.register_fake("sparsecl::csr_update")
+def _(row_ptr, col_idx, t_row_ptr, t_col_idx, t_perm, keep, grow):
+    torch._check(keep.dtype == torch.bool and keep.shape == col_idx.shape, lambda: "keep must be bool [nnz]")
+    torch._check(grow.dtype == torch.int64 and grow.dim() == 1, lambda: "grow must be int64 1-D")
+    n_new = torch.library.get_ctx().new_dynamic_size()
+    idx = [col_idx.new_empty((n,)) for n in (row_ptr.shape[0], n_new, n_new, t_row_ptr.shape[0], n_new, n_new)]
+    return (*idx, grow.new_empty((n_new,)))
+
+
 # prune_regrow: in place on weights (float) and masks (bool), returns int64 [L] changed positions --------
 
 

@@ -15,12 +15,12 @@ OP = "masked_linear"
 
 # Pure-torch reference kernels (used only when the compiled extension is missing) -------------
 def _reference_forward(x, weight, mask, bias):
-    y = x @ (weight * mask).T
+    y = x @ torch.where(mask, weight, 0).T
     return y + bias if bias is not None else y
 
 
 def _reference_dx(grad_out, weight, mask):
-    return grad_out @ (weight * mask)
+    return grad_out @ torch.where(mask, weight, 0)
 
 
 def _reference_dw(grad_out, x, grad_mask):
@@ -99,7 +99,8 @@ def _check(x, weight, mask, name):
 
 
 def masked_linear(x, weight, mask, bias=None, grad_mask=None):
-    """``x @ (weight * mask).T + bias`` with weight [out, in] dense and bool mask [out, in].
+    """``x @ (weight * mask).T + bias`` with weight [out, in] dense and bool mask [out, in]; masked-out
+    weights contribute exactly 0 (also when they are inf/NaN).
 
     x: [..., in]; bias: [out] or None; grad_mask: bool [out, in] (default ``mask``): the positions that
     receive weight gradient (exactly 0 elsewhere). Returns [..., out]. Nothing is mutated.

@@ -164,3 +164,25 @@ def test_compile_fullgraph_masked(seed):
     y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
     y.sum().backward()
     assert_close(y, layer(x))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dst_engine_drives_sparse_linear(mode, seed):
+    """The DST engine (sparsecl.dst.DST) updates SparseLinear through the layer protocol alone."""
+    from sparsecl.dst import DST
+
+    model = nn.Sequential(SparseLinear(24, 32, density=0.3, mode=mode), nn.ReLU(), SparseLinear(32, 8, density=0.3,
+                                                                                                mode=mode))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    dst = DST(model, opt, update_every=1, drop_fraction=0.3, end_step=10)
+    nnz = [m.nnz for m in (model[0], model[2])]
+    masks = [m.mask() for m in (model[0], model[2])]
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(16, 24)).pow(2).mean().backward()
+        opt.step()
+        dst.step()
+    assert [m.nnz for m in (model[0], model[2])] == nnz
+    assert any(not torch.equal(a, m.mask()) for a, m in zip(masks, (model[0], model[2])))
+    for m in (model[0], model[2]):
+        assert bool((m.dense_weight()[~m.mask()] == 0).all())

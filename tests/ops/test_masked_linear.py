@@ -81,12 +81,17 @@ def test_leading_dims_and_noncontiguous(device, seed):
     assert_close(y.reshape(6, 24), x.double() @ (w.double() * mask).T + bias.double(), torch.float32)
 
 
-def test_large_panels(seed):
-    """More output rows than one masking panel (16 MiB / row bytes, min 256 rows)."""
-    x, w, mask, bias = random_case(3, 8, 700, 0.5, "cpu", torch.float64)
-    assert_close(masked_linear(x, w, mask, bias), x @ (w * mask).T + bias)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_several_panels(dtype, seed, monkeypatch):
+    """More output rows than one masking panel (budget 1 byte -> 256-row panels: 256 + 256 + 188)."""
+    monkeypatch.setenv("SPARSECL_MASKED_PANEL_BYTES", "1")
+    x, w, mask, bias = random_case(3, 37, 700, 0.5, "cpu", torch.float64)
+    w = w.masked_fill(~mask, float("nan"))  # masked-out weights contribute exactly 0
+    w0 = w.masked_fill(~mask, 0)
+    x, w, bias = x.to(dtype), w.to(dtype), bias.to(dtype)
+    assert_close(masked_linear(x, w, mask, bias), x.double() @ w0.T + bias.double(), dtype)
     g = torch.randn(3, 700, dtype=torch.float64)
-    assert_close(torch.ops.sparsecl.masked_linear_dx(g, w, mask), g @ (w * mask))
+    assert_close(torch.ops.sparsecl.masked_linear_dx(g.to(dtype), w, mask), g @ w0, dtype)
 
 
 @pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
