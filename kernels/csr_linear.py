@@ -166,6 +166,20 @@ def _spmm(a, values, out_features, ptr, idx, perm, bias):
     return out if out.dtype == a.dtype else out.to(a.dtype)
 
 
+def csr_index(mask: torch.Tensor):
+    """Every CSR index of bool ``mask`` [out, in], built with torch ops (for tests and benchmarks that call the
+    launchers without sparsecl.formats): int32 (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm), columns
+    sorted within rows; values in row-major order are ``w[mask]``."""
+    out_f, in_f = mask.shape
+    rows, cols = mask.nonzero(as_tuple=True)
+    row_ptr = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
+    row_ptr[1:] = torch.bincount(rows, minlength=out_f).cumsum(0)
+    t_perm = torch.argsort(cols * out_f + rows)
+    t_row_ptr = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
+    t_row_ptr[1:] = torch.bincount(cols, minlength=in_f).cumsum(0)
+    return tuple(t.to(torch.int32).contiguous() for t in (row_ptr, cols, rows, t_row_ptr, rows[t_perm], t_perm))
+
+
 def csr_linear_forward(x: torch.Tensor, values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                        out_features: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """y [T, out_features] = x [T, in] @ W.T (+ bias); W given by CSR (values, row_ptr, col_idx). x may be strided."""

@@ -8,7 +8,9 @@ One tiled GEMM kernel ``C[m, n] = sum_k A[m, k] * B[k, n]`` with arbitrary strid
 Bool masks are read as uint8 (same storage). Accumulation is fp32 (fp64 for fp64); fp32 uses IEEE
 products unless ``torch.backends.cuda.matmul.allow_tf32`` is set (like cuBLAS).
 Launchers run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+SPARSECL_TRITON_AUTOTUNE=0 (read per call) replaces autotuning by the first config.
 """
+import os
 from typing import Optional
 
 import torch
@@ -74,7 +76,9 @@ def _masked_mm(a_ptr, b_ptr, bm_ptr, cm_ptr, bias_ptr, c_ptr, M, N, K, m_bucket,
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=mm[:, None] & mn[None, :])
 
 
-_masked_mm_tuned = triton.autotune(CONFIGS, key=["m_bucket", "N", "K", "B_MASK", "C_MASK"])(_masked_mm)
+_TUNE_KEY = ["m_bucket", "N", "K", "B_MASK", "C_MASK"]
+_masked_mm_tuned = triton.autotune(CONFIGS, key=_TUNE_KEY)(_masked_mm)
+_masked_mm_fixed = triton.autotune(CONFIGS[:1], key=_TUNE_KEY)(_masked_mm)
 
 
 def _precision(dtype, device):
@@ -90,7 +94,8 @@ def _mm(a, b, c, b_mask=None, c_mask=None, bias=None):
     M, K = a.shape
     N = b.shape[1]
     if a.is_cuda:
-        kernel, meta = launchable(_masked_mm_tuned, a.device), {}
+        tune = os.environ.get("SPARSECL_TRITON_AUTOTUNE", "1") != "0"
+        kernel, meta = launchable(_masked_mm_tuned if tune else _masked_mm_fixed, a.device), {}
     else:
         kernel, meta = launchable(_masked_mm, a.device), _INTERPRET_META
     bm = b_mask.view(torch.uint8) if b_mask is not None else b

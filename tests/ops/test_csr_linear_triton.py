@@ -8,7 +8,7 @@
 import pytest
 import torch
 
-from sparsecl.kernels.csr_linear import csr_linear_dw, csr_linear_dx, csr_linear_forward
+from sparsecl.kernels.csr_linear import csr_index, csr_linear_dw, csr_linear_dx, csr_linear_forward
 
 from .._ref import assert_close, noncontiguous
 
@@ -17,27 +17,12 @@ SHAPES = [(0, 16, 8), (1, 9, 5), (7, 33, 17), (33, 20, 31)]  # (tokens, in, out)
 DENSITIES = [0.0, 0.1, 0.5, 1.0]
 
 
-def csr_from_mask(mask):
-    """Every CSR index of ``mask`` [out, in] built with torch ops: (row_ptr, col_idx, row_idx, t_row_ptr,
-    t_col_idx, t_perm); columns sorted within rows, rows sorted within columns of the transposed index."""
-    out_f, in_f = mask.shape
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major order: sorted by row, then column
-    counts = torch.bincount(rows, minlength=out_f)
-    row_ptr = torch.zeros(out_f + 1, dtype=torch.int64, device=mask.device)
-    row_ptr[1:] = counts.cumsum(0)
-    t_perm = torch.argsort(cols * out_f + rows)
-    t_row_ptr = torch.zeros(in_f + 1, dtype=torch.int64, device=mask.device)
-    t_row_ptr[1:] = torch.bincount(cols, minlength=in_f).cumsum(0)
-    i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
-    return i32(row_ptr), i32(cols), i32(rows), i32(t_row_ptr), i32(rows[t_perm]), i32(t_perm)
-
-
 def random_case(T, in_f, out_f, density, device, dtype, skew=False):
     mask = torch.rand(out_f, in_f, device=device) < density
     if skew and out_f > 2:  # one full row, one empty row: rows of very different lengths
         mask[1] = True
         mask[2] = False
-    idx = csr_from_mask(mask)
+    idx = csr_index(mask)
     w = torch.randn(out_f, in_f, device=device, dtype=dtype) * mask
     values = w[mask].contiguous()
     x = torch.randn(T, in_f, device=device, dtype=dtype)
