@@ -5,7 +5,7 @@ One tiled GEMM kernel ``C[m, n] = sum_k A[m, k] * B[k, n]`` with arbitrary strid
   (``where(mask, w, 0)`` in registers), so ``weight*mask`` is never written to memory; bias in the epilogue;
 * dX: A = grad_out, B[k, n] = W[k, n], masked the same way;
 * dW: A[m, k] = grad_out[k, m], B = x, and the epilogue writes exact zeros outside ``grad_mask``.
-Bool masks are read as uint8 (same storage). Accumulation is fp32 (fp64 for fp64); fp32 uses IEEE
+Bool masks are read as uint8 (same storage). Accumulation is fp32 (fp64 for fp64, without tl.dot); fp32 uses IEEE
 products unless ``torch.backends.cuda.matmul.allow_tf32`` is set (like cuBLAS).
 Launchers run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
 SPARSECL_TRITON_AUTOTUNE=0 (read per call) replaces autotuning by the first config.
@@ -20,12 +20,14 @@ import triton.language as tl
 from ._launch import launchable
 from .csr_linear import check, check_float, check_like
 
+# The first config is the fixed one under SPARSECL_TRITON_AUTOTUNE=0.
 CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP": 8}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [(128, 128, 32, 4, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
-                             (64, 64, 32, 4, 4), (16, 128, 64, 4, 4), (32, 128, 64, 4, 4)]
+    for bm, bn, bk, w, s in [(64, 64, 32, 4, 3), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+                             (64, 128, 64, 4, 4), (16, 128, 64, 4, 4), (32, 128, 64, 4, 4)]
 ]
 _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP": 4}
+_FP64_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 8, "GROUP": 8}
 
 
 @triton.jit
@@ -63,7 +65,10 @@ def _masked_mm(a_ptr, b_ptr, bm_ptr, cm_ptr, bias_ptr, c_ptr, M, N, K, m_bucket,
             keep = tl.load(m_ptrs, mask=mk[:, None] & mn[None, :], other=0)
             b = tl.where(keep != 0, b, tl.zeros_like(b))
             m_ptrs += BLOCK_K * s_mk
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if FP64:  # Triton's fp64 MMA lowering asserts on these operands (seen with triton 3.8, sm_90)
+            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K * s_ak
         b_ptrs += BLOCK_K * s_bk
     if HAS_BIAS:
@@ -93,7 +98,9 @@ def _mm(a, b, c, b_mask=None, c_mask=None, bias=None):
     """c [M, N] = a [M, K] @ where(b_mask, b, 0) [K, N] (+ bias), zeroed outside c_mask. All strided views."""
     M, K = a.shape
     N = b.shape[1]
-    if a.is_cuda:
+    if a.is_cuda and a.dtype == torch.float64:  # a correctness path: small tiles, no tensor cores
+        kernel, meta = launchable(_masked_mm, a.device), dict(_FP64_META, num_warps=4)
+    elif a.is_cuda:
         tune = os.environ.get("SPARSECL_TRITON_AUTOTUNE", "1") != "0"
         kernel, meta = launchable(_masked_mm_tuned if tune else _masked_mm_fixed, a.device), {}
     else:
