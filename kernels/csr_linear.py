@@ -206,7 +206,8 @@ def csr_linear_dx(grad_out: torch.Tensor, values: torch.Tensor, t_row_ptr: torch
     return _spmm(grad_out, values.contiguous(), in_features, t_row_ptr, t_col_idx, t_perm, None)
 
 
-def csr_linear_dw(grad_out: torch.Tensor, x: torch.Tensor, row_idx: torch.Tensor, col_idx: torch.Tensor) -> torch.Tensor:
+def csr_linear_dw(grad_out: torch.Tensor, x: torch.Tensor, row_idx: torch.Tensor,
+                  col_idx: torch.Tensor) -> torch.Tensor:
     """dValues [nnz]: dv[j] = sum_t grad_out[t, row_idx[j]] * x[t, col_idx[j]] (SDDMM at the nonzeros only)."""
     check(grad_out.dim() == 2 and x.dim() == 2 and grad_out.shape[0] == x.shape[0],
           f"grad_out [T, out] and x [T, in] must be 2-D with equal T, got {tuple(grad_out.shape)} and "
