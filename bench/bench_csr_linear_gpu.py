@@ -9,9 +9,6 @@ The launchers and ops are called directly (x @ W.T without autograd), so the row
 import torch
 import torch.nn.functional as F
 
-from sparsecl.kernels.csr_linear import csr_index, csr_linear_dw, csr_linear_dx, csr_linear_forward
-from sparsecl.kernels.masked_linear import masked_linear_dw, masked_linear_dx, masked_linear_forward
-
 try:
     from .harness import measure
 except ImportError:  # run by pytest from the bench/ folder
@@ -34,6 +31,8 @@ def _case(shape_name, density, seed=0):
 
 
 def _csr_methods(x, w, mask, gy, quick):
+    from sparsecl.kernels.csr_linear import csr_index, csr_linear_dw, csr_linear_dx, csr_linear_forward
+
     out_f, in_f = w.shape
     row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm = csr_index(mask)
     values = w[mask].contiguous()
@@ -54,6 +53,8 @@ def _csr_methods(x, w, mask, gy, quick):
 
 
 def _masked_methods(x, w, mask, gy, quick):
+    from sparsecl.kernels.masked_linear import masked_linear_dw, masked_linear_dx, masked_linear_forward
+
     ops = torch.ops.sparsecl
     methods = {"fwd": {"sparsecl masked triton": lambda: masked_linear_forward(x, w, mask, None),
                        "sparsecl masked cuda": lambda: ops.masked_linear(x, w, mask, None)}}
@@ -66,7 +67,7 @@ def _masked_methods(x, w, mask, gy, quick):
 
 
 def rows(quick=False, device="cpu"):
-    """Yield one result dict per (shape, op, pass, method); nothing unless device is CUDA."""
+    """Yield one result dict per (shape, op, pass, method); nothing unless device is CUDA (Triton imported lazily)."""
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return
     import sparsecl  # noqa: F401  (loads the extension: registers the CUDA kernels)
@@ -105,6 +106,8 @@ def test_csr_linear_cuda_forward(benchmark, case):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    from sparsecl.kernels.csr_linear import csr_index
+
     x, w, mask, _ = _case(case["shape"], CSR_DENSITY)
     row_ptr, col_idx = csr_index(mask)[:2]
     values = w[mask].contiguous()
