@@ -195,12 +195,8 @@ void launch_spmm(const at::Tensor& a, const at::Tensor& values, const at::Tensor
       const int32_t *rp = ptr.data_ptr<int32_t>(), *ip = idx.data_ptr<int32_t>();
       const bool aligned = reinterpret_cast<uintptr_t>(ap) % 16 == 0;
       const unsigned gx = unsigned((N + 7) / 8);
-      if (T_ == 8 && aligned) {
-        spmm_skinny<scalar_t, 8, true><<<gx, 256, 0, stream>>>(ap, T_, v, rp, ip, pp, N, b, o);
-      } else if (T_ == 16 && aligned) {
+      if (T_ == 16 && aligned) {
         spmm_skinny<scalar_t, 16, true><<<gx, 256, 0, stream>>>(ap, T_, v, rp, ip, pp, N, b, o);
-      } else if (T_ <= 8) {
-        spmm_skinny<scalar_t, 8, false><<<gx, 256, 0, stream>>>(ap, T_, v, rp, ip, pp, N, b, o);
       } else {
         spmm_skinny<scalar_t, 16, false><<<dim3(gx, unsigned((T_ + 15) / 16)), 256, 0, stream>>>(ap, T_, v, rp, ip,
                                                                                                 pp, N, b, o);

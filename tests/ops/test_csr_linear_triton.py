@@ -93,7 +93,7 @@ def test_triton_bad_input_raises():
 
 
 # CUDA: the C++ kernels and the Triton launchers ---------------------------------------------------
-CUDA_SHAPES = [(1, 37, 23), (8, 50, 40), (16, 200, 130), (29, 64, 64), (300, 129, 70), (130, 1000, 33)]
+CUDA_SHAPES = [(1, 37, 23), (16, 200, 130), (29, 64, 64), (300, 129, 70), (130, 1000, 33)]
 
 
 def _cuda_op(name):
