@@ -14,14 +14,16 @@ from sparsecl.kernels import bsr_linear as k  # noqa: E402
 INDEX = {"ptr_ptr", "idx_ptr", "perm_ptr", "row_idx_ptr", "col_idx_ptr"}
 
 
-def compile_sm90(kernel, consts, dtype, warps, stages):
-    """Ints get Triton's usual divisibility-by-16 specialization, as at a real launch with aligned shapes."""
+def compile_sm90(kernel, consts, dtype, warps, stages, types=None):
+    """Ints get Triton's usual divisibility-by-16 specialization, as at a real launch with aligned shapes.
+    ``types`` overrides the guessed type of named parameters (e.g. {"out_ptr": "*fp32"})."""
     sig, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr or p.name in consts:
             sig[p.name] = "constexpr"
             continue
         sig[p.name] = ("*i32" if p.name in INDEX else dtype) if p.name.endswith("_ptr") else "i32"
+        sig[p.name] = (types or {}).get(p.name, sig[p.name])
         attrs[(i,)] = [["tt.divisibility", 16]]
     constexprs = {(kernel.arg_names.index(n),): v for n, v in consts.items()}
     return triton.compile(ASTSource(kernel, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
