@@ -16,7 +16,8 @@ except ImportError:  # run by pytest from the bench/ folder
 
 SHAPES = {"square-4096": (512, 4096, 4096), "vit-b-mlp": (4096, 768, 3072)}
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
-BLOCK = 32
+BLOCK = 32  # torch.sparse comparison and --quick
+BLOCKS = (16, 32, 64)  # sparsecl rows of the full table
 
 
 def _case(shape_name, density, device="cpu", dtype=torch.float32, block=BLOCK, seed=0):
@@ -58,19 +59,26 @@ def rows(quick=False, device="cpu"):
             x, values, layout = _case(shape_name, d, device)
             dense_rate = flops / t_dense
             wd = layout.to_dense(values)
-            candidates = {"sparsecl bsr": lambda: bsr_linear(x, values, layout)}
             w_csr, w_bsr = wd.to_sparse_csr(), wd.to_sparse_bsr((BLOCK, BLOCK))
             xt = x.T.contiguous()
-            candidates["torch.sparse csr"] = lambda: torch.sparse.mm(w_csr, xt)
-            candidates["torch.sparse bsr"] = lambda: torch.sparse.mm(w_bsr, xt)
-            for method, fn in candidates.items():
+            for method, fn in {"torch.sparse csr": lambda: torch.sparse.mm(w_csr, xt),
+                               "torch.sparse bsr": lambda: torch.sparse.mm(w_bsr, xt)}.items():
                 t = measure(fn, device, min_time)
                 yield dict(base, method=method, density=d, pass_="fwd", ms=t * 1e3, speedup=t_dense / t,
                            gflops=d * flops / t / 1e9, eff=d * flops / t / dense_rate)
-            xg, vg = x.clone().requires_grad_(True), values.clone().requires_grad_(True)
-            t = measure(_fwd_bwd(lambda: bsr_linear(xg, vg, layout), xg, vg), device, min_time)
-            yield dict(base, method="sparsecl bsr", density=d, pass_="fwd+bwd", ms=t * 1e3, speedup=t_dense_fb / t,
-                       gflops=3 * d * flops / t / 1e9, eff=3 * d * flops / t / (3 * flops / t_dense_fb))
+            for block in (BLOCK,) if quick else BLOCKS:
+                x, values, layout = _case(shape_name, d, device, block=block)
+                # FLOPs actually done: active blocks (edge blocks and the layout's rounding included)
+                d_real = layout.nnzb * block * block / (in_f * out_f)
+                method = "sparsecl bsr" if block == BLOCK else f"sparsecl bsr (B={block})"
+                row = dict(base, method=method, density=d, block=block)
+                t = measure(lambda: bsr_linear(x, values, layout), device, min_time)
+                yield dict(row, pass_="fwd", ms=t * 1e3, speedup=t_dense / t, gflops=d_real * flops / t / 1e9,
+                           eff=d_real * flops / t / dense_rate)
+                xg, vg = x.clone().requires_grad_(True), values.clone().requires_grad_(True)
+                t = measure(_fwd_bwd(lambda: bsr_linear(xg, vg, layout), xg, vg), device, min_time)
+                yield dict(row, pass_="fwd+bwd", ms=t * 1e3, speedup=t_dense_fb / t,
+                           gflops=3 * d_real * flops / t / 1e9, eff=3 * d_real * flops / t / (3 * flops / t_dense_fb))
 
 
 CASES = [dict(id=f"{s}-d{d}", shape=s, density=d) for s in SHAPES for d in DENSITIES]

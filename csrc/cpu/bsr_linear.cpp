@@ -119,65 +119,47 @@ void dw_generic(const T* dy, const T* x, int64_t n_tokens, int64_t out_f, int64_
 using cpu::MicroKernels;
 using cpu::TileArgs;
 
-// Token chunks per block row: enough (row, chunk) items for every thread even with few rows.
-int64_t token_chunks(int64_t n_rows, int64_t n_panels) {
-  if (n_rows == 0 || n_panels == 0) return 1;
-  return std::clamp<int64_t>((4 * at::get_num_threads() + n_rows - 1) / n_rows, 1, n_panels);
-}
-
-// Cost of the (row, chunk) items before item i, rows weighted by their block count (+1 for the
-// per-row overhead): ptr is the CSR offset array of the rows.
-int64_t items_cost_before(const int32_t* ptr, int64_t n_chunks, int64_t i) {
-  const int64_t row = i / n_chunks, c = i % n_chunks;
-  const int64_t before = (int64_t(ptr[row]) + row) * n_chunks;
-  return c == 0 ? before : before + c * (int64_t(ptr[row + 1]) - ptr[row] + 1);
-}
-
-// x is packed once into token panels (the micro-kernel's A operand); each (block row, token chunk)
-// item packs its row's blocks transposed, wt[p][i][o] = V_p[o][i], so one vector load reads a row of
-// W.T, and sweeps the chunk's panels in strips of the widest tile, accumulating over all the row's
-// blocks in registers before one store.
+// x is packed once into token panels (the micro-kernel's A operand) and W.T once, block by block
+// (wt[k][i][o] = V_k[o][i], so one vector load reads a row of W.T); each (block row, token chunk)
+// item sweeps its panels in strips of the widest tile, accumulating over all the row's blocks in
+// registers before one store. Items run in the order of cpu::make_panel_schedule.
 void forward_simd(const MicroKernels& mk, const float* x, int64_t T, int64_t in_f, const float* values, int64_t B,
                   const int32_t* row_ptr, const int32_t* col_idx, int64_t n_rb, int64_t out_f, const float* bias,
-                  float* y, const at::TensorOptions& opts) {
+                  float* y) {
   if (T == 0 || n_rb == 0) return;
   const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
-  auto xp_holder = cpu::pack_panels(x, T, in_f, in_f, MR, opts);
-  const float* xp = xp_holder.data_ptr<float>();
-  const int64_t n_chunks = token_chunks(n_rb, n_panels), per_chunk = (n_panels + n_chunks - 1) / n_chunks;
+  const int64_t nnzb = row_ptr[n_rb], n_cb = (in_f + B - 1) / B;
+  float* xp = cpu::workspace(0, n_panels * MR * in_f);
+  float* wt = cpu::workspace(1, nnzb * B * B);
+  cpu::pack_panels(x, T, in_f, in_f, MR, xp);
+  at::parallel_for(0, n_rb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t rb = begin; rb < end; ++rb) {
+      const int64_t ob = std::min(B, out_f - rb * B);
+      for (int64_t k = row_ptr[rb]; k < row_ptr[rb + 1]; ++k)
+        pack_transposed(values + k * B * B, B, ob, std::min(B, in_f - int64_t(col_idx[k]) * B), wt + k * B * B);
+    }
+  });
+  const auto sched = cpu::make_panel_schedule(n_rb, n_panels, nnzb, n_cb, MR * in_f * 4, nnzb * B * B * 4);
   cpu::balanced_parallel_for(
-      n_rb * n_chunks, [&](int64_t i) { return items_cost_before(row_ptr, n_chunks, i); },
+      sched.items(), [&](int64_t i) { return sched.cost_before(row_ptr, i); },
       [&](int64_t begin, int64_t end) {
-        std::vector<float> wt;
         std::vector<const float*> a, b;
         std::vector<int> depth;
-        std::vector<int64_t> a_off;
-        int64_t packed_rb = -1;
         for (int64_t item = begin; item < end; ++item) {
-          const int64_t rb = item / n_chunks, chunk = item % n_chunks;
+          const int64_t rb = sched.row(item), chunk = sched.chunk(item);
           const int64_t k0 = row_ptr[rb], nk = row_ptr[rb + 1] - k0;
           const int64_t o0 = rb * B, ob = std::min(B, out_f - o0);
-          if (rb != packed_rb) {
-            wt.resize(nk * B * B);
-            depth.resize(nk);
-            a_off.resize(nk);
-            a.resize(nk);
-            b.resize(nk);
-            for (int64_t p = 0; p < nk; ++p) {
-              const int64_t i0 = int64_t(col_idx[k0 + p]) * B, ib = std::min(B, in_f - i0);
-              pack_transposed(values + (k0 + p) * B * B, B, ob, ib, wt.data() + p * B * B);
-              depth[p] = int(ib);
-              a_off[p] = i0 * MR;
-            }
-            packed_rb = rb;
-          }
-          const int64_t p_end = std::min(n_panels, (chunk + 1) * per_chunk);
-          for (int64_t panel = chunk * per_chunk; panel < p_end; ++panel) {
+          a.resize(nk);
+          b.resize(nk);
+          depth.resize(nk);
+          for (int64_t p = 0; p < nk; ++p) depth[p] = int(std::min(B, in_f - int64_t(col_idx[k0 + p]) * B));
+          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
+          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
             const float* xpp = xp + panel * MR * in_f;
-            for (int64_t p = 0; p < nk; ++p) a[p] = xpp + a_off[p];
+            for (int64_t p = 0; p < nk; ++p) a[p] = xpp + int64_t(col_idx[k0 + p]) * B * MR;
             for (int64_t s = 0; s < ob; s += strip) {
               const int nc = int(std::min(strip, ob - s));
-              for (int64_t p = 0; p < nk; ++p) b[p] = wt.data() + p * B * B + s;
+              for (int64_t p = 0; p < nk; ++p) b[p] = wt + (k0 + p) * B * B + s;
               const TileArgs t{a.data(), b.data(), depth.data(), int(nk), MR, B, bias ? bias + o0 + s : nullptr,
                                false, y + panel * MR * out_f + o0 + s, out_f, int(std::min(MR, T - panel * MR)), nc};
               mk.tile(t, (nc + mk.width - 1) / mk.width);
@@ -191,40 +173,33 @@ void forward_simd(const MicroKernels& mk, const float* x, int64_t T, int64_t in_
 // the column's blocks (rows of V read in place, masked at clipped columns) over its panels.
 void dx_simd(const MicroKernels& mk, const float* dy, int64_t T, int64_t out_f, const float* values, int64_t B,
              const int32_t* t_row_ptr, const int32_t* t_col_idx, const int32_t* t_perm, int64_t n_cb, int64_t in_f,
-             float* dx, const at::TensorOptions& opts) {
+             float* dx) {
   if (T == 0 || n_cb == 0) return;
   const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
-  auto dyp_holder = cpu::pack_panels(dy, T, out_f, out_f, MR, opts);
-  const float* dyp = dyp_holder.data_ptr<float>();
-  const int64_t n_chunks = token_chunks(n_cb, n_panels), per_chunk = (n_panels + n_chunks - 1) / n_chunks;
+  const int64_t nnzb = t_row_ptr[n_cb], n_rb = (out_f + B - 1) / B;
+  float* dyp = cpu::workspace(0, n_panels * MR * out_f);
+  cpu::pack_panels(dy, T, out_f, out_f, MR, dyp);
+  const auto sched = cpu::make_panel_schedule(n_cb, n_panels, nnzb, n_rb, MR * out_f * 4, nnzb * B * B * 4);
   cpu::balanced_parallel_for(
-      n_cb * n_chunks, [&](int64_t i) { return items_cost_before(t_row_ptr, n_chunks, i); },
+      sched.items(), [&](int64_t i) { return sched.cost_before(t_row_ptr, i); },
       [&](int64_t begin, int64_t end) {
-        std::vector<const float*> a, b, v;
+        std::vector<const float*> a, b;
         std::vector<int> depth;
-        std::vector<int64_t> a_off;
         for (int64_t item = begin; item < end; ++item) {
-          const int64_t cb = item / n_chunks, chunk = item % n_chunks;
+          const int64_t cb = sched.row(item), chunk = sched.chunk(item);
           const int64_t j0 = t_row_ptr[cb], nj = t_row_ptr[cb + 1] - j0;
           const int64_t i0 = cb * B, ib = std::min(B, in_f - i0);
           a.resize(nj);
           b.resize(nj);
-          v.resize(nj);
           depth.resize(nj);
-          a_off.resize(nj);
-          for (int64_t p = 0; p < nj; ++p) {
-            const int64_t o0 = int64_t(t_col_idx[j0 + p]) * B;
-            depth[p] = int(std::min(B, out_f - o0));
-            a_off[p] = o0 * MR;
-            v[p] = values + int64_t(t_perm[j0 + p]) * B * B;
-          }
-          const int64_t p_end = std::min(n_panels, (chunk + 1) * per_chunk);
-          for (int64_t panel = chunk * per_chunk; panel < p_end; ++panel) {
+          for (int64_t p = 0; p < nj; ++p) depth[p] = int(std::min(B, out_f - int64_t(t_col_idx[j0 + p]) * B));
+          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
+          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
             const float* dpp = dyp + panel * MR * out_f;
-            for (int64_t p = 0; p < nj; ++p) a[p] = dpp + a_off[p];
+            for (int64_t p = 0; p < nj; ++p) a[p] = dpp + int64_t(t_col_idx[j0 + p]) * B * MR;
             for (int64_t s = 0; s < ib; s += strip) {
               const int nc = int(std::min(strip, ib - s));
-              for (int64_t p = 0; p < nj; ++p) b[p] = v[p] + s;
+              for (int64_t p = 0; p < nj; ++p) b[p] = values + int64_t(t_perm[j0 + p]) * B * B + s;
               const TileArgs t{a.data(), b.data(), depth.data(), int(nj), MR, B, nullptr, false,
                                dx + panel * MR * in_f + i0 + s, in_f, int(std::min(MR, T - panel * MR)), nc};
               mk.tile(t, (nc + mk.width - 1) / mk.width);
@@ -312,7 +287,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   if (mk) {
     forward_simd(*mk, xc.data_ptr<float>(), x.size(0), in_f, vc.data_ptr<float>(), B, row_ptr.data_ptr<int32_t>(),
                  col_idx.data_ptr<int32_t>(), n_rb, out_features, bias ? bc.data_ptr<float>() : nullptr,
-                 y.data_ptr<float>(), x.options());
+                 y.data_ptr<float>());
     return y;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_linear_cpu", [&] {
@@ -344,8 +319,7 @@ at::Tensor bsr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   const MicroKernels* mk = dy.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
   if (mk) {
     dx_simd(*mk, gc.data_ptr<float>(), dy.size(0), out_f, vc.data_ptr<float>(), B, t_row_ptr.data_ptr<int32_t>(),
-            t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), n_cb, in_features, dx.data_ptr<float>(),
-            dy.options());
+            t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), n_cb, in_features, dx.data_ptr<float>());
     return dx;
   }
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "bsr_linear_dx_cpu", [&] {
