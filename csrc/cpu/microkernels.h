@@ -92,7 +92,7 @@ struct Vec {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static inline Reg zero() { return _mm256_setzero_ps(); }
-  static inline Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static inline Reg broadcast(const float* p) { return _mm256_set1_ps(*p); }  // not _mm256_broadcast_ss: GCC then spills acc
   static inline Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static inline Reg load(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
   static inline void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
