@@ -139,7 +139,8 @@ void forward_simd(const MicroKernels& mk, const float* x, int64_t T, int64_t in_
         pack_transposed(values + k * B * B, B, ob, std::min(B, in_f - int64_t(col_idx[k]) * B), wt + k * B * B);
     }
   });
-  const auto sched = cpu::make_panel_schedule(n_rb, n_panels, nnzb, n_cb, MR * in_f * 4, nnzb * B * B * 4);
+  const auto sched = cpu::make_panel_schedule(n_rb, n_panels, nnzb, n_cb, MR * in_f * 4, nnzb * B * B * 4,
+                                                T * out_f * 4);
   cpu::balanced_parallel_for(
       sched.items(), [&](int64_t i) { return sched.cost_before(row_ptr, i); },
       [&](int64_t begin, int64_t end) {
@@ -179,7 +180,8 @@ void dx_simd(const MicroKernels& mk, const float* dy, int64_t T, int64_t out_f, 
   const int64_t nnzb = t_row_ptr[n_cb], n_rb = (out_f + B - 1) / B;
   float* dyp = cpu::workspace(0, n_panels * MR * out_f);
   cpu::pack_panels(dy, T, out_f, out_f, MR, dyp);
-  const auto sched = cpu::make_panel_schedule(n_cb, n_panels, nnzb, n_rb, MR * out_f * 4, nnzb * B * B * 4);
+  const auto sched = cpu::make_panel_schedule(n_cb, n_panels, nnzb, n_rb, MR * out_f * 4, nnzb * B * B * 4,
+                                                T * in_f * 4);
   cpu::balanced_parallel_for(
       sched.items(), [&](int64_t i) { return sched.cost_before(t_row_ptr, i); },
       [&](int64_t begin, int64_t end) {
