@@ -7,6 +7,8 @@ and cuda backends against cuBLAS (F.linear) and torch.sparse's BSR kernel; each 
 row says whether it meets the bar t <= 1.25*d*t_dense and beats torch.sparse BSR (same run).
 Floors there: d * 369 GFLOP (dense: 2*4096*4096*11008); bytes x 33.5 MB + W d*90 MB + y 90 MB, so
 at d=0.1 ~133 MB, i.e. ~45 us at 3 TB/s -- the same order as the compute at tensor-core rate.
+All candidates of one (shape, density) are timed round-robin (measure_interleaved), so the speedups
+compare like with like on a shared machine.
 """
 import torch
 import torch.nn.functional as F
@@ -16,13 +18,14 @@ from sparsecl.formats import BlockSparseLayout
 from sparsecl.ops import bsr_linear
 
 try:
-    from .harness import measure
+    from .harness import measure, measure_interleaved
 except ImportError:  # run by pytest from the bench/ folder
-    from harness import measure
+    from harness import measure, measure_interleaved
 
 SHAPES = {"square-4096": (512, 4096, 4096), "vit-b-mlp": (4096, 768, 3072)}
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
-BLOCK = 32
+BLOCK = 32  # torch.sparse comparison and --quick
+BLOCKS = (16, 32, 64)  # sparsecl rows of the full table
 GPU_SHAPES = {"llama-7b-mlp": (4096, 4096, 11008)}
 GPU_DENSITIES = (0.5, 0.2, 0.1)
 GPU_BLOCK = 64
@@ -46,7 +49,7 @@ def _fwd_bwd(fn, *inputs):
 
 
 def rows(quick=False, device="cpu"):
-    """Yield one result dict per (shape, density, method)."""
+    """Yield one result dict per (shape, density, method, pass)."""
     if torch.device(device).type == "cuda":
         yield from _gpu_rows(quick, device)
         return
@@ -56,33 +59,35 @@ def rows(quick=False, device="cpu"):
     for shape_name in shapes:
         T, in_f, out_f = SHAPES[shape_name]
         flops = 2.0 * T * in_f * out_f
-        x, _, _ = _case(shape_name, 1.0, device)
-        w = torch.randn(out_f, in_f, device=device)
-        t_dense = measure(lambda: F.linear(x, w), device, min_time)
-        xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        t_dense_fb = measure(_fwd_bwd(lambda: F.linear(xg, wg), xg, wg), device, min_time)
         base = dict(op="bsr_linear", shape=shape_name, T=T, in_f=in_f, out_f=out_f, block=BLOCK)
-        yield dict(base, method="dense F.linear", density=1.0, pass_="fwd", ms=t_dense * 1e3, speedup=1.0,
-                   gflops=flops / t_dense / 1e9, eff=1.0)
-        yield dict(base, method="dense F.linear", density=1.0, pass_="fwd+bwd", ms=t_dense_fb * 1e3, speedup=1.0,
-                   gflops=3 * flops / t_dense_fb / 1e9, eff=1.0)
         for d in densities:
-            x, values, layout = _case(shape_name, d, device)
-            dense_rate = flops / t_dense
+            x, _, _ = _case(shape_name, 1.0, device)
+            w = torch.randn(out_f, in_f, device=device)
+            xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            fns = {("fwd", "dense F.linear", None): lambda: F.linear(x, w),
+                   ("fwd+bwd", "dense F.linear", None): _fwd_bwd(lambda: F.linear(xg, wg), xg, wg)}
+            xs, values, layout = _case(shape_name, d, device)
             wd = layout.to_dense(values)
-            candidates = {"sparsecl bsr": lambda: bsr_linear(x, values, layout)}
-            w_csr, w_bsr = wd.to_sparse_csr(), wd.to_sparse_bsr((BLOCK, BLOCK))
-            xt = x.T.contiguous()
-            candidates["torch.sparse csr"] = lambda: torch.sparse.mm(w_csr, xt)
-            candidates["torch.sparse bsr"] = lambda: torch.sparse.mm(w_bsr, xt)
-            for method, fn in candidates.items():
-                t = measure(fn, device, min_time)
-                yield dict(base, method=method, density=d, pass_="fwd", ms=t * 1e3, speedup=t_dense / t,
-                           gflops=d * flops / t / 1e9, eff=d * flops / t / dense_rate)
-            xg, vg = x.clone().requires_grad_(True), values.clone().requires_grad_(True)
-            t = measure(_fwd_bwd(lambda: bsr_linear(xg, vg, layout), xg, vg), device, min_time)
-            yield dict(base, method="sparsecl bsr", density=d, pass_="fwd+bwd", ms=t * 1e3, speedup=t_dense_fb / t,
-                       gflops=3 * d * flops / t / 1e9, eff=3 * d * flops / t / (3 * flops / t_dense_fb))
+            w_csr, w_bsr, xt = wd.to_sparse_csr(), wd.to_sparse_bsr((BLOCK, BLOCK)), xs.T.contiguous()
+            fns[("fwd", "torch.sparse csr", BLOCK)] = lambda: torch.sparse.mm(w_csr, xt)
+            fns[("fwd", "torch.sparse bsr", BLOCK)] = lambda: torch.sparse.mm(w_bsr, xt)
+            real = {}  # FLOPs actually done: active blocks (edge blocks and the layout's rounding included)
+            for block in (BLOCK,) if quick else BLOCKS:
+                xb, vb, lb = _case(shape_name, d, device, block=block)
+                real[block] = lb.nnzb * block * block / (in_f * out_f)
+                method = "sparsecl bsr" if block == BLOCK else f"sparsecl bsr (B={block})"
+                xbg, vbg = xb.clone().requires_grad_(True), vb.clone().requires_grad_(True)
+                fns[("fwd", method, block)] = lambda xb=xb, vb=vb, lb=lb: bsr_linear(xb, vb, lb)
+                fns[("fwd+bwd", method, block)] = _fwd_bwd(lambda xbg=xbg, vbg=vbg, lb=lb: bsr_linear(xbg, vbg, lb),
+                                                           xbg, vbg)
+            t = measure_interleaved(fns, device, min_time)
+            for (pass_, method, block), sec in t.items():
+                dense = t[(pass_, "dense F.linear", None)]
+                work = (3 if pass_ == "fwd+bwd" else 1) * flops
+                dd = 1.0 if block is None else real.get(block, d)
+                yield dict(base, method=method, density=1.0 if block is None else d, block=block or BLOCK,
+                           pass_=pass_, ms=sec * 1e3, speedup=dense / sec, gflops=dd * work / sec / 1e9,
+                           eff=dd * work / sec / (work / dense))
 
 
 def _torch_bsr_mm(w_bsr):

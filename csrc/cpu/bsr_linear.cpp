@@ -1,8 +1,10 @@
 // Block-sparse linear on CPU: y = x @ W.T (+ bias) with W stored as BSR blocks values[k] = W[rb*B:, cb*B:].
-// Three kernels: forward (parallel over block rows x token tiles), dX = dY @ W through the
+// Three kernels: forward (parallel over block rows x token chunks), dX = dY @ W through the
 // transposed index (parallel over block columns), and dValues = SDDMM only at active blocks.
 // Features need not be multiples of B: edge blocks are clipped, their out-of-range entries are
 // never read and their gradient is written as zero.
+// float32 runs on the AVX-512 / AVX2 micro-kernels of microkernels.h (chosen at dispatch, see
+// isa.h); float64 and the forced generic path run the scalar *_generic kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/microkernels.h"
 
 namespace sparsecl {
 namespace {
@@ -33,7 +36,7 @@ inline void pack_transposed(const T* v, int64_t B, int64_t ob, int64_t ib, T* vt
 }
 
 template <typename T>
-void forward_kernel(const T* x, int64_t n_tokens, int64_t in_f, const T* values, int64_t B, const int32_t* row_ptr,
+void forward_generic(const T* x, int64_t n_tokens, int64_t in_f, const T* values, int64_t B, const int32_t* row_ptr,
                     const int32_t* col_idx, int64_t n_block_rows, int64_t out_f, const T* bias, T* y) {
   const int64_t n_tiles = (n_tokens + kTokenTile - 1) / kTokenTile;
   at::parallel_for(0, n_block_rows * n_tiles, 1, [&](int64_t begin, int64_t end) {
@@ -63,7 +66,7 @@ void forward_kernel(const T* x, int64_t n_tokens, int64_t in_f, const T* values,
 }
 
 template <typename T>
-void dx_kernel(const T* dy, int64_t n_tokens, int64_t out_f, const T* values, int64_t B, const int32_t* t_row_ptr,
+void dx_generic(const T* dy, int64_t n_tokens, int64_t out_f, const T* values, int64_t B, const int32_t* t_row_ptr,
                const int32_t* t_col_idx, const int32_t* t_perm, int64_t n_block_cols, int64_t in_f, T* dx) {
   const int64_t n_tiles = (n_tokens + kTokenTile - 1) / kTokenTile;
   at::parallel_for(0, n_block_cols * n_tiles, 1, [&](int64_t begin, int64_t end) {
@@ -92,7 +95,7 @@ void dx_kernel(const T* dy, int64_t n_tokens, int64_t out_f, const T* values, in
 }
 
 template <typename T>
-void dw_kernel(const T* dy, const T* x, int64_t n_tokens, int64_t out_f, int64_t in_f, int64_t B,
+void dw_generic(const T* dy, const T* x, int64_t n_tokens, int64_t out_f, int64_t in_f, int64_t B,
                const int32_t* row_idx, const int32_t* col_idx, int64_t nnzb, T* dv) {
   at::parallel_for(0, nnzb, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
@@ -107,6 +110,138 @@ void dw_kernel(const T* dy, const T* x, int64_t n_tokens, int64_t out_f, int64_t
           const T gv = g[o];
           T* a = out + o * B;
           for (int64_t i = 0; i < ib; ++i) a[i] += gv * xr[i];
+        }
+      }
+    }
+  });
+}
+
+using cpu::MicroKernels;
+using cpu::TileArgs;
+
+// x is packed once into token panels (the micro-kernel's A operand) and W.T once, block by block
+// (wt[k][i][o] = V_k[o][i], so one vector load reads a row of W.T); each (block row, token chunk)
+// item sweeps its panels in strips of the widest tile, accumulating over all the row's blocks in
+// registers before one store. Items run in the order of cpu::make_panel_schedule.
+void forward_simd(const MicroKernels& mk, const float* x, int64_t T, int64_t in_f, const float* values, int64_t B,
+                  const int32_t* row_ptr, const int32_t* col_idx, int64_t n_rb, int64_t out_f, const float* bias,
+                  float* y) {
+  if (T == 0 || n_rb == 0) return;
+  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
+  const int64_t nnzb = row_ptr[n_rb], n_cb = (in_f + B - 1) / B;
+  float* xp = cpu::workspace(0, n_panels * MR * in_f);
+  float* wt = cpu::workspace(1, nnzb * B * B);
+  cpu::pack_panels(x, T, in_f, in_f, MR, xp);
+  at::parallel_for(0, n_rb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t rb = begin; rb < end; ++rb) {
+      const int64_t ob = std::min(B, out_f - rb * B);
+      for (int64_t k = row_ptr[rb]; k < row_ptr[rb + 1]; ++k)
+        pack_transposed(values + k * B * B, B, ob, std::min(B, in_f - int64_t(col_idx[k]) * B), wt + k * B * B);
+    }
+  });
+  const auto sched = cpu::make_panel_schedule(n_rb, n_panels, nnzb, n_cb, MR * in_f * 4, nnzb * B * B * 4,
+                                                T * out_f * 4);
+  cpu::balanced_parallel_for(
+      sched.items(), [&](int64_t i) { return sched.cost_before(row_ptr, i); },
+      [&](int64_t begin, int64_t end) {
+        std::vector<const float*> a, b;
+        std::vector<int> depth;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t rb = sched.row(item), chunk = sched.chunk(item);
+          const int64_t k0 = row_ptr[rb], nk = row_ptr[rb + 1] - k0;
+          const int64_t o0 = rb * B, ob = std::min(B, out_f - o0);
+          a.resize(nk);
+          b.resize(nk);
+          depth.resize(nk);
+          for (int64_t p = 0; p < nk; ++p) depth[p] = int(std::min(B, in_f - int64_t(col_idx[k0 + p]) * B));
+          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
+          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
+            const float* xpp = xp + panel * MR * in_f;
+            for (int64_t p = 0; p < nk; ++p) a[p] = xpp + int64_t(col_idx[k0 + p]) * B * MR;
+            for (int64_t s = 0; s < ob; s += strip) {
+              const int nc = int(std::min(strip, ob - s));
+              for (int64_t p = 0; p < nk; ++p) b[p] = wt + (k0 + p) * B * B + s;
+              const TileArgs t{a.data(), b.data(), depth.data(), int(nk), MR, B, bias ? bias + o0 + s : nullptr,
+                               false, y + panel * MR * out_f + o0 + s, out_f, int(std::min(MR, T - panel * MR)), nc};
+              mk.tile(t, (nc + mk.width - 1) / mk.width);
+            }
+          }
+        }
+      });
+}
+
+// dX = dY @ W: grad_out packed into token panels; each (block column, token chunk) item accumulates
+// the column's blocks (rows of V read in place, masked at clipped columns) over its panels.
+void dx_simd(const MicroKernels& mk, const float* dy, int64_t T, int64_t out_f, const float* values, int64_t B,
+             const int32_t* t_row_ptr, const int32_t* t_col_idx, const int32_t* t_perm, int64_t n_cb, int64_t in_f,
+             float* dx) {
+  if (T == 0 || n_cb == 0) return;
+  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
+  const int64_t nnzb = t_row_ptr[n_cb], n_rb = (out_f + B - 1) / B;
+  float* dyp = cpu::workspace(0, n_panels * MR * out_f);
+  cpu::pack_panels(dy, T, out_f, out_f, MR, dyp);
+  const auto sched = cpu::make_panel_schedule(n_cb, n_panels, nnzb, n_rb, MR * out_f * 4, nnzb * B * B * 4,
+                                                T * in_f * 4);
+  cpu::balanced_parallel_for(
+      sched.items(), [&](int64_t i) { return sched.cost_before(t_row_ptr, i); },
+      [&](int64_t begin, int64_t end) {
+        std::vector<const float*> a, b;
+        std::vector<int> depth;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t cb = sched.row(item), chunk = sched.chunk(item);
+          const int64_t j0 = t_row_ptr[cb], nj = t_row_ptr[cb + 1] - j0;
+          const int64_t i0 = cb * B, ib = std::min(B, in_f - i0);
+          a.resize(nj);
+          b.resize(nj);
+          depth.resize(nj);
+          for (int64_t p = 0; p < nj; ++p) depth[p] = int(std::min(B, out_f - int64_t(t_col_idx[j0 + p]) * B));
+          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
+          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
+            const float* dpp = dyp + panel * MR * out_f;
+            for (int64_t p = 0; p < nj; ++p) a[p] = dpp + int64_t(t_col_idx[j0 + p]) * B * MR;
+            for (int64_t s = 0; s < ib; s += strip) {
+              const int nc = int(std::min(strip, ib - s));
+              for (int64_t p = 0; p < nj; ++p) b[p] = values + int64_t(t_perm[j0 + p]) * B * B + s;
+              const TileArgs t{a.data(), b.data(), depth.data(), int(nj), MR, B, nullptr, false,
+                               dx + panel * MR * in_f + i0 + s, in_f, int(std::min(MR, T - panel * MR)), nc};
+              mk.tile(t, (nc + mk.width - 1) / mk.width);
+            }
+          }
+        }
+      });
+}
+
+// Tokens per pass of the SDDMM: the dY and x rows of one pass stay cached across the block's
+// row groups even when power-of-two row strides map them onto few cache sets.
+constexpr int64_t kSddmmTokens = 64;
+
+// dValues[k] = dY[:, rows of k].T @ x[:, cols of k]: outer-product tiles (rows of dY broadcast,
+// rows of x as vectors) reduced over tokens in passes of kSddmmTokens, blocks split evenly over
+// threads in index order (consecutive blocks share a block row, so its dY columns stay cached).
+void dw_simd(const MicroKernels& mk, const float* dy, const float* x, int64_t T, int64_t out_f, int64_t in_f,
+             int64_t B, const int32_t* row_idx, const int32_t* col_idx, int64_t nnzb, float* dv) {
+  if (T == 0) {
+    std::fill(dv, dv + nnzb * B * B, 0.f);
+    return;
+  }
+  const int64_t R = mk.outer_rows, strip = int64_t(mk.max_vectors) * mk.width;
+  cpu::balanced_parallel_for(nnzb, [](int64_t i) { return i; }, [&](int64_t begin, int64_t end) {
+    for (int64_t t0 = 0; t0 < T; t0 += kSddmmTokens) {
+      const int depth = int(std::min(kSddmmTokens, T - t0));
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t o0 = int64_t(row_idx[k]) * B, ob = std::min(B, out_f - o0);
+        const int64_t i0 = int64_t(col_idx[k]) * B, ib = std::min(B, in_f - i0);
+        float* out = dv + k * B * B;
+        if (t0 == 0 && (ob < B || ib < B)) std::fill(out, out + B * B, 0.f);
+        for (int64_t og = 0; og < ob; og += R) {
+          for (int64_t s = 0; s < ib; s += strip) {
+            const int nc = int(std::min(strip, ib - s));
+            const float* a = dy + t0 * out_f + o0 + og;
+            const float* b = x + t0 * in_f + i0 + s;
+            const TileArgs t{&a, &b, &depth, 1, out_f, in_f, nullptr, t0 > 0, out + og * B + s, B,
+                             int(std::min(R, ob - og)), nc};
+            mk.outer_tile(t, (nc + mk.width - 1) / mk.width);
+          }
         }
       }
     }
@@ -150,8 +285,15 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
   auto y = at::empty({x.size(0), out_features}, x.options());
+  const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
+  if (mk) {
+    forward_simd(*mk, xc.data_ptr<float>(), x.size(0), in_f, vc.data_ptr<float>(), B, row_ptr.data_ptr<int32_t>(),
+                 col_idx.data_ptr<int32_t>(), n_rb, out_features, bias ? bc.data_ptr<float>() : nullptr,
+                 y.data_ptr<float>());
+    return y;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_linear_cpu", [&] {
-    forward_kernel<scalar_t>(xc.data_ptr<scalar_t>(), x.size(0), in_f, vc.data_ptr<scalar_t>(), B,
+    forward_generic<scalar_t>(xc.data_ptr<scalar_t>(), x.size(0), in_f, vc.data_ptr<scalar_t>(), B,
                              row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), n_rb, out_features,
                              bias ? bc.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
   });
@@ -176,8 +318,14 @@ at::Tensor bsr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
   auto dx = at::empty({dy.size(0), in_features}, dy.options());
+  const MicroKernels* mk = dy.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
+  if (mk) {
+    dx_simd(*mk, gc.data_ptr<float>(), dy.size(0), out_f, vc.data_ptr<float>(), B, t_row_ptr.data_ptr<int32_t>(),
+            t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), n_cb, in_features, dx.data_ptr<float>());
+    return dx;
+  }
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "bsr_linear_dx_cpu", [&] {
-    dx_kernel<scalar_t>(gc.data_ptr<scalar_t>(), dy.size(0), out_f, vc.data_ptr<scalar_t>(), B,
+    dx_generic<scalar_t>(gc.data_ptr<scalar_t>(), dy.size(0), out_f, vc.data_ptr<scalar_t>(), B,
                         t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), n_cb,
                         in_features, dx.data_ptr<scalar_t>());
   });
@@ -201,8 +349,14 @@ at::Tensor bsr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto gc = dy.contiguous();
   auto xc = x.contiguous();
   auto dv = at::empty({nnzb, B, B}, x.options());
+  const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
+  if (mk) {
+    dw_simd(*mk, gc.data_ptr<float>(), xc.data_ptr<float>(), x.size(0), dy.size(1), x.size(1), B,
+            row_idx.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), nnzb, dv.data_ptr<float>());
+    return dv;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_linear_dw_cpu", [&] {
-    dw_kernel<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), x.size(0), dy.size(1), x.size(1), B,
+    dw_generic<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), x.size(0), dy.size(1), x.size(1), B,
                         row_idx.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), nnzb, dv.data_ptr<scalar_t>());
   });
   return dv;

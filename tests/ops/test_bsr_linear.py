@@ -16,6 +16,14 @@ SHAPES = [  # (tokens, in, out)
 ]
 DENSITIES = [0.0, "one", 0.1, 0.5, 1.0]
 
+# CPU kernel paths this machine can run (SPARSECL_CPU_ISA forces one; float32 only, float64 is generic)
+_RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
+CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_RUNTIME_ISA) + 1]
+# token counts around the panel heights (14 on AVX-512, 6 on AVX2) and the SDDMM pass length (64)
+ISA_SHAPES = [  # (tokens, in, out)
+    (0, 40, 48), (1, 64, 32), (13, 100, 70), (29, 96, 130), (150, 72, 64), (70, 33, 17),
+]
+
 
 def make_layout(shape, density, B, device):
     out_f, in_f = shape
@@ -88,6 +96,55 @@ def test_reference_kernels_match_cpp(seed):
     assert_close(_reference_dx(g, values, *t, 70), ops.bsr_linear_dx(g, values, *t, 70))
     assert_close(_reference_dw(g, x, layout.row_idx, layout.col_idx, 16),
                  ops.bsr_linear_dw(g, x, layout.row_idx, layout.col_idx, 16))
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("B", [16, 32, 64])
+@pytest.mark.parametrize("T,in_f,out_f", ISA_SHAPES)
+@pytest.mark.parametrize("density", [0.0, "one", 0.5, 1.0])
+def test_every_cpu_isa_matches_float64(isa, B, T, in_f, out_f, density, monkeypatch, seed):
+    """Forward, dX and dValues of each forced CPU path against the float64 dense reference."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    x, values, layout, bias = random_case(T, in_f, out_f, density, B, "cpu", torch.float32)
+    ops = torch.ops.sparsecl
+    w = layout.to_dense(values.double())
+    y = ops.bsr_linear(x, values, layout.row_ptr, layout.col_idx, out_f, bias)
+    assert_close(y, x.double() @ w.T + bias.double(), torch.float32)
+    g = torch.randn(T, out_f)
+    dx = ops.bsr_linear_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, in_f)
+    assert_close(dx, g.double() @ w, torch.float32)
+    dv = ops.bsr_linear_dw(g, x, layout.row_idx, layout.col_idx, B)
+    assert_close(dv, layout.values_from_dense(g.double().T @ x.double()), torch.float32)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("B", [16, 32, 64])
+def test_padding_entries_never_read(isa, B, monkeypatch, seed):
+    """NaN in the out-of-range part of clipped edge blocks must not reach any output; their gradient is 0."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    out_f, in_f, T = B + 5, 2 * B + 3, 17
+    layout = BlockSparseLayout.random((out_f, in_f), 1.0, B)
+    values = torch.randn(layout.nnzb, B, B)
+    valid = layout.values_from_dense(torch.ones(out_f, in_f)).bool()
+    poisoned = values.masked_fill(~valid, float("nan"))
+    x, g = torch.randn(T, in_f), torch.randn(T, out_f)
+    w = layout.to_dense(values.double())
+    ops = torch.ops.sparsecl
+    assert_close(ops.bsr_linear(x, poisoned, layout.row_ptr, layout.col_idx, out_f, None), x.double() @ w.T,
+                 torch.float32)
+    assert_close(ops.bsr_linear_dx(g, poisoned, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, in_f),
+                 g.double() @ w, torch.float32)
+    dv = ops.bsr_linear_dw(g, x, layout.row_idx, layout.col_idx, B)
+    assert (dv[~valid] == 0).all()
+    assert_close(dv, layout.values_from_dense(g.double().T @ x.double()), torch.float32)
+
+
+def test_bad_cpu_isa_request(monkeypatch):
+    monkeypatch.setenv("SPARSECL_CPU_ISA", "sse9")
+    layout = BlockSparseLayout.random((32, 32), 1.0, 16)
+    with pytest.raises(RuntimeError, match="SPARSECL_CPU_ISA must be generic, avx2 or avx512"):
+        torch.ops.sparsecl.bsr_linear(torch.randn(2, 32), torch.randn(layout.nnzb, 16, 16), layout.row_ptr,
+                                      layout.col_idx, 32, None)
 
 
 @pytest.mark.parametrize("device", DEVICES)
