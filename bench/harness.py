@@ -76,3 +76,12 @@ def format_table(rows, columns):
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def allocations(fn):
+    """Sizes in bytes of every CPU allocation made while ``fn()`` runs (torch profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
