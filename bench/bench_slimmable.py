@@ -41,7 +41,7 @@ def _loss_multi(ys):
 
 
 def rows(quick=False, device="cpu"):
-    """Yield one result dict per (case, method, gradient mode)."""
+    """Yield one result dict per (case, method, gradient mode); speedup = reference time / method time."""
     T, full = (512, 4096)
     min_time = 0.5 if quick else 2.0
     x, w, b = _case(T, full, device=device)
@@ -52,11 +52,11 @@ def rows(quick=False, device="cpu"):
     full_bytes = w.numel() * w.element_size()
     methods = {
         "contiguous 2048x2048 F.linear": (lambda: F.linear(xh, wd, bd), (wd, bd)),
-        "sparsecl slimmable_linear w=0.5": (lambda: slimmable_linear(xh, w, b, half), (w, b)),
-        "torch slice F.linear(W[:o,:i]) w=0.5": (lambda: F.linear(xh, w[:half, :half], b[:half]), (w, b)),
+        "sparsecl slimmable_linear": (lambda: slimmable_linear(xh, w, b, half), (w, b)),
+        "torch F.linear(W[:o,:i])": (lambda: F.linear(xh, w[:half, :half], b[:half]), (w, b)),
     }
     modes = ("accumulate",) if quick else ("accumulate", "set_to_none")
-    base = dict(op="slimmable_linear", T=T, full=full)
+    base = dict(op="slimmable_linear", shape=f"T={T} {full}->{full} w=0.5", pass_="fwd+bwd")
     for mode in modes:
         ref = None
         for name, (fn, params) in methods.items():
@@ -64,10 +64,10 @@ def rows(quick=False, device="cpu"):
                 p.grad = None
             step = _step(fn, params, mode)
             step()
-            big = sum(s >= full_bytes for s in allocations(step))
+            big = sum(s >= full_bytes for s in allocations(step)) if device == "cpu" else None
             t = measure(step, device, min_time)
             ref = ref or t
-            yield dict(base, case="width 0.5 fwd+bwd", method=name, grad=mode, ms=t * 1e3, ratio=t / ref,
+            yield dict(base, method=f"{name} [{mode}]", grad=mode, ms=t * 1e3, speedup=ref / t, ratio=t / ref,
                        alloc_full=big)
     widths = [(int(full * s), int(full * s)) for s in WIDTHS]
     for p in (w, b):
@@ -77,13 +77,14 @@ def rows(quick=False, device="cpu"):
                      "accumulate")
     fwd_multi = lambda: slimmable_linear_multi(x, w.detach(), b.detach(), widths)  # noqa: E731
     fwd_sep = lambda: [slimmable_linear(x[:, :i], w.detach(), b.detach(), o) for i, o in widths]  # noqa: E731
-    for case, sep, mul in (("4 widths fwd", fwd_sep, fwd_multi), ("4 widths fwd+bwd", separate, multi)):
+    base = dict(op="slimmable_linear_multi", shape=f"T={T} {full} widths 1,.75,.5,.25")
+    for pass_, sep, mul in (("fwd", fwd_sep, fwd_multi), ("fwd+bwd", separate, multi)):
         t_sep = measure(sep, device, min_time)
         t_mul = measure(mul, device, min_time)
-        yield dict(base, case=case, method="4 separate slimmable_linear calls", grad="accumulate", ms=t_sep * 1e3,
-                   ratio=1.0)
-        yield dict(base, case=case, method="sparsecl slimmable_linear_multi", grad="accumulate", ms=t_mul * 1e3,
-                   ratio=t_mul / t_sep)
+        yield dict(base, pass_=pass_, method="4 separate slimmable_linear calls", grad="accumulate",
+                   ms=t_sep * 1e3, speedup=1.0, ratio=1.0)
+        yield dict(base, pass_=pass_, method="sparsecl slimmable_linear_multi", grad="accumulate", ms=t_mul * 1e3,
+                   speedup=t_sep / t_mul, ratio=t_mul / t_sep)
 
 
 CASES = [dict(id=f"w{s}", scale=s) for s in WIDTHS]

@@ -416,3 +416,43 @@ class TestBadInput:
             slimmable_conv2d(torch.randn(1, 3, 2, 2), w, None, 2)
         with pytest.raises(RuntimeError, match="stride must be >= 1"):
             slimmable_conv2d(torch.randn(1, 3, 6, 6), w, None, 2, stride=0)
+
+
+@pytest.mark.parametrize("bucket_view", [False, True])
+def test_ddp_single_process_sandwich(bucket_view, seed, tmp_path):
+    """DDP (gloo, one process): in-place slice gradients reach the reducer, with and without no_sync."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from sparsecl.nn import SlimmableLinear, width
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        net = torch.nn.Sequential(SlimmableLinear(12, 16), torch.nn.ReLU(), SlimmableLinear(16, 3, slim_out=False))
+        ref = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+        ddp = DDP(net, gradient_as_bucket_view=bucket_view)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        x = torch.randn(6, 12)
+        for set_to_none in (True, False, True):
+            opt.zero_grad(set_to_none=set_to_none)
+            for r in ref:
+                r.grad = None
+            with ddp.no_sync():
+                for w in (0.25, 0.5):
+                    with width(net, w):
+                        ddp(x).pow(2).sum().backward()
+            ddp(x).pow(2).sum().backward()  # full width, synchronised
+            for w in (0.25, 0.5, 1.0):
+                h = max(1, int(16 * w + 0.5))
+                y = F.linear(torch.relu(F.linear(x, ref[0][:h], ref[1][:h])), ref[2][:, :h], ref[3])
+                y.pow(2).sum().backward()
+            for p, r in zip(net.parameters(), ref):
+                assert_close(p.grad, r.grad, torch.float32)
+            opt.step()
+            with torch.no_grad():
+                for p, r in zip(net.parameters(), ref):
+                    r.copy_(p)
+    finally:
+        dist.destroy_process_group()
