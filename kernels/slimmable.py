@@ -97,8 +97,8 @@ def _multi_forward_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y0, y1, y2, y3, i0, i1, i2
 @triton.jit
 def _grad_tile(g_ptr, rows, cols, row_lim, col_lim, ld):
     """Tile g[rows, cols] of a contiguous [*, ld] grad_out, zero outside row_lim x col_lim."""
-    return tl.load(g_ptr + rows[:, None] * ld + cols[None, :], mask=(rows[:, None] < row_lim) & (cols[None, :] < col_lim),
-                   other=0.0)
+    ok = (rows[:, None] < row_lim) & (cols[None, :] < col_lim)
+    return tl.load(g_ptr + rows[:, None] * ld + cols[None, :], mask=ok, other=0.0)
 
 
 @triton.jit
@@ -168,8 +168,8 @@ def _multi_dw_kernel(g0, g1, g2, g3, x_ptr, m_ptr, gw_ptr, i0, i1, i2, i3, o0, o
         acc = tl.zeros((BM, BN), dtype=ACC)
         for t0 in range(0, T, BK):
             tt = t0 + tl.arange(0, BK)
-            xb = tl.load(x_ptr + tt[:, None] * s_xm + rn[None, :] * s_xk, mask=(tt[:, None] < T) & (rn[None, :] < n_lim),
-                         other=0.0)
+            ok_x = (tt[:, None] < T) & (rn[None, :] < n_lim)
+            xb = tl.load(x_ptr + tt[:, None] * s_xm + rn[None, :] * s_xk, mask=ok_x, other=0.0)
             a = tl.zeros((BM, BK), dtype=xb.dtype)  # a[m, t] = sum of dy_k[t, m] over fully covering widths
             if f0:
                 a += tl.trans(_grad_tile(g0, tt, rm, T, o0, o0))
@@ -235,7 +235,8 @@ def _slots(values, fill):
 
 
 def slimmable_linear_multi(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                           mask: Optional[torch.Tensor], in_widths: List[int], out_widths: List[int]) -> List[torch.Tensor]:
+                           mask: Optional[torch.Tensor], in_widths: List[int],
+                           out_widths: List[int]) -> List[torch.Tensor]:
     """[x[:, :i_k] @ (W*M)[:o_k, :i_k].T + bias[:o_k] for each width]; x [T, >= max i_k], W [O, I]."""
     T = x.shape[0]
     ys = [torch.empty(T, o, device=x.device, dtype=x.dtype) for o in out_widths]

@@ -395,18 +395,23 @@ ConvGeom check_conv(const at::Tensor& weight, at::IntArrayRef stride, at::IntArr
   return {weight.size(2), weight.size(3), stride.vec(), padding.vec(), dilation.vec()};
 }
 
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+// Whether [i, kh, kw] of t are packed, so W[:o, :i] flattens to a [o, i*kh*kw] view.
+bool is_flat_view(const at::Tensor& t) {
+  return t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3);
+}
 
 // [o, i*kh*kw] view of t[:o, :i] (a copy only when t's inner dims are not contiguous).
 at::Tensor flat(const at::Tensor& t, int64_t o, int64_t i) {
   at::Tensor s = t.narrow(0, 0, o).narrow(1, 0, i);
   const int64_t k = t.size(2) * t.size(3);
-  if (t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == k)
-    return s.as_strided({o, i * k}, {t.stride(0), 1}, s.storage_offset());
+  if (is_flat_view(t)) return s.as_strided({o, i * k}, {t.stride(0), 1}, s.storage_offset());
   return s.reshape({o, i * k});
 }
 
-bool is_flat_view(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3); }
 
 at::MemoryFormat format_of(const at::Tensor& t) { return t.suggest_memory_format(); }
 
