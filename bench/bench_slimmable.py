@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from sparsecl.ops import slimmable_linear, slimmable_linear_multi
 
 try:
-    from .harness import allocations, measure
+    from .harness import allocations, measure_interleaved
 except ImportError:  # run by pytest from the bench/ folder
-    from harness import allocations, measure
+    from harness import allocations, measure_interleaved
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
@@ -58,17 +58,18 @@ def rows(quick=False, device="cpu"):
     modes = ("accumulate",) if quick else ("accumulate", "set_to_none")
     base = dict(op="slimmable_linear", shape=f"T={T} {full}->{full} w=0.5", pass_="fwd+bwd")
     for mode in modes:
-        ref = None
+        steps, big = {}, {}
         for name, (fn, params) in methods.items():
             for p in params:
                 p.grad = None
-            step = _step(fn, params, mode)
-            step()
-            big = sum(s >= full_bytes for s in allocations(step)) if device == "cpu" else None
-            t = measure(step, device, min_time)
-            ref = ref or t
+            steps[name] = _step(fn, params, mode)
+            steps[name]()
+            big[name] = sum(s >= full_bytes for s in allocations(steps[name])) if device == "cpu" else None
+        times = measure_interleaved(steps, device, min_time)  # round-robin: same background load for all
+        ref = times[next(iter(times))]
+        for name, t in times.items():
             yield dict(base, method=f"{name} [{mode}]", grad=mode, ms=t * 1e3, speedup=ref / t, ratio=t / ref,
-                       alloc_full=big)
+                       alloc_full=big[name])
     widths = [(int(full * s), int(full * s)) for s in WIDTHS]
     for p in (w, b):
         p.grad = None
@@ -79,8 +80,8 @@ def rows(quick=False, device="cpu"):
     fwd_sep = lambda: [slimmable_linear(x[:, :i], w.detach(), b.detach(), o) for i, o in widths]  # noqa: E731
     base = dict(op="slimmable_linear_multi", shape=f"T={T} {full} widths 1,.75,.5,.25")
     for pass_, sep, mul in (("fwd", fwd_sep, fwd_multi), ("fwd+bwd", separate, multi)):
-        t_sep = measure(sep, device, min_time)
-        t_mul = measure(mul, device, min_time)
+        times = measure_interleaved({"separate": sep, "multi": mul}, device, min_time)
+        t_sep, t_mul = times["separate"], times["multi"]
         yield dict(base, pass_=pass_, method="4 separate slimmable_linear calls", grad="accumulate",
                    ms=t_sep * 1e3, speedup=1.0, ratio=1.0)
         yield dict(base, pass_=pass_, method="sparsecl slimmable_linear_multi", grad="accumulate", ms=t_mul * 1e3,

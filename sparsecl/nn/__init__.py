@@ -2,7 +2,9 @@
 from .block_sparse import BlockSparseLinear
 from .slimmable import (SlimmableConv2d, SlimmableLinear, SwitchableBatchNorm2d, active_channels, count_macs,
                         recalibrate_bn, width)
+from .sparse_linear import SparseLinear
 
 __all__ = ["BlockSparseLinear"]
 __all__ += ["SlimmableConv2d", "SlimmableLinear", "SwitchableBatchNorm2d", "active_channels", "count_macs",
             "recalibrate_bn", "width"]
+__all__ += ["SparseLinear"]
