@@ -111,6 +111,15 @@ def format_table(rows, columns):
     return "\n".join(lines)
 
 
+def allocations(fn):
+    """Sizes in bytes of every CPU allocation made while ``fn()`` runs (torch profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+
+
 def measure_interleaved(fns, device="cpu", min_time=0.5, min_runs=5, warmup=1):
     """Median seconds per call of each ``fns[name]()``, timed round-robin so that every candidate
     sees the same background load (for ratios on a shared machine). Returns {name: seconds}."""

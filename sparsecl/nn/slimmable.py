@@ -75,6 +75,19 @@ class _Slimmable(nn.Module):
         w = self.weight[:self.active_out, :i]
         return w if self.weight_mask is None else w * self.weight_mask[:self.active_out, :i]
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        # a saved mask makes this layer sparse (and a missing one dense) before the tensors are copied
+        saved = state_dict.get(prefix + "weight_mask")
+        if saved is None:
+            self.weight_mask = None
+        elif self.weight_mask is None or self.weight_mask.shape != saved.shape:
+            try:
+                self.set_mask(saved)
+            except ValueError as exc:
+                errors.append(f"{prefix}weight_mask: {exc}")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
     def _in_width(self, i):
         n = self.weight.shape[1]
         if i > n or (not self.slim_in and i != n):

@@ -19,6 +19,7 @@ as costly as PyTorch's slice); ``W.register_hook`` sees no gradient; no double b
 Mask: an optional bool ``mask`` (W's shape) makes the layer sparse: ``W * mask`` is used, multiplied
 panel by panel inside the kernel (never materialised), and ``dW`` is nonzero only where ``mask`` is set.
 """
+import math
 import sys
 
 import torch
@@ -126,8 +127,9 @@ _GRAD_BUFFERS = WeakIdKeyDictionary()
 
 
 def _exclusively_held(buf):
-    # references: the dict, the caller's local, getrefcount's argument; the storage: buf and the temp
-    return sys.getrefcount(buf) <= 3 and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2
+    # Python references: the dict, _leaf_grad's local, this parameter, getrefcount's argument;
+    # storage references: buf and the temporary storage object (views of buf would add more)
+    return sys.getrefcount(buf) <= 4 and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2
 
 
 def _leaf_grad(param):
@@ -297,7 +299,7 @@ def slimmable_linear(x, weight, bias, out_features, mask=None):
     _check_width(out_features, weight.shape[0], "out_features")
     x, weight, bias = autocast_args(x, weight, bias)
     lead = x.shape[:-1]
-    y = _SlimLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias, mask, int(out_features),
+    y = _SlimLinear.apply(x.reshape(math.prod(lead), x.shape[-1]), weight, bias, mask, int(out_features),
                           _use_inplace(weight, bias))
     return y.reshape(*lead, out_features)
 
@@ -318,7 +320,7 @@ def slimmable_linear_multi(x, weight, bias, widths, mask=None):
         _check_width(o, weight.shape[0], "out width")
     x, weight, bias = autocast_args(x, weight, bias)
     lead = x.shape[:-1]
-    ys = _SlimLinearMulti.apply(x.reshape(-1, x.shape[-1]), weight, bias, mask, in_widths, out_widths,
+    ys = _SlimLinearMulti.apply(x.reshape(math.prod(lead), x.shape[-1]), weight, bias, mask, in_widths, out_widths,
                                 _use_inplace(weight, bias))
     return [y.reshape(*lead, o) for y, o in zip(ys, out_widths)]
 
