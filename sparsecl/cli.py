@@ -72,6 +72,9 @@ def build_parser():
     bench.add_argument("--out", default=None, help="directory for the JSON result")
     bench.add_argument("-v", "--verbose", action="store_true")
     bench.set_defaults(func=cmd_bench)
+    from .multitask.cli import add_parser as add_multitask
+
+    add_multitask(sub)
     return p
 
 
