@@ -76,3 +76,25 @@ def format_table(rows, columns):
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def measure_interleaved(fns, device="cpu", min_time=0.5, min_runs=5, warmup=1):
+    """Median seconds per call of each ``fns[name]()``, timed round-robin so that every candidate
+    sees the same background load (for ratios on a shared machine). Returns {name: seconds}."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse.*support is in beta.*")
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        sync(device)
+        times = {name: [] for name in fns}
+        start = time.perf_counter()
+        while min(len(t) for t in times.values()) < min_runs or time.perf_counter() - start < min_time:
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
+            if len(times[next(iter(times))]) >= 1000:
+                break
+    return {name: statistics.median(t) for name, t in times.items()}

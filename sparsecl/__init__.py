@@ -2,10 +2,11 @@
 from . import ops  # noqa: F401  (registers schemas, then kernels)
 from . import _extension  # noqa: F401
 from .backend import get_backend, set_backend, use_backend
-from .formats import BlockSparseLayout
+from .formats import BlockSparseLayout, CSRLayout
 from . import nn  # noqa: F401
+from .sparsify import sparsify
 from .info import build_info
 
 __version__ = "0.1.0"
 
-__all__ = ["BlockSparseLayout", "build_info", "get_backend", "set_backend", "use_backend", "__version__"]
+__all__ = ["BlockSparseLayout", "CSRLayout", "build_info", "get_backend", "set_backend", "sparsify", "use_backend", "__version__"]

@@ -199,3 +199,197 @@ def block_reduce(t, block_size, how="sum"):
     padded[: t.shape[0], : t.shape[1]] = src
     blocks = padded.view(nb[0], B, nb[1], B)
     return blocks.any(3).any(1) if how == "any" else blocks.sum((1, 3))
+
+
+def _merge_positions(kept, grown):
+    """Positions in the merged sorted order of two sorted, disjoint int64 key tensors.
+
+    Only the (few) grown keys are binary-searched; the kept ones shift by a prefix count: O(n + g log n)."""
+    ins = torch.searchsorted(kept, grown)
+    pos_grown = torch.arange(grown.numel(), device=grown.device) + ins
+    before = torch.bincount(ins, minlength=kept.numel() + 1)[: kept.numel()].cumsum(0)
+    pos_kept = torch.arange(kept.numel(), device=kept.device) + before
+    return pos_kept, pos_grown
+
+
+class CSRLayout:
+    """Element-granular CSR index of a [out_features, in_features] weight (values live with the layer).
+
+    Index tensors are int32 with the same names and meaning as ``BlockSparseLayout`` (rows are output
+    features, columns input features): row_ptr [out+1], col_idx [nnz], row_idx [nnz], t_row_ptr [in+1],
+    t_col_idx [nnz], t_perm [nnz]. ``update``/``with_topology`` rebuild after a topology change by
+    merging sorted index lists (O(nnz) plus a sort of the grown entries), not from a dense matrix.
+    """
+
+    def __init__(self, row_ptr, col_idx, shape, validate=True, *, _derived=None):
+        out_f, in_f = (int(s) for s in shape)
+        if out_f < 0 or in_f < 0:
+            raise ValueError(f"shape must be non-negative, got {tuple(shape)}")
+        self.shape = (out_f, in_f)
+        if validate:
+            row_ptr, col_idx = _as_index(row_ptr, "row_ptr"), _as_index(col_idx, "col_idx")
+            if row_ptr.device != col_idx.device:
+                raise ValueError(f"row_ptr ({row_ptr.device}) and col_idx ({col_idx.device}) are on different devices")
+            validate_csr(row_ptr, col_idx, out_f, in_f, "CSRLayout")
+        self.row_ptr, self.col_idx = row_ptr, col_idx
+        if _derived is None:
+            _derived = _transpose_index(row_ptr, col_idx, in_f)
+        self.row_idx, self.t_row_ptr, self.t_col_idx, self.t_perm = _derived
+
+    # construction ----------------------------------------------------------------------------
+    @classmethod
+    def _from_sorted_keys(cls, keys, shape, device=None):
+        """Layout of the row-major flat positions ``keys`` (int64, sorted, unique)."""
+        out_f, in_f = shape
+        keys = keys.to(device) if device is not None else keys
+        rows = torch.div(keys, max(in_f, 1), rounding_mode="floor")
+        row_ptr = torch.zeros(out_f + 1, dtype=torch.int64, device=keys.device)
+        row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
+        cols = (keys - rows * in_f).to(torch.int32)
+        return cls(row_ptr.to(torch.int32), cols, shape, validate=False)
+
+    @classmethod
+    def from_mask(cls, mask):
+        """Layout of the True entries of a bool [out, in] mask."""
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool or mask.dim() != 2:
+            raise ValueError(f"mask must be a 2-D bool tensor, got {mask.dtype} {tuple(mask.shape)}")
+        return cls._from_sorted_keys(mask.reshape(-1).nonzero().squeeze(1), tuple(mask.shape))
+
+    @classmethod
+    def from_dense(cls, weight):
+        """Layout of the nonzero entries of a dense [out, in] ``weight``."""
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        return cls.from_mask(weight != 0)
+
+    @classmethod
+    def random(cls, shape, density, generator=None, device=None):
+        """A layout with round(density * out * in) positions chosen uniformly at random."""
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must be in [0, 1], got {density}")
+        shape = tuple(int(s) for s in shape)
+        total = shape[0] * shape[1]
+        keys = torch.randperm(total, generator=generator)[: round(density * total)].sort().values
+        return cls._from_sorted_keys(keys, shape, device)
+
+    # topology changes --------------------------------------------------------------------------
+    def keys(self):
+        """int64 [nnz] row-major flat positions (row * in + col), sorted."""
+        return self.row_idx.long() * self.shape[1] + self.col_idx.long()
+
+    def update(self, keep, grow):
+        """New layout after dropping and growing entries, and ``src`` for repacking values.
+
+        keep: bool [nnz] (False = drop); grow: int64 flat positions (row * in + col) not currently active.
+        Returns (layout, src) with src [new nnz] int64: the old index of each new entry, -1 for grown ones.
+        Cost: O(nnz) merges plus sorting ``grow``; no dense matrix is built.
+        """
+        keep = torch.as_tensor(keep, device=self.device)
+        if keep.dtype != torch.bool or keep.shape != (self.nnz,):
+            raise ValueError(f"keep must be bool [{self.nnz}], got {keep.dtype} {tuple(keep.shape)}")
+        out_f, in_f = self.shape
+        grow = torch.as_tensor(grow, device=self.device).long().reshape(-1).sort().values
+        if grow.numel():
+            if int(grow[0]) < 0 or int(grow[-1]) >= out_f * in_f:
+                raise ValueError(f"grow has positions outside [0, {out_f * in_f})")
+            if bool((grow[1:] == grow[:-1]).any()):
+                raise ValueError("grow has duplicate positions")
+        old_keys = self.keys()
+        if grow.numel() and self.nnz:
+            hit = torch.searchsorted(old_keys, grow).clamp_max(self.nnz - 1)
+            if bool((old_keys[hit] == grow).any()):
+                raise ValueError("grow contains positions that are already active")
+        kept_idx = keep.nonzero().squeeze(1)
+        pos_k, pos_g = _merge_positions(old_keys.index_select(0, kept_idx), grow)
+        n_new = kept_idx.numel() + grow.numel()
+        dev = self.device
+        src = torch.full((n_new,), -1, dtype=torch.int64, device=dev)
+        src.index_copy_(0, pos_k, kept_idx)
+        new_keys = torch.empty(n_new, dtype=torch.int64, device=dev)
+        new_keys.index_copy_(0, pos_k, old_keys.index_select(0, kept_idx))
+        new_keys.index_copy_(0, pos_g, grow)
+        rows = torch.div(new_keys, max(in_f, 1), rounding_mode="floor")
+        cols = new_keys - rows * in_f
+        row_ptr = torch.zeros(out_f + 1, dtype=torch.int64, device=dev)
+        row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
+        # transposed order: merge the surviving transposed entries with the grown ones in (col, row) order
+        t_old = self.t_perm.long()
+        t_kept = t_old.masked_select(keep.index_select(0, t_old))
+        new_of_old = torch.full((self.nnz,), -1, dtype=torch.int64, device=dev)
+        new_of_old.index_copy_(0, kept_idx, pos_k)
+        g_rows = torch.div(grow, max(in_f, 1), rounding_mode="floor")
+        g_tkeys = (grow - g_rows * in_f) * out_f + g_rows
+        g_order = torch.argsort(g_tkeys)
+        k_tkeys = (self.col_idx.index_select(0, t_kept).long() * out_f
+                   + self.row_idx.index_select(0, t_kept).long())
+        tpos_k, tpos_g = _merge_positions(k_tkeys, g_tkeys.index_select(0, g_order))
+        t_perm = torch.empty(n_new, dtype=torch.int64, device=dev)
+        t_perm.index_copy_(0, tpos_k, new_of_old.index_select(0, t_kept))
+        t_perm.index_copy_(0, tpos_g, pos_g.index_select(0, g_order))
+        t_row_ptr = torch.zeros(in_f + 1, dtype=torch.int64, device=dev)
+        t_row_ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
+        i32 = torch.int32
+        layout = CSRLayout(row_ptr.to(i32), cols.to(i32), self.shape, validate=False,
+                           _derived=(rows.to(i32), t_row_ptr.to(i32), rows.index_select(0, t_perm).to(i32),
+                                     t_perm.to(i32)))
+        return layout, src
+
+    def with_topology(self, new_mask):
+        """(layout, src) for a bool [out, in] ``new_mask``; see ``update``. One pass over the mask."""
+        new_mask = torch.as_tensor(new_mask, device=self.device)
+        if new_mask.dtype != torch.bool or tuple(new_mask.shape) != self.shape:
+            raise ValueError(f"new_mask must be bool {self.shape}, got {new_mask.dtype} {tuple(new_mask.shape)}")
+        flat = new_mask.reshape(-1)
+        old_keys = self.keys()
+        keep = flat.index_select(0, old_keys)
+        fresh = flat.clone()
+        fresh.index_fill_(0, old_keys, False)
+        return self.update(keep, fresh.nonzero().squeeze(1))
+
+    # queries ---------------------------------------------------------------------------------
+    @property
+    def nnz(self):
+        return self.col_idx.numel()
+
+    @property
+    def device(self):
+        return self.row_ptr.device
+
+    @property
+    def density(self):
+        total = self.shape[0] * self.shape[1]
+        return self.nnz / total if total else 0.0
+
+    def index_tensors(self):
+        return {n: getattr(self, n) for n in _INDEX_NAMES}
+
+    def to(self, device):
+        t = {n: v.to(device) for n, v in self.index_tensors().items()}
+        return CSRLayout(t["row_ptr"], t["col_idx"], self.shape, validate=False,
+                         _derived=(t["row_idx"], t["t_row_ptr"], t["t_col_idx"], t["t_perm"]))
+
+    def mask(self):
+        """Bool [out, in]: True at the active entries."""
+        m = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        m[self.row_idx.long(), self.col_idx.long()] = True
+        return m
+
+    def to_dense(self, values):
+        """Dense [out, in] weight from ``values`` [nnz] (differentiable in values)."""
+        self.check_values(values)
+        w = values.new_zeros(self.shape)
+        return w.index_put((self.row_idx.long(), self.col_idx.long()), values)
+
+    def values_from_dense(self, weight):
+        """Values [nnz] of a dense [out, in] ``weight`` at this layout's entries."""
+        if tuple(weight.shape) != self.shape:
+            raise ValueError(f"weight shape {tuple(weight.shape)} != layout shape {self.shape}")
+        return weight[self.row_idx.long(), self.col_idx.long()]
+
+    def check_values(self, values):
+        if values.dim() != 1 or values.shape[0] != self.nnz:
+            raise ValueError(f"values must be [{self.nnz}] for this layout, got {tuple(values.shape)}")
+
+    def __repr__(self):
+        return f"CSRLayout(shape={self.shape}, nnz={self.nnz}, density={self.density:.3f})"

@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from ..formats import BlockSparseLayout, block_reduce
+from ..formats import BlockSparseLayout, _transpose_index, block_reduce
 from ..ops import bsr_linear
 
 _INDEX_BUFFERS = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
@@ -98,6 +98,64 @@ class BlockSparseLinear(nn.Module):
             if linear.bias is not None:
                 mod.bias.copy_(linear.bias)
         return mod
+
+    # DST layer protocol (sparsecl.dst): topology at block granularity ------------------------------
+    @property
+    def dst_block_size(self):
+        return self.block_size
+
+    def dst_mask(self):
+        """Bool [ceil(out/B), ceil(in/B)]: the active blocks."""
+        return self.layout.block_mask()
+
+    @property
+    def sparse_parameter(self):
+        return self.values
+
+    @torch.no_grad()
+    def set_topology(self, new_mask):
+        """Repack to the active blocks of ``new_mask`` (bool block grid): kept blocks keep their values
+        bit-identically, new blocks are zero. The kept (sorted) and new (sorted) block lists are merged
+        per block row, then the transposed index is rebuilt vectorised. ``values`` stays the same
+        Parameter object. Returns src: for each element of the new ``values`` (flattened), its index in
+        the old flattened ``values``, or -1 for new blocks."""
+        layout = self.layout
+        grid = (layout.n_block_rows, layout.n_block_cols)
+        if not isinstance(new_mask, torch.Tensor) or new_mask.dtype != torch.bool or tuple(new_mask.shape) != grid:
+            raise ValueError(f"new_mask must be a bool tensor of the block grid {grid}, got "
+                             f"{getattr(new_mask, 'dtype', type(new_mask).__name__)} {tuple(getattr(new_mask, 'shape', ()))}")
+        dev = self.values.device
+        new_mask = new_mask.to(dev)
+        nbc = max(grid[1], 1)
+        old_keys = layout.row_idx.long() * nbc + layout.col_idx.long()  # row-major sorted
+        keep = new_mask.view(-1)[old_keys]
+        kept_keys, kept_src = old_keys[keep], keep.nonzero().view(-1)
+        old_mask = torch.zeros(grid[0] * grid[1], dtype=torch.bool, device=dev)
+        old_mask[old_keys] = True
+        grown_keys = (new_mask.view(-1) & ~old_mask).nonzero().view(-1)  # row-major sorted
+        # merge two sorted key lists: each element's output slot = own rank + rank among the other list
+        n_new = kept_keys.numel() + grown_keys.numel()
+        kept_pos = torch.arange(kept_keys.numel(), device=dev) + torch.searchsorted(grown_keys, kept_keys)
+        grown_pos = torch.arange(grown_keys.numel(), device=dev) + torch.searchsorted(kept_keys, grown_keys)
+        keys = torch.empty(n_new, dtype=torch.long, device=dev)
+        keys[kept_pos], keys[grown_pos] = kept_keys, grown_keys
+        rows, cols = keys // nbc, keys % nbc
+        row_ptr = torch.zeros(grid[0] + 1, dtype=torch.int32, device=dev)
+        row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=grid[0]), 0)
+        col_idx = cols.to(torch.int32)
+        self._set_layout(BlockSparseLayout(row_ptr, col_idx, layout.shape, self.block_size, validate=False,
+                                           _derived=_transpose_index(row_ptr, col_idx, grid[1])))
+        B2 = self.block_size ** 2
+        src_block = torch.full((n_new,), -1, dtype=torch.long, device=dev)
+        src_block[kept_pos] = kept_src
+        values = self.values.new_zeros(n_new, self.block_size, self.block_size)
+        values[kept_pos] = self.values.data[kept_src]
+        if values.shape == self.values.shape:
+            self.values.data.copy_(values)  # same storage: DDP and optimizers keep their views
+        else:
+            self.values.data = values
+        src = src_block[:, None] * B2 + torch.arange(B2, device=dev)
+        return torch.where(src_block[:, None] >= 0, src, -1).view(-1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         # the topology may differ from this module's: adopt (and validate) the saved layout first

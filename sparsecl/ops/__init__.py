@@ -2,5 +2,10 @@
 from . import _schemas  # noqa: F401  (schemas first, then the kernels that implement them)
 from .. import _extension  # noqa: F401
 from .bsr_linear import bsr_linear
+from .csr_linear import csr_linear
+from .masked_linear import masked_linear, masked_linear_dense_grad
+from .prune_regrow import prune_regrow
+from .slimmable import slimmable_conv2d, slimmable_linear, slimmable_linear_multi
 
-__all__ = ["bsr_linear"]
+__all__ = ["bsr_linear", "csr_linear", "masked_linear", "masked_linear_dense_grad", "prune_regrow",
+           "slimmable_conv2d", "slimmable_linear", "slimmable_linear_multi"]

@@ -11,11 +11,11 @@ def register_reference(op_name, fn):
         torch.library.impl(f"sparsecl::{op_name}", ("CPU", "CUDA"))(fn)
 
 
-def triton_op(name, launcher):
+def triton_op(name, launcher, mutates_args=()):
     """Register ``launcher`` as the op ``sparsecl::name`` (Triton, for CUDA tensors); None without Triton."""
     if not triton_available():
         return None
-    return torch.library.triton_op(f"sparsecl::{name}", launcher, mutates_args=())
+    return torch.library.triton_op(f"sparsecl::{name}", launcher, mutates_args=mutates_args)
 
 
 def autocast_args(x, *tensors):

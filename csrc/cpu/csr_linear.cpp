@@ -1,0 +1,376 @@
+// Unstructured (element-granular CSR) linear on CPU: y = x @ W.T (+ bias), W [out, in] stored as
+// values[nnz] with int32 row_ptr/col_idx over output rows.
+//
+// Every kernel works on token-transposed operands: x is transposed once into panel-major
+// xT [Tp / P, in, P] (tokens zero-padded to a multiple of the panel width P; one panel is a
+// contiguous block that stays in L2), so one nonzero W[o, i] becomes the AXPY
+// yT[o, panel] += v * xT[i, panel] over P contiguous tokens, vectorised over tokens with the
+// accumulators of one output row held in registers for all of its nonzeros.
+//   forward  jobs = token panels x output-row chunks of balanced nnz
+//   dX       the same kernel over the transposed index (values gathered through t_perm)
+//   dValues  SDDMM: dv[k] = dot(dYT[row_k, :], xT[col_k, :]), only at the nonzeros
+// AVX-512 and AVX2 float kernels are compiled with function target attributes and picked at run
+// time (isa.h); other ISAs and float64 use the portable template.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "checks.h"
+#include "cpu/isa.h"
+
+namespace sparsecl {
+namespace {
+
+constexpr int64_t kPanel = 64;       // tokens per panel (an xT panel of 4096 rows is 1 MiB in fp32)
+constexpr int64_t kRowGroup = 16;    // output rows buffered before the transposed store into y
+
+// Row boundaries splitting rows [0, n_rows) into n_chunks ranges of about equal nnz.
+std::vector<int64_t> balanced_rows(const int32_t* row_ptr, int64_t n_rows, int64_t n_chunks) {
+  std::vector<int64_t> b(n_chunks + 1, n_rows);
+  b[0] = 0;
+  const int64_t nnz = row_ptr[n_rows];
+  for (int64_t c = 1; c < n_chunks; ++c) {
+    const int64_t target = nnz * c / n_chunks;
+    const int64_t r = std::lower_bound(row_ptr, row_ptr + n_rows + 1, int32_t(target)) - row_ptr;
+    b[c] = std::max(b[c - 1], std::min(r, n_rows));
+  }
+  return b;
+}
+
+// Panel-major transposed copy: xT [Tp / P, cols, P] with xT[p, i, t] = x[p * P + t, i], zero for tokens >= T.
+at::Tensor transpose_panels(const at::Tensor& x) {
+  const int64_t T = x.size(0), cols = x.size(1);
+  const int64_t n_panels = (T + kPanel - 1) / kPanel;
+  auto xp = at::zeros({n_panels * kPanel, cols}, x.options());
+  xp.narrow(0, 0, T).copy_(x);
+  return xp.view({n_panels, kPanel, cols}).transpose(1, 2).contiguous();
+}
+
+// ---- forward / dX: rows [r0, r1) of yT over one token panel ---------------------------------
+// acc[t] = sum_k v[k] * xT[col[k], t] for each row, then buffered rows are stored transposed into y.
+
+template <typename T, int64_t P>
+void rows_portable(const T* xT, int64_t ldx, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r,
+                   T* out) {
+  T acc[P] = {};
+  for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
+    const T v = vals[k];
+    const T* xr = xT + int64_t(ci[k]) * ldx;
+    for (int64_t t = 0; t < P; ++t) acc[t] += v * xr[t];
+  }
+  std::copy(acc, acc + P, out);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void row_avx512(const float* xT, int64_t ldx, const float* vals,
+                                                    const int32_t* rp, const int32_t* ci, int64_t r, float* out) {
+  // 4 nonzeros in flight (register blocking), each a 64-token AXPY in 4 zmm: 16 independent chains
+  constexpr int V = kPanel / 16;
+  __m512 a[V], b[V], c[V], d[V];
+  for (int j = 0; j < V; ++j) a[j] = b[j] = c[j] = d[j] = _mm512_setzero_ps();
+  int32_t k = rp[r];
+  const int32_t end = rp[r + 1];
+  for (; k + 4 <= end; k += 4) {
+    const float* x0 = xT + int64_t(ci[k]) * ldx;
+    const float* x1 = xT + int64_t(ci[k + 1]) * ldx;
+    const float* x2 = xT + int64_t(ci[k + 2]) * ldx;
+    const float* x3 = xT + int64_t(ci[k + 3]) * ldx;
+    const __m512 v0 = _mm512_set1_ps(vals[k]), v1 = _mm512_set1_ps(vals[k + 1]);
+    const __m512 v2 = _mm512_set1_ps(vals[k + 2]), v3 = _mm512_set1_ps(vals[k + 3]);
+    for (int j = 0; j < V; ++j) {
+      a[j] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x0 + 16 * j), a[j]);
+      b[j] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x1 + 16 * j), b[j]);
+      c[j] = _mm512_fmadd_ps(v2, _mm512_loadu_ps(x2 + 16 * j), c[j]);
+      d[j] = _mm512_fmadd_ps(v3, _mm512_loadu_ps(x3 + 16 * j), d[j]);
+    }
+  }
+  for (; k < end; ++k) {
+    const float* x0 = xT + int64_t(ci[k]) * ldx;
+    const __m512 v0 = _mm512_set1_ps(vals[k]);
+    for (int j = 0; j < V; ++j) a[j] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x0 + 16 * j), a[j]);
+  }
+  for (int j = 0; j < V; ++j)
+    _mm512_storeu_ps(out + 16 * j, _mm512_add_ps(_mm512_add_ps(a[j], b[j]), _mm512_add_ps(c[j], d[j])));
+}
+
+__attribute__((target("avx2,fma"))) void row_avx2(const float* xT, int64_t ldx, const float* vals,
+                                                   const int32_t* rp, const int32_t* ci, int64_t r, float* out) {
+  constexpr int V = kPanel / 8;  // 8 ymm accumulators: independent chains without spilling
+  __m256 a[V];
+  for (int j = 0; j < V; ++j) a[j] = _mm256_setzero_ps();
+  for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
+    const float* x0 = xT + int64_t(ci[k]) * ldx;
+    const __m256 v0 = _mm256_set1_ps(vals[k]);
+    for (int j = 0; j < V; ++j) a[j] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x0 + 8 * j), a[j]);
+  }
+  for (int j = 0; j < V; ++j) _mm256_storeu_ps(out + 8 * j, a[j]);
+}
+#endif
+
+template <typename T>
+using RowFn = void (*)(const T*, int64_t, const T*, const int32_t*, const int32_t*, int64_t, T*);
+
+template <typename T>
+RowFn<T> pick_row_kernel() {
+  return &rows_portable<T, kPanel>;
+}
+
+#if defined(__x86_64__)
+template <>
+RowFn<float> pick_row_kernel<float>() {
+  switch (cpu::runtime_isa_enum()) {
+    case cpu::Isa::kAvx512: return &row_avx512;
+    case cpu::Isa::kAvx2: return &row_avx2;
+    default: return &rows_portable<float, kPanel>;
+  }
+}
+#endif
+
+// y [T, n_rows] = sum over the CSR rows of (vals, rp, ci) applied to panel-major xT [Tp / P, n_cols, P] (+ bias).
+template <typename T>
+void spmm_tokens(const T* xT, int64_t n_tokens, int64_t n_cols, const T* vals, const int32_t* rp, const int32_t* ci,
+                 int64_t n_rows, const T* bias, T* y) {
+  const int64_t n_panels = (n_tokens + kPanel - 1) / kPanel;
+  const int64_t threads = at::get_num_threads();
+  // enough (panel, row chunk) jobs to keep every thread busy; chunks hold about equal nnz
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>((4 * threads + n_panels - 1) / n_panels,
+                                                                  (n_rows + kRowGroup - 1) / kRowGroup));
+  auto bounds = balanced_rows(rp, n_rows, n_chunks);
+  for (auto& b : bounds) b = b / kRowGroup * kRowGroup;  // chunks start on row-group boundaries
+  bounds.back() = n_rows;
+  const RowFn<T> row = pick_row_kernel<T>();
+  at::parallel_for(0, n_panels * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) T buf[kRowGroup * kPanel];
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t p = job / n_chunks, c = job % n_chunks;
+      const int64_t t0 = p * kPanel, tn = std::min(kPanel, n_tokens - t0);
+      const T* xp = xT + p * n_cols * kPanel;
+      for (int64_t g0 = bounds[c]; g0 < bounds[c + 1]; g0 += kRowGroup) {
+        const int64_t gn = std::min(kRowGroup, bounds[c + 1] - g0);
+        for (int64_t r = 0; r < gn; ++r) row(xp, kPanel, vals, rp, ci, g0 + r, buf + r * kPanel);
+        for (int64_t t = 0; t < tn; ++t) {
+          T* yr = y + (t0 + t) * n_rows + g0;
+          for (int64_t r = 0; r < gn; ++r) yr[r] = buf[r * kPanel + t] + (bias ? bias[g0 + r] : T(0));
+        }
+      }
+    }
+  });
+}
+
+// ---- dValues: SDDMM at the nonzeros ------------------------------------------------------------
+
+template <typename T>
+void sddmm_row_portable(const T* g, const T* xT, int64_t ldx, const int32_t* ci, int32_t k0, int32_t k1, bool first,
+                        T* dv) {
+  for (int32_t k = k0; k < k1; ++k) {
+    const T* xr = xT + int64_t(ci[k]) * ldx;
+    T s = 0;
+    for (int64_t t = 0; t < kPanel; ++t) s += g[t] * xr[t];
+    dv[k] = first ? s : dv[k] + s;
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) inline __m512 dot64_avx512(const __m512* g, const float* xr) {
+  const __m512 p = _mm512_fmadd_ps(g[1], _mm512_loadu_ps(xr + 16), _mm512_mul_ps(g[0], _mm512_loadu_ps(xr)));
+  const __m512 q = _mm512_fmadd_ps(g[3], _mm512_loadu_ps(xr + 48), _mm512_mul_ps(g[2], _mm512_loadu_ps(xr + 32)));
+  return _mm512_add_ps(p, q);
+}
+
+// 16-lane vector -> 8-lane by adding halves
+__attribute__((target("avx512f"))) inline __m256 fold512(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+__attribute__((target("avx512f"))) void sddmm_row_avx512(const float* g, const float* xT, int64_t ldx,
+                                                          const int32_t* ci, int32_t k0, int32_t k1, bool first,
+                                                          float* dv) {
+  static_assert(kPanel == 64, "AVX-512 SDDMM holds a 64-token gradient row in 4 zmm");
+  __m512 gr[4];
+  for (int j = 0; j < 4; ++j) gr[j] = _mm512_loadu_ps(g + 16 * j);
+  int32_t k = k0;
+  for (; k + 4 <= k1; k += 4) {
+    // four dot products reduced together: fold 16->8 lanes, then hadd trees give [s0 s1 s2 s3] per 128 bits
+    const __m256 s0 = fold512(dot64_avx512(gr, xT + int64_t(ci[k]) * ldx));
+    const __m256 s1 = fold512(dot64_avx512(gr, xT + int64_t(ci[k + 1]) * ldx));
+    const __m256 s2 = fold512(dot64_avx512(gr, xT + int64_t(ci[k + 2]) * ldx));
+    const __m256 s3 = fold512(dot64_avx512(gr, xT + int64_t(ci[k + 3]) * ldx));
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    if (!first) s = _mm_add_ps(s, _mm_loadu_ps(dv + k));
+    _mm_storeu_ps(dv + k, s);
+  }
+  for (; k < k1; ++k) {
+    const __m256 h = fold512(dot64_avx512(gr, xT + int64_t(ci[k]) * ldx));
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const float s = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(q, q), q));
+    dv[k] = first ? s : dv[k] + s;
+  }
+}
+#endif
+
+template <typename T>
+using SddmmFn = void (*)(const T*, const T*, int64_t, const int32_t*, int32_t, int32_t, bool, T*);
+
+template <typename T>
+SddmmFn<T> pick_sddmm_kernel() {
+  return &sddmm_row_portable<T>;
+}
+
+#if defined(__x86_64__)
+template <>
+SddmmFn<float> pick_sddmm_kernel<float>() {
+  return cpu::runtime_isa_enum() == cpu::Isa::kAvx512 ? &sddmm_row_avx512 : &sddmm_row_portable<float>;
+}
+#endif
+
+// dv[k] = sum_t gT[row_k, t] * xT[col_k, t]; panel-major gT [n_panels, n_rows, P], xT [n_panels, n_cols, P].
+template <typename T>
+void sddmm(const T* gT, const T* xT, int64_t n_panels, const int32_t* rp, const int32_t* ci, int64_t n_rows,
+           int64_t n_cols, T* dv) {
+  const int64_t nnz = rp[n_rows];
+  if (n_panels == 0) {
+    std::fill(dv, dv + nnz, T(0));
+    return;
+  }
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), n_rows));
+  const auto bounds = balanced_rows(rp, n_rows, n_chunks);
+  const SddmmFn<T> row = pick_sddmm_kernel<T>();
+  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t p = 0; p < n_panels; ++p)
+        for (int64_t r = bounds[c]; r < bounds[c + 1]; ++r)
+          row(gT + (p * n_rows + r) * kPanel, xT + p * n_cols * kPanel, kPanel, ci, rp[r], rp[r + 1], p == 0, dv);
+  });
+}
+
+// ---- input checks ------------------------------------------------------------------------------
+
+void check_ids(const at::Tensor& idx, int64_t limit, const char* name) {
+  if (idx.numel() == 0) return;
+  auto mm = at::aminmax(idx);
+  const int64_t lo = std::get<0>(mm).item<int32_t>(), hi = std::get<1>(mm).item<int32_t>();
+  TORCH_CHECK(lo >= 0 && hi < limit, name, " has entries in [", lo, ", ", hi, "] outside [0, ", limit, ")");
+}
+
+void check_ptr(const at::Tensor& ptr, int64_t n, int64_t nnz, const char* name) {
+  TORCH_CHECK(ptr.size(0) == n + 1, name, " must have ", n + 1, " entries, got ", ptr.size(0));
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  TORCH_CHECK(p[0] == 0 && p[n] == nnz, name, " must start at 0 and end at nnz=", nnz, ", got ", p[0], " and ", p[n]);
+  for (int64_t r = 0; r < n; ++r) TORCH_CHECK(p[r] <= p[r + 1], name, " must be non-decreasing (at ", r, ")");
+}
+
+void check_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx, const char* idx_name) {
+  TORCH_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
+  TORCH_CHECK(values.scalar_type() == like.scalar_type(), "values dtype ", values.scalar_type(), " != ",
+              like.scalar_type());
+  check_same_device(values, "values", like);
+  TORCH_CHECK(idx.size(0) == values.size(0), idx_name, " has ", idx.size(0), " entries but values has ",
+              values.size(0));
+}
+
+at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                          const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  check_float(x, "x", false);
+  check_index(row_ptr, "row_ptr", x);
+  check_index(col_idx, "col_idx", x);
+  check_values(values, x, col_idx, "col_idx");
+  TORCH_CHECK(out_features >= 0, "out_features must be >= 0, got ", out_features);
+  check_ptr(row_ptr, out_features, values.size(0), "row_ptr");
+  check_ids(col_idx, x.size(1), "col_idx");
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must match x dtype ",
+                x.scalar_type());
+    check_same_device(*bias, "bias", x);
+  }
+  auto y = at::empty({x.size(0), out_features}, x.options());
+  if (x.size(0) == 0 || out_features == 0) return y;
+  auto xT = transpose_panels(x);
+  auto vc = values.contiguous();
+  auto bc = bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear_cpu", [&] {
+    spmm_tokens<scalar_t>(xT.data_ptr<scalar_t>(), x.size(0), x.size(1), vc.data_ptr<scalar_t>(),
+                          row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), out_features,
+                          bias ? bc.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+at::Tensor csr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
+                             const at::Tensor& t_col_idx, const at::Tensor& t_perm, int64_t in_features) {
+  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  check_float(dy, "grad_out", false);
+  check_index(t_row_ptr, "t_row_ptr", dy);
+  check_index(t_col_idx, "t_col_idx", dy);
+  check_index(t_perm, "t_perm", dy);
+  check_values(values, dy, t_col_idx, "t_col_idx");
+  TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm has ", t_perm.size(0), " entries but values has ",
+              values.size(0));
+  TORCH_CHECK(in_features >= 0, "in_features must be >= 0, got ", in_features);
+  check_ptr(t_row_ptr, in_features, values.size(0), "t_row_ptr");
+  check_ids(t_col_idx, dy.size(1), "t_col_idx");
+  check_ids(t_perm, values.size(0), "t_perm");
+  auto dx = at::empty({dy.size(0), in_features}, dy.options());
+  if (dy.size(0) == 0 || in_features == 0) return dx;
+  auto gT = transpose_panels(dy);
+  auto vt = values.index_select(0, t_perm);  // values in transposed order: one gather per backward
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_linear_dx_cpu", [&] {
+    spmm_tokens<scalar_t>(gT.data_ptr<scalar_t>(), dy.size(0), dy.size(1), vt.data_ptr<scalar_t>(),
+                          t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(), in_features, nullptr,
+                          dx.data_ptr<scalar_t>());
+  });
+  return dx;
+}
+
+at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
+                             const at::Tensor& col_idx) {
+  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  check_float(x, "x", false);
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype ", dy.scalar_type(), " must match x dtype ",
+              x.scalar_type());
+  check_same_device(dy, "grad_out", x);
+  check_index(row_idx, "row_idx", x);
+  check_index(col_idx, "col_idx", x);
+  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx (", row_idx.size(0), ") and col_idx (", col_idx.size(0),
+              ") lengths differ");
+  const int64_t nnz = col_idx.size(0), out_f = dy.size(1);
+  check_ids(row_idx, out_f, "row_idx");
+  check_ids(col_idx, x.size(1), "col_idx");
+  auto dv = at::empty({nnz}, x.options());
+  if (nnz == 0) return dv;
+  // the kernel walks rows: rebuild row offsets from row_idx, which must be sorted (CSR order)
+  auto ri = row_idx.to(at::kLong);
+  TORCH_CHECK(nnz < 2 || (ri.slice(0, 1) >= ri.slice(0, 0, nnz - 1)).all().item<bool>(),
+              "row_idx must be non-decreasing (CSR order)");
+  auto rp = at::zeros({out_f + 1}, ri.options());
+  rp.slice(0, 1).copy_(at::bincount(ri, {}, out_f).cumsum(0));
+  auto rp32 = rp.to(at::kInt);
+  auto gT = transpose_panels(dy);
+  auto xT = transpose_panels(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear_dw_cpu", [&] {
+    sddmm<scalar_t>(gT.data_ptr<scalar_t>(), xT.data_ptr<scalar_t>(), xT.size(0), rp32.data_ptr<int32_t>(),
+                    col_idx.data_ptr<int32_t>(), out_f, x.size(1), dv.data_ptr<scalar_t>());
+  });
+  return dv;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
+  m.impl("csr_linear", &csr_linear_cpu);
+  m.impl("csr_linear_dx", &csr_linear_dx_cpu);
+  m.impl("csr_linear_dw", &csr_linear_dw_cpu);
+}
+
+}  // namespace sparsecl

@@ -1,0 +1,111 @@
+// Masked dense linear on CPU: y = x @ (weight * mask).T (+ bias) without materialising weight * mask.
+//
+// The mask is applied while packing panels of the weight: a panel of output rows is masked into a
+// bounded scratch buffer (at most kPanelBytes) that feeds the BLAS GEMM (MKL/OpenBLAS through
+// at::mm), so extra memory and traffic are one panel, not a second full weight. The GEMM itself is
+// the library's register-blocked micro-kernel; masking costs one streaming pass over weight + mask.
+//   forward  y[:, panel]  = x @ (W * mask)[panel].T        (+ bias)
+//   dX       dX          += dY[:, panel] @ (W * mask)[panel]
+//   dW       dY.T @ x, zeroed in place outside grad_mask (exactly 0 there, even for inf/NaN inputs)
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "checks.h"
+
+namespace sparsecl {
+namespace {
+
+constexpr int64_t kPanelBytes = 16 << 20;
+constexpr int64_t kMinPanelRows = 256;  // narrower GEMMs lose more to BLAS packing than masking costs
+
+int64_t panel_rows(const at::Tensor& weight) {
+  const int64_t row_bytes = std::max<int64_t>(1, weight.size(1) * weight.element_size());
+  return std::max<int64_t>(kMinPanelRows, kPanelBytes / row_bytes);
+}
+
+void check_weight_mask(const at::Tensor& weight, const at::Tensor& mask, const at::Tensor& like, const char* mname) {
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out, in], got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == like.scalar_type(), "weight dtype ", weight.scalar_type(), " != ",
+              like.scalar_type());
+  check_same_device(weight, "weight", like);
+  TORCH_CHECK(mask.scalar_type() == at::kBool, mname, " must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(mask.sizes() == weight.sizes(), mname, " shape ", mask.sizes(), " != weight shape ", weight.sizes());
+  check_same_device(mask, mname, like);
+}
+
+at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                             const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  check_float(x, "x", false);
+  check_weight_mask(weight, mask, x, "mask");
+  TORCH_CHECK(x.size(1) == weight.size(1), "x has ", x.size(1), " features but weight is ", weight.sizes());
+  const int64_t out_f = weight.size(0);
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_f, "bias must be [", out_f, "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must match x dtype ",
+                x.scalar_type());
+    check_same_device(*bias, "bias", x);
+  }
+  auto y = at::empty({x.size(0), out_f}, x.options());
+  if (x.size(0) == 0 || out_f == 0) return y;
+  const int64_t po = std::min(out_f, panel_rows(weight));
+  auto buf = at::empty({po, weight.size(1)}, weight.options());
+  for (int64_t o0 = 0; o0 < out_f; o0 += po) {
+    const int64_t n = std::min(po, out_f - o0);
+    auto panel = buf.narrow(0, 0, n);
+    at::mul_out(panel, weight.narrow(0, o0, n), mask.narrow(0, o0, n));
+    auto out = y.narrow(1, o0, n);
+    if (bias)
+      at::addmm_out(out, bias->narrow(0, o0, n), x, panel.t());
+    else
+      at::mm_out(out, x, panel.t());
+  }
+  return y;
+}
+
+at::Tensor masked_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& weight, const at::Tensor& mask) {
+  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  check_float(dy, "grad_out", false);
+  check_weight_mask(weight, mask, dy, "mask");
+  TORCH_CHECK(dy.size(1) == weight.size(0), "grad_out has ", dy.size(1), " features but weight is ", weight.sizes());
+  const int64_t out_f = weight.size(0);
+  auto dx = at::zeros({dy.size(0), weight.size(1)}, dy.options());
+  if (dy.size(0) == 0 || out_f == 0 || weight.size(1) == 0) return dx;
+  const int64_t po = std::min(out_f, panel_rows(weight));
+  auto buf = at::empty({po, weight.size(1)}, weight.options());
+  for (int64_t o0 = 0; o0 < out_f; o0 += po) {
+    const int64_t n = std::min(po, out_f - o0);
+    auto panel = buf.narrow(0, 0, n);
+    at::mul_out(panel, weight.narrow(0, o0, n), mask.narrow(0, o0, n));
+    dx.addmm_(dy.narrow(1, o0, n), panel);
+  }
+  return dx;
+}
+
+at::Tensor masked_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& grad_mask) {
+  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  check_float(x, "x", false);
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype ", dy.scalar_type(), " must match x dtype ",
+              x.scalar_type());
+  check_same_device(dy, "grad_out", x);
+  TORCH_CHECK(grad_mask.scalar_type() == at::kBool, "grad_mask must be bool, got ", grad_mask.scalar_type());
+  TORCH_CHECK(grad_mask.dim() == 2 && grad_mask.size(0) == dy.size(1) && grad_mask.size(1) == x.size(1),
+              "grad_mask must be [", dy.size(1), ", ", x.size(1), "], got ", grad_mask.sizes());
+  check_same_device(grad_mask, "grad_mask", x);
+  auto dw = at::mm(dy.t(), x);
+  dw.masked_fill_(grad_mask.logical_not(), 0);
+  return dw;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
+  m.impl("masked_linear", &masked_linear_cpu);
+  m.impl("masked_linear_dx", &masked_linear_dx_cpu);
+  m.impl("masked_linear_dw", &masked_linear_dw_cpu);
+}
+
+}  // namespace sparsecl

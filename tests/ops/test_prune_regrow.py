@@ -1,0 +1,228 @@
+"""prune_regrow: C++ CPU kernel against the plain-torch reference (bit-identical masks and weights), the
+contract's invariants checked directly, opcheck, and bad input."""
+import math
+
+import pytest
+import torch
+
+from sparsecl import _extension
+from sparsecl.ops import prune_regrow
+from sparsecl.ops.prune_regrow import block_size_of, drop_order, grow_order, reference_prune_regrow
+
+from ..conftest import DEVICES
+
+needs_ext = pytest.mark.skipif(not _extension.AVAILABLE, reason="compiled extension not built")
+
+
+def scores(shape, kind, gen, dtype=torch.float32):
+    if kind == "ties":  # heavy ties: a few integers
+        s = torch.randint(0, 3, shape, generator=gen).to(dtype)
+    elif kind == "zeros":  # -0.0 and +0.0 must tie
+        s = torch.zeros(shape, dtype=dtype)
+        s[torch.rand(shape, generator=gen) < 0.5] = -0.0
+    else:
+        s = torch.randn(shape, generator=gen).to(dtype)
+    if kind in ("nan", "ties"):
+        s[torch.rand(shape, generator=gen) < 0.2] = float("nan")
+        s[torch.rand(shape, generator=gen) < 0.05] = float("-inf")
+        s[torch.rand(shape, generator=gen) < 0.05] = float("inf")
+    return s
+
+
+def random_layers(gen, n_layers, kind, block=False, with_eligible=False, dtype=torch.float32):
+    """(weights, masks, prune, grow, counts, eligible) for random layer shapes, densities and counts."""
+    ws, ms, ps, gs, cs, es = [], [], [], [], [], []
+    for _ in range(n_layers):
+        shape = (int(torch.randint(0, 40, (), generator=gen)), int(torch.randint(1, 40, (), generator=gen)))
+        B = 8 if block else 1
+        mshape = (math.ceil(shape[0] / B), math.ceil(shape[1] / B)) if block else shape
+        density = [0.0, 1.0, float(torch.rand((), generator=gen))][int(torch.randint(0, 3, (), generator=gen))]
+        w = torch.randn(shape, generator=gen).to(dtype)
+        m = torch.rand(mshape, generator=gen) < density
+        ws.append(w)
+        ms.append(m)
+        ps.append(scores(mshape, kind, gen))
+        gs.append(scores(mshape, kind, gen))
+        # counts: sometimes more than the candidates
+        cs.append(int(torch.randint(0, max(1, 2 * m.numel()) + 1, (), generator=gen)))
+        es.append(torch.rand(mshape, generator=gen) < 0.7)
+    return ws, ms, ps, gs, cs, (es if with_eligible else None)
+
+
+def clone_all(case):
+    ws, ms, ps, gs, cs, es = case
+    return [w.clone() for w in ws], [m.clone() for m in ms], ps, gs, list(cs), es
+
+
+def bits_equal(a, b):
+    return a.shape == b.shape and torch.equal(a.view(-1).view(torch.int32 if a.dtype == torch.float32 else torch.int64),
+                                              b.view(-1).view(torch.int32 if b.dtype == torch.float32 else torch.int64))
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "zeros"])
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("with_eligible", [False, True])
+def test_cpu_matches_reference_bit_identical(kind, block, with_eligible, seed):
+    gen = torch.Generator().manual_seed(seed)
+    case = random_layers(gen, 12, kind, block, with_eligible)
+    ws1, ms1, ps, gs, cs, es = clone_all(case)
+    ws2, ms2, *_ = clone_all(case)
+    got = prune_regrow(ws1, ms1, ps, gs, cs, es)
+    want = reference_prune_regrow(ws2, ms2, ps, gs, cs, es)
+    assert got == want
+    for a, b, c, d in zip(ms1, ms2, ws1, ws2):
+        assert a.dtype == torch.bool and torch.equal(a, b)
+        assert bits_equal(c, d)
+
+
+@pytest.mark.parametrize("impl", ["op", "reference"])
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan"])
+def test_invariants(impl, kind, seed):
+    """The contract checked directly: nnz kept, eligible untouched, weights zero exactly where they should be."""
+    gen = torch.Generator().manual_seed(seed)
+    ws, ms, ps, gs, cs, es = clone_all(random_layers(gen, 16, kind, False, True))
+    w0, m0 = [w.clone() for w in ws], [m.clone() for m in ms]
+    fn = prune_regrow if impl == "op" and _extension.AVAILABLE else reference_prune_regrow
+    changed = fn(ws, ms, ps, gs, cs, es)
+    for l in range(len(ws)):
+        A, M, E = m0[l], ms[l], es[l]
+        assert M.dtype == torch.bool
+        assert int(M.sum()) == int(A.sum()), "nnz must be preserved exactly"
+        assert torch.equal(M[~E], A[~E]) and bits_equal(ws[l][~E], w0[l][~E]), "ineligible positions touched"
+        n = min(cs[l], int((A & E).sum()))
+        dropped, grown = A & ~M, M & ~A
+        assert int(dropped.sum()) == int(grown.sum()) <= n
+        assert changed[l] == int(dropped.sum()) + int(grown.sum())
+        assert (ws[l][dropped | grown] == 0).all()
+        keep = ~(dropped | grown)
+        assert bits_equal(ws[l][keep], w0[l][keep])
+        # drop set: the n smallest of A ∩ E in drop order (whether or not regrown)
+        order = drop_order(ps[l])
+        D = order[(A & E).flatten()[order]][:n]
+        assert set(dropped.flatten().nonzero().flatten().tolist()) <= set(D.tolist())
+
+
+def test_orders_follow_nan_and_tie_rules():
+    s = torch.tensor([1.0, float("nan"), 1.0, -float("inf"), 0.0, -0.0, float("nan")])
+    assert drop_order(s).tolist() == [1, 6, 3, 4, 5, 0, 2]
+    assert grow_order(s).tolist() == [0, 2, 4, 5, 3, 1, 6]
+
+
+@needs_ext
+def test_hand_example():
+    w = torch.arange(1.0, 9.0).view(2, 4)
+    m = torch.tensor([[True, True, False, False], [True, False, False, True]])
+    p = torch.tensor([[5.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, float("nan")]])  # drop order: 7 (nan), 1, 4 (tie -> lower)
+    g = torch.tensor([[0.0, 9.0, 3.0, 3.0], [0.0, 0.0, 7.0, 0.0]])  # candidates: 2,3,5,6 + dropped 1,7
+    changed = prune_regrow([w], [m], [p], [g], [2])
+    # D = {7, 1}; G = {1 (9.0, regrown, keeps its weight), 6 (7.0)}
+    assert m.tolist() == [[True, True, False, False], [True, False, True, False]]
+    assert w.tolist() == [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 0.0, 0.0]]
+    assert changed == [2]
+
+
+@needs_ext
+def test_block_granularity_with_element_scores(seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(40, 70, generator=gen)  # block grid 3 x 3 at B = 16 (edge blocks clipped)
+    m = torch.rand(3, 5, generator=gen) < 0.5
+    m[0, 0], m[0, 1] = True, False
+    assert block_size_of(w.shape, m.shape) == 16
+    pe, ge = torch.randn(40, 70, generator=gen), torch.randn(40, 70, generator=gen)
+    w1, m1, w2, m2 = w.clone(), m.clone(), w.clone(), m.clone()
+    from sparsecl.formats import block_reduce
+    got = prune_regrow([w1], [m1], [pe], [ge], [1])
+    want = reference_prune_regrow([w2], [m2], [block_reduce(pe, 16, "abs_sum")], [block_reduce(ge, 16, "abs_sum")], [1])
+    assert got == want and torch.equal(m1, m2) and bits_equal(w1, w2)
+    full = m1.repeat_interleave(16, 0).repeat_interleave(16, 1)[:40, :70]
+    moved = full != m.repeat_interleave(16, 0).repeat_interleave(16, 1)[:40, :70]
+    assert (w1[moved] == 0).all() and bits_equal(w1[~moved], w[~moved])
+
+
+@needs_ext
+@pytest.mark.parametrize("wdtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes_and_noncontiguous(wdtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    buf = torch.randn(30, 60, generator=gen).to(wdtype)
+    w1, w2 = buf[:, ::2], buf.clone()[:, ::2].contiguous()  # non-contiguous view is updated in place
+    m = torch.rand(30, 30, generator=gen) < 0.3
+    m1, m2 = m.clone(), m.clone()
+    p, g = torch.randn(30, 30, generator=gen, dtype=torch.float64), torch.randn(30, 30, generator=gen, dtype=torch.float64)
+    assert prune_regrow([w1], [m1], [p], [g], [5]) == reference_prune_regrow([w2], [m2], [p], [g], [5])
+    assert torch.equal(m1, m2) and torch.equal(w1, w2)
+    assert torch.equal(buf[:, ::2], w1)
+
+
+@needs_ext
+def test_empty_list_and_zero_counts():
+    assert prune_regrow([], [], [], [], []) == []
+    w, m = torch.randn(4, 4), torch.rand(4, 4) < 0.5
+    w0, m0 = w.clone(), m.clone()
+    assert prune_regrow([w], [m], [torch.randn(4, 4)], [torch.randn(4, 4)], torch.tensor([0])) == [0]
+    assert torch.equal(w, w0) and torch.equal(m, m0)
+
+
+@needs_ext
+def test_opcheck(seed):
+    gen = torch.Generator().manual_seed(seed)
+    ws, ms, ps, gs, cs, es = clone_all(random_layers(gen, 3, "ties", False, True))
+    counts = torch.tensor(cs, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.sparsecl.prune_regrow.default, (ws, ms, ps, gs, counts, es),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def _one():
+    return [torch.randn(4, 4)], [torch.rand(4, 4) < 0.5], [torch.randn(4, 4)], [torch.randn(4, 4)], [1]
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (lambda a: a[1].__setitem__(0, a[1][0].float()), "bool"),
+    (lambda a: a[2].__setitem__(0, torch.randn(3, 4)), "shape"),
+    (lambda a: a.__setitem__(4, [-1]), ">= 0"),
+    (lambda a: a.__setitem__(4, [1, 2]), "counts"),
+    (lambda a: a[3].append(torch.randn(4, 4)), "one entry per layer"),
+    (lambda a: a[1].__setitem__(0, torch.rand(3, 3) < 0.5), "block grid"),
+    (lambda a: a[0].__setitem__(0, torch.arange(16).view(4, 4)), "floating"),
+])
+def test_bad_input_raises_value_error(bad, msg):
+    args = list(_one())
+    bad(args)
+    with pytest.raises(ValueError, match=msg):
+        prune_regrow(*args)
+
+
+def test_bad_eligible_and_device():
+    args = _one()
+    with pytest.raises(ValueError, match="eligible"):
+        prune_regrow(*args, eligible=[torch.ones(4, 4)])
+    if torch.cuda.is_available():
+        w, m, p, g, c = args
+        with pytest.raises(ValueError, match="on"):
+            prune_regrow(w, [m[0].cuda()], p, g, c)
+
+
+@needs_ext
+def test_cpp_checks_raise_runtime_error():
+    w, m, p, g, _ = _one()
+    with pytest.raises(RuntimeError, match=">= 0"):
+        torch.ops.sparsecl.prune_regrow(w, m, p, g, torch.tensor([-2]), [])
+    with pytest.raises(RuntimeError, match="bool"):
+        torch.ops.sparsecl.prune_regrow(w, [m[0].float()], p, g, torch.tensor([1]), [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not _extension.HAS_CUDA_KERNELS, reason="needs CUDA kernels")
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan"])
+@pytest.mark.parametrize("block", [False, True])
+def test_cuda_matches_reference(kind, block, seed):
+    gen = torch.Generator().manual_seed(seed)
+    case = random_layers(gen, 12, kind, block, True)
+    ws1, ms1, ps, gs, cs, es = clone_all(case)
+    ws2, ms2, *_ = clone_all(case)
+    dev = lambda ts: [t.cuda() for t in ts]  # noqa: E731
+    wc, mc = dev(ws1), dev(ms1)
+    got = prune_regrow(wc, mc, dev(ps), dev(gs), cs, dev(es))
+    want = reference_prune_regrow(ws2, ms2, ps, gs, cs, es)
+    assert got == want
+    for a, b, c, d in zip(mc, ms2, wc, ws2):
+        assert torch.equal(a.cpu(), b) and bits_equal(c.cpu(), d)

@@ -1,0 +1,142 @@
+"""CSRLayout: construction, validation (ValueError), transposed index, conversions and the incremental
+topology update against a rebuild from the mask."""
+import pytest
+import torch
+
+from sparsecl import CSRLayout
+
+
+def assert_same_layout(a, b):
+    assert a.shape == b.shape
+    for name, t in a.index_tensors().items():
+        u = getattr(b, name)
+        assert t.dtype == torch.int32 and u.dtype == torch.int32, name
+        assert torch.equal(t, u), name
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (1, 1), (5, 0), (0, 7), (13, 29), (64, 33)])
+@pytest.mark.parametrize("density", [0.0, 0.2, 1.0])
+def test_from_mask_index_is_consistent(shape, density, seed):
+    mask = torch.rand(shape) < density
+    layout = CSRLayout.from_mask(mask)
+    assert layout.nnz == int(mask.sum())
+    assert torch.equal(layout.mask(), mask)
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert torch.equal(layout.row_idx.long(), rows) and torch.equal(layout.col_idx.long(), cols)
+    # transposed index: column-major order of the same entries, t_perm points into values order
+    t_rows, t_cols = mask.T.nonzero(as_tuple=True)
+    assert torch.equal(layout.t_col_idx.long(), t_cols)
+    assert torch.equal(layout.col_idx[layout.t_perm.long()].long(), t_rows)
+    assert torch.equal(layout.t_row_ptr[1:].long(), mask.sum(0).cumsum(0))
+    w = torch.randn(shape, dtype=torch.float64) * mask
+    v = layout.values_from_dense(w)
+    assert torch.equal(layout.to_dense(v), w)
+    assert_same_layout(CSRLayout.from_dense(w + 0.0), CSRLayout.from_mask(w != 0))
+    assert layout.density == pytest.approx(mask.sum().item() / max(1, mask.numel()))
+
+
+def test_random_density_and_generator():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, b = CSRLayout.random((40, 50), 0.25, generator=g1), CSRLayout.random((40, 50), 0.25, generator=g2)
+    assert a.nnz == 500
+    assert_same_layout(a, b)
+    with pytest.raises(ValueError, match="density"):
+        CSRLayout.random((4, 4), 1.5)
+
+
+def test_constructor_round_trip_and_to(seed):
+    layout = CSRLayout.random((20, 30), 0.3)
+    again = CSRLayout(layout.row_ptr.long(), layout.col_idx.tolist(), (20, 30))
+    assert_same_layout(layout, again)
+    assert_same_layout(layout, layout.to("cpu"))
+
+
+class TestValidation:
+    def test_row_ptr_length(self):
+        with pytest.raises(ValueError, match="row_ptr must have 4"):
+            CSRLayout([0, 1, 2], [0, 1], (3, 4))
+
+    def test_row_ptr_start_and_monotone(self):
+        with pytest.raises(ValueError, match=r"row_ptr\[0\]"):
+            CSRLayout([1, 1, 2], [0], (2, 4))
+        with pytest.raises(ValueError, match="non-decreasing"):
+            CSRLayout([0, 2, 1], [0], (2, 4))
+
+    def test_row_ptr_end(self):
+        with pytest.raises(ValueError, match="does not match"):
+            CSRLayout([0, 1, 3], [0, 1], (2, 4))
+
+    def test_col_out_of_range(self):
+        with pytest.raises(ValueError, match="out of range"):
+            CSRLayout([0, 1, 2], [0, 4], (2, 4))
+
+    def test_negative_index(self):
+        with pytest.raises(ValueError, match="outside"):
+            CSRLayout([0, 1, 2], [0, -1], (2, 4))
+
+    def test_duplicate_and_unsorted(self):
+        with pytest.raises(ValueError, match="duplicate"):
+            CSRLayout([0, 2], [1, 1], (1, 4))
+        with pytest.raises(ValueError, match="unsorted"):
+            CSRLayout([0, 2], [2, 1], (1, 4))
+
+    def test_float_index(self):
+        with pytest.raises(ValueError, match="integer"):
+            CSRLayout(torch.tensor([0.0, 1.0]), [0], (1, 4))
+
+    def test_negative_shape(self):
+        with pytest.raises(ValueError, match="non-negative"):
+            CSRLayout([0], [], (-1, 4))
+
+    def test_bad_mask_and_values(self):
+        with pytest.raises(ValueError, match="bool"):
+            CSRLayout.from_mask(torch.ones(3, 3))
+        layout = CSRLayout.random((3, 3), 0.5)
+        with pytest.raises(ValueError, match="values must be"):
+            layout.to_dense(torch.zeros(layout.nnz + 1))
+        with pytest.raises(ValueError, match="weight shape"):
+            layout.values_from_dense(torch.zeros(3, 4))
+
+
+def swap_mask(mask, n):
+    flat = mask.flatten().clone()
+    on, off = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+    n = min(n, on.numel(), off.numel())
+    flat[on[torch.randperm(on.numel())[:n]]] = False
+    flat[off[torch.randperm(off.numel())[:n]]] = True
+    return flat.view(mask.shape)
+
+
+@pytest.mark.parametrize("shape,density,n", [((13, 29), 0.3, 10), ((40, 7), 0.5, 0), ((1, 50), 0.1, 5),
+                                              ((30, 30), 0.0, 0), ((30, 30), 1.0, 0), ((64, 80), 0.05, 200)])
+def test_with_topology_matches_rebuild(shape, density, n, seed):
+    layout = CSRLayout.random(shape, density)
+    new_mask = swap_mask(layout.mask(), n)
+    new, src = layout.with_topology(new_mask)
+    assert_same_layout(new, CSRLayout.from_mask(new_mask))
+    assert src.dtype == torch.int64 and src.shape == (new.nnz,)
+    # src maps every surviving entry to its old position, -1 for grown ones
+    old_keys, new_keys = layout.keys(), new.keys()
+    kept = src >= 0
+    assert torch.equal(old_keys[src[kept]], new_keys[kept])
+    assert not bool(layout.mask().flatten()[new_keys[~kept]].any())
+    values = torch.randn(layout.nnz)
+    repacked = torch.where(kept, values[src.clamp_min(0)], torch.zeros(()))
+    expect = layout.to_dense(values) * new_mask
+    assert torch.equal(new.to_dense(repacked), expect)
+
+
+def test_update_rejects_bad_input(seed):
+    layout = CSRLayout.random((10, 10), 0.3)
+    keep = torch.ones(layout.nnz, dtype=torch.bool)
+    with pytest.raises(ValueError, match="already active"):
+        layout.update(keep, layout.keys()[:1])
+    with pytest.raises(ValueError, match="outside"):
+        layout.update(keep, torch.tensor([100]))
+    with pytest.raises(ValueError, match="keep must be"):
+        layout.update(keep[1:], torch.tensor([], dtype=torch.long))
+    free = (~layout.mask()).flatten().nonzero().squeeze(1)
+    with pytest.raises(ValueError, match="duplicate"):
+        layout.update(keep, free[:1].repeat(2))
+    with pytest.raises(ValueError, match="new_mask"):
+        layout.with_topology(torch.ones(10, 11, dtype=torch.bool))
