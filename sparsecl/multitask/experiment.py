@@ -66,7 +66,10 @@ def main(argv=None):
         comparison[key] = {"ci_kd": kd["controllability"][key], "no_kd": nokd["controllability"][key],
                            "uniform": kd["controllability_uniform"][key]}
     comparison["within_budget"] = {n: s["budget_check"]["fraction_within_budget"] for n, s in summaries.items()}
-    metrics = {"config": cfg, "comparison": comparison, "models": summaries}
+    from .. import nn as snn
+
+    metrics = {"config": cfg, "slimmable_layers_from": snn.SlimmableConv2d.__module__, "comparison": comparison,
+               "models": summaries}
     os.makedirs(args.out, exist_ok=True)
     write_json_atomic(os.path.join(args.out, "metrics.json"), metrics)
     rows = [{"model": n, **r} for n, s in summaries.items() for r in s["configurations"]]

@@ -24,7 +24,7 @@ per-width 1x1 projection would instead let the SubNet's features differ from the
 that the decoders (shared across encoder widths) never see at deployment, and it adds parameters.
 
 Switchable BN keeps statistics per width; running statistics gathered during sandwich training mix
-configurations, so after training ``sparsecl.nn.recalibrate_bn`` recomputes them at every grid width.
+configurations, so after training ``sparsecl.nn.recalibrate_bn`` recomputes them (``recalibrate``).
 """
 import math
 import random
@@ -129,8 +129,11 @@ def train(model, data, cfg, progress=True):
 
 
 def recalibrate(model, data, n_batches, batch_size, gen=None):
-    """Recompute switchable-BN statistics at every grid width from ``n_batches`` training batches."""
+    """Recompute switchable-BN statistics from ``n_batches`` training batches, over every (encoder width e,
+    decoder width d) pair of the grid: a decoder BN at width d is fed by encoders of every width at deployment,
+    so its statistics are averaged over all e (recalibrating only at e = d leaves e != d badly calibrated)."""
     batches = [data.batch(torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen))[0]
                for _ in range(max(1, n_batches))]
-    snn.recalibrate_bn(model, batches, list(model.widths))
+    snn.recalibrate_bn(model, batches, [model.width_map(model.config(e, d)) for e in model.widths
+                                        for d in model.widths])
     model.eval()
