@@ -3,7 +3,7 @@
 A width configuration is ``Config(encoder, decoders)``: one width multiplier for the whole encoder and one per
 task decoder, each from the model's width grid (default (0.25, 0.5, 0.75, 1.0)). ``model.using(config)``
 applies it through ``sparsecl.nn.width`` (module-name patterns ``encoder.*`` and ``decoders.<task>.*``).
-A layer at width w has ``channels(c, w) = max(1, round(c * w))`` output channels; its input channels are
+A layer at width w has ``channels(c, w) = max(1, floor(c * w + 0.5))`` output channels; its input channels are
 whatever the previous layer produced. The stem's input (RGB) and each decoder's output (classes) are fixed.
 
 Encoder (input H x W, base channels (c0, c1, c2)):
@@ -27,8 +27,8 @@ DEFAULT_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def channels(c, w):
-    """Active channels of a layer with ``c`` channels at width multiplier ``w``."""
-    return max(1, int(round(c * w)))
+    """Active channels of a layer with ``c`` channels at width multiplier ``w`` (sparsecl.nn's rounding rule)."""
+    return snn.active_channels(w, c)
 
 
 @dataclass(frozen=True)

@@ -129,11 +129,21 @@ def train(model, data, cfg, progress=True):
 
 
 def recalibrate(model, data, n_batches, batch_size, gen=None):
-    """Recompute switchable-BN statistics from ``n_batches`` training batches, over every (encoder width e,
-    decoder width d) pair of the grid: a decoder BN at width d is fed by encoders of every width at deployment,
-    so its statistics are averaged over all e (recalibrating only at e = d leaves e != d badly calibrated)."""
+    """Recompute switchable-BN statistics from ``n_batches`` training batches.
+
+    One ``recalibrate_bn`` pass per decoder width d; within it every batch runs through the encoder at every
+    grid width, so a decoder BN at width d averages its statistics over all the encoder widths that feed it at
+    deployment (recalibrating only at e = d left the e != d configurations badly calibrated), while each
+    encoder BN sees only its own width.
+    """
     batches = [data.batch(torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen))[0]
                for _ in range(max(1, n_batches))]
-    snn.recalibrate_bn(model, batches, [model.width_map(model.config(e, d)) for e in model.widths
-                                        for d in model.widths])
+
+    def every_encoder_width(mdl, x):
+        for e in mdl.widths:
+            with mdl.encoder_width(e):
+                mdl(x)
+
+    snn.recalibrate_bn(model, batches, [model.width_map(model.config(1.0, d)) for d in model.widths],
+                       forward=every_encoder_width)
     model.eval()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import sparsecl.nn
 from sparsecl.multitask.data import TaskSpec
 from sparsecl.multitask.search import MacTable, WidthSearch, analytic_macs, hook_macs
 
@@ -23,12 +24,16 @@ def _model(tasks=TASKS, widths=(0.25, 0.5, 0.75, 1.0), enc=(8, 16, 24), dec=12):
 @pytest.mark.parametrize("hw", [(16, 16), (13, 18)])
 def test_mac_counter_matches_hooks(hw):
     """Every configuration at 16x16 (a strided sample at an odd size): analytic == table == hooks."""
-    m = _model()
+    # the odd size also uses channel counts where w * c lands on .5 (rounding rule must agree)
+    m = _model() if hw == (16, 16) else _model(enc=(10, 6, 14), dec=10)
     table = MacTable(m, hw)
     step = 1 if hw == (16, 16) else 7
     for cfg in m.all_configs()[::step]:
         a = analytic_macs(m, cfg, hw)
         assert a == table.macs(cfg) == hook_macs(m, cfg, hw), cfg.key()
+    for cfg in m.all_configs()[::31]:  # and sparsecl.nn's own counter agrees
+        with m.using(cfg):
+            assert sparsecl.nn.count_macs(m, torch.zeros(1, 3, *hw)) == table.macs(cfg), cfg.key()
     assert table.min_macs == table.macs(m.config(0.25)) and table.max_macs == table.macs(m.full_config())
 
 
