@@ -1,0 +1,52 @@
+"""Compile sparsecl's Triton bsr_linear kernels for sm_90 without a GPU (run by a test in a subprocess,
+because the compiler must not run under TRITON_INTERPRET=1). Prints one line per variant:
+``name wgmma=<bool> pipelined=<bool>``; exits non-zero if any variant fails to compile."""
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "0"
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from sparsecl.kernels import bsr_linear as k  # noqa: E402
+
+INDEX = {"ptr_ptr", "idx_ptr", "perm_ptr", "row_idx_ptr", "col_idx_ptr"}
+
+
+def compile_sm90(kernel, consts, dtype, warps, stages):
+    """Ints get Triton's usual divisibility-by-16 specialization, as at a real launch with aligned shapes."""
+    sig, attrs = {}, {}
+    for i, p in enumerate(kernel.params):
+        if p.is_constexpr or p.name in consts:
+            sig[p.name] = "constexpr"
+            continue
+        sig[p.name] = ("*i32" if p.name in INDEX else dtype) if p.name.endswith("_ptr") else "i32"
+        attrs[(i,)] = [["tt.divisibility", 16]]
+    constexprs = {(kernel.arg_names.index(n),): v for n, v in consts.items()}
+    return triton.compile(ASTSource(kernel, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps, num_stages=stages))
+
+
+def main():
+    common = dict(stride_ak=1, B=64, EVEN_K=True, EVEN_N=True, FP64=False, GROUP=8)
+    variants = []
+    for cfg in (k.GATHER_CONFIGS[0], k.GATHER_CONFIGS[5]):  # one per tile orientation
+        for w_t in (True, False):
+            consts = dict(common, W_T=w_t, HAS_PERM=not w_t, HAS_BIAS=w_t, PRECISION="tf32", **cfg.kwargs)
+            variants.append((f"gather bf16 w_t={w_t} {cfg.kwargs}", k._gather_mm, consts, "*bf16", cfg))
+    cfg = k.SDDMM_CONFIGS[1]
+    variants.append(("sddmm bf16", k._sddmm, dict(stride_go=1, stride_xi=1, B=64, FP64=False, PRECISION="tf32",
+                                                  **cfg.kwargs), "*bf16", cfg))
+    cfg = k.GATHER_CONFIGS[0]
+    variants.append(("gather fp32 ieee edges", k._gather_mm, dict(common, EVEN_K=False, EVEN_N=False, W_T=True,
+                     HAS_PERM=False, HAS_BIAS=True, PRECISION="ieee", **cfg.kwargs), "*fp32", cfg))
+    variants.append(("gather fp64", k._gather_mm, dict(common, FP64=True, W_T=False, HAS_PERM=True, HAS_BIAS=False,
+                     PRECISION="ieee", **cfg.kwargs), "*fp64", cfg))
+    for name, kernel, consts, dtype, cfg in variants:
+        ttgir = compile_sm90(kernel, consts, dtype, cfg.num_warps, cfg.num_stages).asm["ttgir"]
+        print(f"{name} wgmma={'warp_group_dot' in ttgir} pipelined={'async_copy_global_to_local' in ttgir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
