@@ -83,6 +83,9 @@ def build_parser():
 
     add_arguments(continual)
     continual.set_defaults(func=cmd_continual)
+    from .multitask.cli import add_parser as add_multitask
+
+    add_multitask(sub)
     return p
 
 
