@@ -24,4 +24,20 @@ inline void check_float(const at::Tensor& t, const char* name, bool cuda) {
               cuda ? " (CUDA supports float32, float64, float16, bfloat16)" : " (CPU supports float32, float64)");
 }
 
+// CSR-style pointer array: n+1 entries, starts at 0, ends at nnz, non-decreasing (CPU tensors).
+inline void check_ptr_array(const at::Tensor& ptr, int64_t n, int64_t nnz, const char* name) {
+  TORCH_CHECK(ptr.size(0) == n + 1, name, " must have ", n + 1, " entries, got ", ptr.size(0));
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  TORCH_CHECK(p[0] == 0 && p[n] == nnz, name, " must start at 0 and end at nnz=", nnz, ", got ", p[0], " and ", p[n]);
+  for (int64_t r = 0; r < n; ++r) TORCH_CHECK(p[r] <= p[r + 1], name, " must be non-decreasing (at ", r, ")");
+}
+
+// Every entry of an int32 index in [0, limit).
+inline void check_ids_below(const at::Tensor& idx, int64_t limit, const char* name) {
+  if (idx.numel() == 0) return;
+  auto mm = at::aminmax(idx);
+  const int64_t lo = std::get<0>(mm).item<int32_t>(), hi = std::get<1>(mm).item<int32_t>();
+  TORCH_CHECK(lo >= 0 && hi < limit, name, " has entries in [", lo, ", ", hi, "] outside [0, ", limit, ")");
+}
+
 }  // namespace sparsecl

@@ -8,6 +8,7 @@ from .dst.densities import layer_densities
 from .formats import BLOCK_SIZES
 from .nn.block_sparse import BlockSparseLinear
 from .nn.sparse_linear import SparseLinear
+from .nn.sparse_conv import SparseConv2d
 
 
 def _convert_linear(module, density, structure, block_size, mode):
@@ -19,6 +20,13 @@ def _convert_linear(module, density, structure, block_size, mode):
 # Module types sparsify converts: type -> converter(module, density, structure, block_size, mode).
 # Sparse conv registers nn.Conv2d here when it exists.
 CONVERTERS = {nn.Linear: _convert_linear}
+
+
+def _convert_conv2d(module, density, structure, block_size, mode):
+    return SparseConv2d.from_dense(module, density=density, structure=structure, block_size=block_size)
+
+
+CONVERTERS[nn.Conv2d] = _convert_conv2d
 
 
 def _matches(name, patterns):
@@ -46,7 +54,8 @@ def sparsify(model, density=0.1, init="erk", structure="unstructured", block_siz
     if isinstance(dense_layers, str):
         dense_layers = (dense_layers,)
     targets = [(name, m) for name, m in model.named_modules()
-               if type(m) in CONVERTERS and name and not _matches(name, exclude)]
+               if type(m) in CONVERTERS and name and not _matches(name, exclude)
+               and getattr(m, "groups", 1) == 1]  # depthwise / grouped convs stay dense
     if isinstance(model, tuple(CONVERTERS)) and not _matches("", exclude):
         raise ValueError("model is itself a single layer: convert it with its sparse class's from_dense")
     if not targets:

@@ -6,6 +6,8 @@ from .csr_linear import csr_linear
 from .masked_linear import masked_linear, masked_linear_dense_grad
 from .prune_regrow import prune_regrow
 from .slimmable import slimmable_conv2d, slimmable_linear, slimmable_linear_multi
+from .sparse_conv2d import bsr_conv2d, csr_conv2d
 
 __all__ = ["bsr_linear", "csr_linear", "masked_linear", "masked_linear_dense_grad", "prune_regrow",
-           "slimmable_conv2d", "slimmable_linear", "slimmable_linear_multi"]
+           "slimmable_conv2d", "slimmable_linear", "slimmable_linear_multi",
+           "bsr_conv2d", "csr_conv2d"]

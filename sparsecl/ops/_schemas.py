@@ -236,3 +236,62 @@ def _(weights, masks, prune_scores, grow_scores, counts, eligible):
         torch._check(m.dtype == torch.bool, lambda: f"masks must be bool, got {m.dtype}")
         torch._check(p.shape == m.shape and g.shape == m.shape, lambda: "scores must have the mask's shape")
     return counts.new_empty((n,))
+
+
+# bsr_conv2d / csr_conv2d: conv2d with W viewed as [out, in*kh*kw]; outputs in the input's memory format ---
+
+
+def _conv_like(t, shape):
+    return t.new_empty(shape).contiguous(memory_format=torch._prims_common.suggest_memory_format(t))
+
+
+def _check_conv_x(x, values, name="x"):
+    torch._check(x.dim() == 4, lambda: f"{name} must be 4-D [N, C, H, W], got {x.dim()}-D")
+    torch._check(values.dtype == x.dtype, lambda: f"values dtype {values.dtype} != {x.dtype}")
+
+
+@torch.library.register_fake("sparsecl::bsr_conv2d")
+def _(x, values, row_ptr, col_idx, out_channels, bias, stride, padding, dilation):
+    _check_conv_x(x, values)
+    torch._check(values.dim() == 5, lambda: f"values must be [nnzb, B, B, kh, kw], got {tuple(values.shape)}")
+    if bias is not None:
+        torch._check(bias.shape == (out_channels,), lambda: f"bias must be [{out_channels}]")
+    ho = _conv_out(x.shape[2], values.shape[3], stride[0], padding[0], dilation[0])
+    wo = _conv_out(x.shape[3], values.shape[4], stride[1], padding[1], dilation[1])
+    return _conv_like(x, (x.shape[0], out_channels, ho, wo))
+
+
+@torch.library.register_fake("sparsecl::bsr_conv2d_dx")
+def _(grad_out, values, t_row_ptr, t_col_idx, t_perm, x_shape, stride, padding, dilation):
+    _check_conv_x(grad_out, values, "grad_out")
+    return _conv_like(grad_out, tuple(x_shape))
+
+
+@torch.library.register_fake("sparsecl::bsr_conv2d_dw")
+def _(grad_out, x, row_idx, col_idx, block_size, kernel_size, stride, padding, dilation):
+    torch._check(grad_out.dim() == 4 and x.dim() == 4, lambda: "grad_out and x must be 4-D")
+    return x.new_empty((col_idx.shape[0], block_size, block_size, kernel_size[0], kernel_size[1]))
+
+
+@torch.library.register_fake("sparsecl::csr_conv2d")
+def _(x, values, row_ptr, col_idx, out_channels, kernel_size, bias, stride, padding, dilation):
+    _check_conv_x(x, values)
+    _check_csr_values(values, x, col_idx)
+    torch._check(row_ptr.shape[0] == out_channels + 1, lambda: f"row_ptr must have {out_channels + 1} entries")
+    if bias is not None:
+        torch._check(bias.shape == (out_channels,), lambda: f"bias must be [{out_channels}]")
+    ho = _conv_out(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0])
+    wo = _conv_out(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1])
+    return _conv_like(x, (x.shape[0], out_channels, ho, wo))
+
+
+@torch.library.register_fake("sparsecl::csr_conv2d_dx")
+def _(grad_out, values, t_row_ptr, t_col_idx, t_perm, x_shape, kernel_size, stride, padding, dilation):
+    _check_conv_x(grad_out, values, "grad_out")
+    return _conv_like(grad_out, tuple(x_shape))
+
+
+@torch.library.register_fake("sparsecl::csr_conv2d_dw")
+def _(grad_out, x, row_idx, col_idx, kernel_size, stride, padding, dilation):
+    torch._check(grad_out.dim() == 4 and x.dim() == 4, lambda: "grad_out and x must be 4-D")
+    return x.new_empty((col_idx.shape[0],))

@@ -1,0 +1,186 @@
+"""bsr_conv2d / csr_conv2d against a float64 F.conv2d on the effective dense weight: forward, dX,
+dValues, dBias; stride, padding, dilation, odd sizes, channels_last, densities 0 and 1, gradcheck,
+opcheck, the reference fallback and bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsecl.formats import BlockSparseLayout, CSRLayout
+from sparsecl.ops import bsr_conv2d, csr_conv2d
+from sparsecl.ops import sparse_conv2d as sc
+
+from .._ref import assert_close
+
+GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
+    (2, 5, 7, 9, 7, 3, 1, 1, 1), (1, 20, 33, 11, 6, 3, 2, 1, 1), (3, 17, 16, 8, 9, (3, 1), (2, 1), (0, 2), (2, 1)),
+    (2, 16, 16, 5, 5, 1, 1, 0, 1), (0, 4, 4, 5, 5, 3, 1, 1, 1),
+]
+DENSITIES = [0.0, 0.3, 1.0]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+def bsr_case(geom, density, B, dtype, fmt):
+    N, cin, cout, H, W, k, *_ = geom
+    kh, kw = _pair(k)
+    layout = BlockSparseLayout.random((cout, cin), density, B)
+    values = torch.randn(layout.nnzb, B, B, kh, kw, dtype=dtype)
+    w = _bsr_dense(values, layout)
+    x = torch.randn(N, cin, H, W, dtype=dtype).contiguous(memory_format=fmt)
+    return x, values, layout, w
+
+
+def _bsr_dense(values, layout):
+    """Effective dense [out, in, kh, kw] weight of block values (built tap by tap through to_dense)."""
+    taps = [layout.to_dense(values[..., r, s].contiguous()) for r in range(values.shape[3])
+            for s in range(values.shape[4])]
+    return torch.stack(taps, -1).reshape(*layout.shape, values.shape[3], values.shape[4])
+
+
+def csr_case(geom, density, dtype, fmt):
+    N, cin, cout, H, W, k, *_ = geom
+    kh, kw = _pair(k)
+    layout = CSRLayout.random((cout, cin * kh * kw), density)
+    values = torch.randn(layout.nnz, dtype=dtype)
+    w = layout.to_dense(values).reshape(cout, cin, kh, kw)
+    x = torch.randn(N, cin, H, W, dtype=dtype).contiguous(memory_format=fmt)
+    return x, values, layout, w
+
+
+def check_against_dense(fn, x, values, w, geom, fmt):
+    stride, padding, dilation = geom[6:]
+    bias = torch.randn(w.shape[0], dtype=x.dtype)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, bias))
+    yr = F.conv2d(xr, wr, br, stride, padding, dilation)
+    x, values, bias = (t.detach().requires_grad_() for t in (x, values, bias))
+    y = fn(x, values, bias, stride, padding, dilation)
+    assert y.shape == yr.shape
+    if fmt == torch.channels_last and y.shape[0] > 1 and y.shape[1] > 1 and y.shape[2] * y.shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, yr, x.dtype)
+    g = torch.randn_like(yr)
+    y.backward(g.to(y.dtype))
+    yr.backward(g)
+    assert_close(x.grad, xr.grad, x.dtype)
+    assert_close(bias.grad, br.grad, x.dtype)
+    return values.grad, wr.grad
+
+
+@pytest.mark.parametrize("geom", GEOMS)
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bsr_conv2d(seed, geom, density, fmt, dtype):
+    B = 16
+    x, values, layout, w = bsr_case(geom, density, B, dtype, fmt)
+    fn = lambda x, v, b, s, p, d: bsr_conv2d(x, v, layout, b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, fmt)
+    # dValues = the dense weight gradient at the active blocks (clipped edge entries are 0)
+    kh, kw = w.shape[2:]
+    full = dw.new_zeros(layout.n_block_rows * B, layout.n_block_cols * B, kh, kw)
+    full[: w.shape[0], : w.shape[1]] = dw
+    blocks = full.view(layout.n_block_rows, B, layout.n_block_cols, B, kh, kw)
+    ref = blocks[layout.row_idx.long(), :, layout.col_idx.long()]
+    assert_close(dv, ref, dtype)
+
+
+@pytest.mark.parametrize("geom", GEOMS)
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_conv2d(seed, geom, density, fmt, dtype):
+    x, values, layout, w = csr_case(geom, density, dtype, fmt)
+    k = geom[5]
+    fn = lambda x, v, b, s, p, d: csr_conv2d(x, v, layout, k, b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, fmt)
+    assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), dtype)
+
+
+def test_noncontiguous_input(seed):
+    x, values, layout, w = csr_case(GEOMS[0], 0.5, torch.float64, torch.contiguous_format)
+    xs = torch.randn(2, 10, 9, 7, dtype=torch.float64)[:, ::2]
+    assert_close(csr_conv2d(xs, values, layout, 3, padding=1), F.conv2d(xs, w, padding=1), torch.float64)
+    xb, vb, lb, wb = bsr_case(GEOMS[0], 0.5, 16, torch.float64, torch.contiguous_format)
+    assert_close(bsr_conv2d(xs, vb, lb, padding=1), F.conv2d(xs, wb, padding=1), torch.float64)
+
+
+@pytest.mark.parametrize("block", [True, False])
+def test_gradcheck(seed, block):
+    geom = (2, 5, 6, 5, 4, 3, 2, 1, 1)
+    if block:
+        x, values, layout, _ = bsr_case(geom, 0.6, 16, torch.float64, torch.contiguous_format)
+        fn = lambda x, v, b: bsr_conv2d(x, v, layout, b, 2, 1)  # noqa: E731
+    else:
+        x, values, layout, _ = csr_case(geom, 0.4, torch.float64, torch.contiguous_format)
+        fn = lambda x, v, b: csr_conv2d(x, v, layout, 3, b, 2, 1)  # noqa: E731
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), values.requires_grad_(), bias))
+
+
+def test_opcheck(seed):
+    geom = [1, 1], [1, 1], [1, 1]
+    x, values, layout, _ = bsr_case((2, 5, 7, 6, 5, 3, 1, 1, 1), 0.6, 16, torch.float32, torch.contiguous_format)
+    ops = torch.ops.sparsecl
+    y = ops.bsr_conv2d(x, values, layout.row_ptr, layout.col_idx, 7, None, *geom)
+    torch.library.opcheck(ops.bsr_conv2d, (x, values, layout.row_ptr, layout.col_idx, 7, torch.randn(7), *geom))
+    torch.library.opcheck(ops.bsr_conv2d_dx, (torch.randn_like(y), values, layout.t_row_ptr, layout.t_col_idx,
+                                              layout.t_perm, list(x.shape), *geom))
+    torch.library.opcheck(ops.bsr_conv2d_dw, (torch.randn_like(y), x, layout.row_idx, layout.col_idx, 16, [3, 3],
+                                              *geom))
+    x, values, layout, _ = csr_case((2, 5, 7, 6, 5, 3, 1, 1, 1), 0.3, torch.float32, torch.channels_last)
+    y = ops.csr_conv2d(x, values, layout.row_ptr, layout.col_idx, 7, [3, 3], None, *geom)
+    torch.library.opcheck(ops.csr_conv2d, (x, values, layout.row_ptr, layout.col_idx, 7, [3, 3], None, *geom))
+    torch.library.opcheck(ops.csr_conv2d_dx, (torch.randn_like(y), values, layout.t_row_ptr, layout.t_col_idx,
+                                              layout.t_perm, list(x.shape), [3, 3], *geom))
+    torch.library.opcheck(ops.csr_conv2d_dw, (torch.randn_like(y), x, layout.row_idx, layout.col_idx, [3, 3], *geom))
+
+
+def test_reference_fallback_matches(seed):
+    geom = (2, 18, 20, 7, 6, 3, 2, 1, 2)
+    x, values, layout, w = bsr_case(geom, 0.5, 16, torch.float64, torch.contiguous_format)
+    args = ([2, 2], [1, 1], [2, 2])
+    y = sc._ref_bsr(x, values, layout.row_ptr, layout.col_idx, 20, None, *args)
+    assert_close(y, F.conv2d(x, w, None, *args), torch.float64)
+    g = torch.randn_like(y)
+    assert_close(sc._ref_bsr_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, list(x.shape), *args),
+                 torch.ops.sparsecl.bsr_conv2d_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm,
+                                                  list(x.shape), *args), torch.float64)
+    assert_close(sc._ref_bsr_dw(g, x, layout.row_idx, layout.col_idx, 16, [3, 3], *args),
+                 torch.ops.sparsecl.bsr_conv2d_dw(g, x, layout.row_idx, layout.col_idx, 16, [3, 3], *args),
+                 torch.float64)
+    x, values, layout, w = csr_case(geom, 0.3, torch.float64, torch.contiguous_format)
+    y = sc._ref_csr(x, values, layout.row_ptr, layout.col_idx, 20, [3, 3], None, *args)
+    assert_close(y, F.conv2d(x, w, None, *args), torch.float64)
+    assert_close(sc._ref_csr_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, list(x.shape), [3, 3],
+                                *args),
+                 torch.ops.sparsecl.csr_conv2d_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm,
+                                                  list(x.shape), [3, 3], *args), torch.float64)
+    assert_close(sc._ref_csr_dw(g, x, layout.row_idx, layout.col_idx, [3, 3], *args),
+                 torch.ops.sparsecl.csr_conv2d_dw(g, x, layout.row_idx, layout.col_idx, [3, 3], *args), torch.float64)
+
+
+def test_bad_input(seed):
+    x, values, layout, _ = bsr_case(GEOMS[0], 0.5, 16, torch.float32, torch.contiguous_format)
+    with pytest.raises(ValueError, match="channels"):
+        bsr_conv2d(x[:, :3], values, layout)
+    with pytest.raises(ValueError, match="4-D"):
+        bsr_conv2d(x[0], values, layout)
+    with pytest.raises(ValueError, match="values"):
+        bsr_conv2d(x, values[:, :8], layout)
+    with pytest.raises(ValueError, match="stride"):
+        bsr_conv2d(x, values, layout, stride=0)
+    with pytest.raises(TypeError, match="BlockSparseLayout"):
+        bsr_conv2d(x, values, CSRLayout.random((7, 45), 0.5))
+    with pytest.raises(RuntimeError, match="too small"):
+        bsr_conv2d(x, values, layout, padding=0, dilation=5)
+    with pytest.raises(RuntimeError, match="dtype"):
+        bsr_conv2d(x.double(), values, layout)
+    xc, vc, lc, _ = csr_case(GEOMS[0], 0.5, torch.float32, torch.contiguous_format)
+    with pytest.raises(ValueError, match="columns"):
+        csr_conv2d(xc, vc, lc, 5)
+    with pytest.raises(ValueError, match="values"):
+        csr_conv2d(xc, vc[1:], lc, 3)
+    with pytest.raises(RuntimeError, match="col_idx"):
+        torch.ops.sparsecl.csr_conv2d(xc, vc, lc.row_ptr, lc.col_idx + 1000, 7, [3, 3], None, [1, 1], [1, 1], [1, 1])
