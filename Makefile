@@ -9,9 +9,9 @@ export CUDA_HOME ?= /usr/local/cuda
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 BIN := $(VENV)/bin
-SOURCES := $(shell find csrc sparsecl kernels bench -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.def') setup.py
+SOURCES := $(shell find csrc sparsecl kernels bench -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.inc' -o -name '*.def') setup.py
 
-.PHONY: run test ctest pytest install clean
+.PHONY: run bench test ctest pytest install clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ $(VENV)/.installed: $(SOURCES)
 
 run: install
 	$(BIN)/sparsecl info
+	$(BIN)/sparsecl continual -c configs/continual/digits.yaml --compare-dense-masked --no-progress
+
+bench: install
 	$(BIN)/sparsecl bench --quick
 
 ctest: install
