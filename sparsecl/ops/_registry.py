@@ -1,7 +1,10 @@
 """Shared plumbing for op modules: reference fallbacks, Triton registration and autocast."""
+import importlib
+
 import torch
 
 from .. import _extension
+from ..backend import use_triton
 from ..kernels_loader import triton_available
 
 
@@ -11,11 +14,34 @@ def register_reference(op_name, fn):
         torch.library.impl(f"sparsecl::{op_name}", ("CPU", "CUDA"))(fn)
 
 
-def triton_op(name, launcher, mutates_args=()):
-    """Register ``launcher`` as the op ``sparsecl::name`` (Triton, for CUDA tensors); None without Triton."""
-    if not triton_available():
-        return None
-    return torch.library.triton_op(f"sparsecl::{name}", launcher, mutates_args=mutates_args)
+class KernelSet:
+    """The kernels of one op family for a device: the dispatcher ops, or their Triton twins on CUDA.
+
+    specs: one (dispatcher op name, launcher name in ``sparsecl.kernels.<module>``, mutated args) per op.
+    Each launcher becomes the op ``sparsecl::<name>_triton`` (``<name>_triton_`` for mutating ``<name>_``).
+    They are registered at import where a GPU is visible (never in the middle of a torch.compile
+    trace), else on first use. Calling the set with a device returns the op callables, in spec order.
+    """
+
+    def __init__(self, op, module, specs):
+        self.op, self.module, self.specs = op, module, specs
+        self._triton = None
+        if torch.cuda.is_available() and triton_available():
+            self._register_triton()
+
+    def _register_triton(self):
+        launchers = importlib.import_module(f"sparsecl.kernels.{self.module}")
+        self._triton = tuple(
+            torch.library.triton_op(f"sparsecl::{name[:-1] + '_triton_' if name.endswith('_') else name + '_triton'}",
+                                    getattr(launchers, launcher), mutates_args=mutates)
+            for name, launcher, mutates in self.specs)
+
+    def __call__(self, device):
+        if use_triton(self.op, device):
+            if self._triton is None:
+                self._register_triton()
+            return self._triton
+        return tuple(getattr(torch.ops.sparsecl, name) for name, _, _ in self.specs)
 
 
 def autocast_args(x, *tensors):

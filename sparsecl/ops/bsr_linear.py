@@ -5,9 +5,8 @@ dValues is an SDDMM computed only at the active blocks; dBias = dY summed over t
 """
 import torch
 
-from ..backend import use_triton
 from ..formats import BlockSparseLayout
-from ._registry import autocast_args, register_reference, triton_op
+from ._registry import KernelSet, autocast_args, register_reference
 
 OP = "bsr_linear"
 
@@ -55,28 +54,12 @@ register_reference("bsr_linear_dx", _reference_dx)
 register_reference("bsr_linear_dw", _reference_dw)
 
 
-# Triton implementations (CUDA tensors) -----------------------------------------------------
-def _triton_ops():
-    from ..kernels import bsr_linear as k
-
-    return (triton_op("bsr_linear_triton", k.bsr_linear_forward),
-            triton_op("bsr_linear_dx_triton", k.bsr_linear_dx),
-            triton_op("bsr_linear_dw_triton", k.bsr_linear_dw))
-
-
-_TRITON = None
-
-
-def _kernels(device):
-    """(forward, dx, dw) callables for ``device`` under the current backend choice."""
-    global _TRITON
-    if use_triton(OP, device):
-        if _TRITON is None:
-            _TRITON = _triton_ops()
-        if _TRITON[0] is not None:
-            return _TRITON
-    ops = torch.ops.sparsecl
-    return ops.bsr_linear, ops.bsr_linear_dx, ops.bsr_linear_dw
+# (forward, dx, dw): dispatcher ops, or Triton ops for CUDA tensors when selected ------------
+_kernels = KernelSet(OP, "bsr_linear", [
+    ("bsr_linear", "bsr_linear_forward", ()),
+    ("bsr_linear_dx", "bsr_linear_dx", ()),
+    ("bsr_linear_dw", "bsr_linear_dw", ()),
+])
 
 
 class _BsrLinear(torch.autograd.Function):

@@ -5,9 +5,8 @@ copy); dValues is an SDDMM at the nonzeros only; dBias = dY summed over tokens.
 """
 import torch
 
-from ..backend import use_triton
 from ..formats import CSRLayout
-from ._registry import autocast_args, register_reference, triton_op
+from ._registry import KernelSet, autocast_args, register_reference
 
 OP = "csr_linear"
 
@@ -43,31 +42,12 @@ register_reference("csr_linear_dx", _reference_dx)
 register_reference("csr_linear_dw", _reference_dw)
 
 
-# Triton implementations (CUDA tensors) -----------------------------------------------------
-def _triton_ops():
-    from ..kernels import csr_linear as k
-
-    return (triton_op("csr_linear_triton", k.csr_linear_forward),
-            triton_op("csr_linear_dx_triton", k.csr_linear_dx),
-            triton_op("csr_linear_dw_triton", k.csr_linear_dw))
-
-
-_TRITON = None
-
-
-def _kernels(device):
-    """(forward, dx, dw) callables for ``device`` under the current backend choice."""
-    global _TRITON
-    if use_triton(OP, device):
-        if _TRITON is None:
-            try:
-                _TRITON = _triton_ops()
-            except (ImportError, AttributeError):  # kernels module without csr_linear launchers
-                _TRITON = (None, None, None)
-        if _TRITON[0] is not None:
-            return _TRITON
-    ops = torch.ops.sparsecl
-    return ops.csr_linear, ops.csr_linear_dx, ops.csr_linear_dw
+# (forward, dx, dw): dispatcher ops, or Triton ops for CUDA tensors when selected ------------
+_kernels = KernelSet(OP, "csr_linear", [
+    ("csr_linear", "csr_linear_forward", ()),
+    ("csr_linear_dx", "csr_linear_dx", ()),
+    ("csr_linear_dw", "csr_linear_dw", ()),
+])
 
 
 class _CsrLinear(torch.autograd.Function):

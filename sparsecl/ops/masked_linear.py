@@ -7,8 +7,7 @@ dW for gradient-based growth steps.
 """
 import torch
 
-from ..backend import use_triton
-from ._registry import autocast_args, register_reference, triton_op
+from ._registry import KernelSet, autocast_args, register_reference
 
 OP = "masked_linear"
 
@@ -32,31 +31,12 @@ register_reference("masked_linear_dx", _reference_dx)
 register_reference("masked_linear_dw", _reference_dw)
 
 
-# Triton implementations (CUDA tensors) -----------------------------------------------------
-def _triton_ops():
-    from ..kernels import masked_linear as k
-
-    return (triton_op("masked_linear_triton", k.masked_linear_forward),
-            triton_op("masked_linear_dx_triton", k.masked_linear_dx),
-            triton_op("masked_linear_dw_triton", k.masked_linear_dw))
-
-
-_TRITON = None
-
-
-def _kernels(device):
-    """(forward, dx, dw) callables for ``device`` under the current backend choice."""
-    global _TRITON
-    if use_triton(OP, device):
-        if _TRITON is None:
-            try:
-                _TRITON = _triton_ops()
-            except (ImportError, AttributeError):  # kernels module without masked_linear launchers
-                _TRITON = (None, None, None)
-        if _TRITON[0] is not None:
-            return _TRITON
-    ops = torch.ops.sparsecl
-    return ops.masked_linear, ops.masked_linear_dx, ops.masked_linear_dw
+# (forward, dx, dw): dispatcher ops, or Triton ops for CUDA tensors when selected ------------
+_kernels = KernelSet(OP, "masked_linear", [
+    ("masked_linear", "masked_linear_forward", ()),
+    ("masked_linear_dx", "masked_linear_dx", ()),
+    ("masked_linear_dw", "masked_linear_dw", ()),
+])
 
 
 class _MaskedLinear(torch.autograd.Function):

@@ -26,8 +26,7 @@ import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..backend import use_triton
-from ._registry import autocast_args, register_reference, triton_op
+from ._registry import KernelSet, autocast_args, register_reference
 
 OP = "slimmable_linear"
 
@@ -96,30 +95,15 @@ for _name, _fn in [("slimmable_linear", _reference_linear), ("slimmable_linear_d
     register_reference(_name, _fn)
 
 
-# Triton implementations (CUDA tensors) -----------------------------------------------------
-_TRITON = None
-
-
-def _linear_kernels(device):
-    """(forward, dx, dw_, multi, multi_dx, multi_dw_) for ``device`` under the current backend choice."""
-    global _TRITON
-    if use_triton(OP, device):
-        if _TRITON is None:
-            from ..kernels import slimmable as k
-
-            _TRITON = (triton_op("slimmable_linear_triton", k.slimmable_linear_forward),
-                       triton_op("slimmable_linear_dx_triton", k.slimmable_linear_dx),
-                       triton_op("slimmable_linear_dw_triton_", k.slimmable_linear_dw_,
-                                 mutates_args=("grad_weight",)),
-                       triton_op("slimmable_linear_multi_triton", k.slimmable_linear_multi),
-                       triton_op("slimmable_linear_multi_dx_triton", k.slimmable_linear_multi_dx),
-                       triton_op("slimmable_linear_multi_dw_triton_", k.slimmable_linear_multi_dw_,
-                                 mutates_args=("grad_weight",)))
-        if _TRITON[0] is not None:
-            return _TRITON
-    ops = torch.ops.sparsecl
-    return (ops.slimmable_linear, ops.slimmable_linear_dx, ops.slimmable_linear_dw_, ops.slimmable_linear_multi,
-            ops.slimmable_linear_multi_dx, ops.slimmable_linear_multi_dw_)
+# (forward, dx, dw_, multi, multi_dx, multi_dw_): dispatcher ops, or Triton ops for CUDA tensors ----
+_linear_kernels = KernelSet(OP, "slimmable", [
+    ("slimmable_linear", "slimmable_linear_forward", ()),
+    ("slimmable_linear_dx", "slimmable_linear_dx", ()),
+    ("slimmable_linear_dw_", "slimmable_linear_dw_", ("grad_weight",)),
+    ("slimmable_linear_multi", "slimmable_linear_multi", ()),
+    ("slimmable_linear_multi_dx", "slimmable_linear_multi_dx", ()),
+    ("slimmable_linear_multi_dw_", "slimmable_linear_multi_dw_", ("grad_weight",)),
+])
 
 
 # Gradient sink: accumulate slice gradients into the leaf's .grad ----------------------------
