@@ -64,7 +64,8 @@ def rows(quick=False, device="cpu"):
                 xg, vg, wg = (a.clone().requires_grad_() for a in (x, values, w))
                 tb = measure_interleaved({"dense": _fwd_bwd(lambda: F.conv2d(xg, wg, padding=1), xg, wg),
                                           "sparse": _fwd_bwd(lambda: fn(xg, vg), xg, vg)}, device, min_time)
-                base = dict(op="sparse_conv2d", layer=layer, batch=batch, density=d, structure=structure,
+                base = dict(op="sparse_conv2d", shape=f"{layer} batch {batch}", layer=layer, batch=batch,
+                            method=f"sparsecl {structure} vs F.conv2d", density=d, structure=structure,
                             block=BLOCK if structure == "block" else 1)
                 yield dict(base, pass_="fwd", dense_ms=t["dense"] * 1e3, ms=t["sparse"] * 1e3,
                            speedup=t["dense"] / t["sparse"])
