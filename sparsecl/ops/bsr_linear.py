@@ -107,7 +107,7 @@ def bsr_linear(x, values, layout, bias=None):
                              "must be on one device")
     x, values, bias = autocast_args(x, values, bias)
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, in_f)
+    x2 = x.reshape(lead.numel(), in_f)  # explicit rows: in_features may be 0
     idx = (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm)
     y = _BsrLinear.apply(x2, values, bias, idx, out_f)
     return y.reshape(*lead, out_f)

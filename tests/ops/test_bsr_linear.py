@@ -213,3 +213,13 @@ class TestBadInput:
         with pytest.raises(RuntimeError, match="int32"):
             torch.ops.sparsecl.bsr_linear(torch.randn(3, 64), self.values, self.layout.row_ptr.long(),
                                           self.layout.col_idx, 64, None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_input_features_gives_bias(device, seed):
+    layout = BlockSparseLayout.random((40, 0), 1.0, 16, device=device)
+    values = torch.randn(layout.nnzb, 16, 16, device=device)
+    bias = torch.randn(40, device=device)
+    y = bsr_linear(torch.randn(2, 3, 0, device=device), values, layout, bias)
+    assert y.shape == (2, 3, 40)
+    assert_close(y, bias.expand(2, 3, 40))
