@@ -248,20 +248,6 @@ void dw_simd(const MicroKernels& mk, const float* dy, const float* x, int64_t T,
   });
 }
 
-void check_block_ids(const at::Tensor& idx, int64_t limit, const char* name) {
-  if (idx.numel() == 0) return;
-  auto mm = at::aminmax(idx);
-  const int64_t lo = std::get<0>(mm).item<int32_t>(), hi = std::get<1>(mm).item<int32_t>();
-  TORCH_CHECK(lo >= 0 && hi < limit, name, " has entries in [", lo, ", ", hi, "] outside [0, ", limit, ")");
-}
-
-void check_ptr(const at::Tensor& ptr, int64_t n, int64_t nnz, const char* name) {
-  TORCH_CHECK(ptr.size(0) == n + 1, name, " must have ", n + 1, " entries, got ", ptr.size(0));
-  const int32_t* p = ptr.data_ptr<int32_t>();
-  TORCH_CHECK(p[0] == 0 && p[n] == nnz, name, " must start at 0 and end at nnzb=", nnz, ", got ", p[0], " and ", p[n]);
-  for (int64_t r = 0; r < n; ++r) TORCH_CHECK(p[r] <= p[r + 1], name, " must be non-decreasing (at ", r, ")");
-}
-
 at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
@@ -273,8 +259,8 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   const int64_t B = values.size(1), in_f = x.size(1);
   TORCH_CHECK(out_features >= 0, "out_features must be >= 0");
   const int64_t n_rb = (out_features + B - 1) / B, n_cb = (in_f + B - 1) / B;
-  check_ptr(row_ptr, n_rb, values.size(0), "row_ptr");
-  check_block_ids(col_idx, n_cb, "col_idx");
+  check_ptr_array(row_ptr, n_rb, values.size(0), "row_ptr");
+  check_ids_below(col_idx, n_cb, "col_idx");
   if (bias) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
                 bias->sizes());
@@ -312,9 +298,9 @@ at::Tensor bsr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   const int64_t B = values.size(1), out_f = dy.size(1);
   TORCH_CHECK(in_features >= 0, "in_features must be >= 0");
   const int64_t n_cb = (in_features + B - 1) / B, n_rb = (out_f + B - 1) / B;
-  check_ptr(t_row_ptr, n_cb, values.size(0), "t_row_ptr");
-  check_block_ids(t_col_idx, n_rb, "t_col_idx");
-  check_block_ids(t_perm, values.size(0), "t_perm");
+  check_ptr_array(t_row_ptr, n_cb, values.size(0), "t_row_ptr");
+  check_ids_below(t_col_idx, n_rb, "t_col_idx");
+  check_ids_below(t_perm, values.size(0), "t_perm");
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
   auto dx = at::empty({dy.size(0), in_features}, dy.options());
@@ -344,8 +330,8 @@ at::Tensor bsr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
   TORCH_CHECK(block_size > 0, "block_size must be positive");
   const int64_t B = block_size, nnzb = col_idx.size(0);
-  check_block_ids(row_idx, (dy.size(1) + B - 1) / B, "row_idx");
-  check_block_ids(col_idx, (x.size(1) + B - 1) / B, "col_idx");
+  check_ids_below(row_idx, (dy.size(1) + B - 1) / B, "row_idx");
+  check_ids_below(col_idx, (x.size(1) + B - 1) / B, "col_idx");
   auto gc = dy.contiguous();
   auto xc = x.contiguous();
   auto dv = at::empty({nnzb, B, B}, x.options());

@@ -290,20 +290,6 @@ void sddmm(const T* gT, const T* xT, int64_t n_panels, const int32_t* rp, const 
 
 // ---- input checks ------------------------------------------------------------------------------
 
-void check_ids(const at::Tensor& idx, int64_t limit, const char* name) {
-  if (idx.numel() == 0) return;
-  auto mm = at::aminmax(idx);
-  const int64_t lo = std::get<0>(mm).item<int32_t>(), hi = std::get<1>(mm).item<int32_t>();
-  TORCH_CHECK(lo >= 0 && hi < limit, name, " has entries in [", lo, ", ", hi, "] outside [0, ", limit, ")");
-}
-
-void check_ptr(const at::Tensor& ptr, int64_t n, int64_t nnz, const char* name) {
-  TORCH_CHECK(ptr.size(0) == n + 1, name, " must have ", n + 1, " entries, got ", ptr.size(0));
-  const int32_t* p = ptr.data_ptr<int32_t>();
-  TORCH_CHECK(p[0] == 0 && p[n] == nnz, name, " must start at 0 and end at nnz=", nnz, ", got ", p[0], " and ", p[n]);
-  for (int64_t r = 0; r < n; ++r) TORCH_CHECK(p[r] <= p[r + 1], name, " must be non-decreasing (at ", r, ")");
-}
-
 void check_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx, const char* idx_name) {
   TORCH_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
   TORCH_CHECK(values.scalar_type() == like.scalar_type(), "values dtype ", values.scalar_type(), " != ",
@@ -321,8 +307,8 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_index(col_idx, "col_idx", x);
   check_values(values, x, col_idx, "col_idx");
   TORCH_CHECK(out_features >= 0, "out_features must be >= 0, got ", out_features);
-  check_ptr(row_ptr, out_features, values.size(0), "row_ptr");
-  check_ids(col_idx, x.size(1), "col_idx");
+  check_ptr_array(row_ptr, out_features, values.size(0), "row_ptr");
+  check_ids_below(col_idx, x.size(1), "col_idx");
   if (bias) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
                 bias->sizes());
@@ -354,9 +340,9 @@ at::Tensor csr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm has ", t_perm.size(0), " entries but values has ",
               values.size(0));
   TORCH_CHECK(in_features >= 0, "in_features must be >= 0, got ", in_features);
-  check_ptr(t_row_ptr, in_features, values.size(0), "t_row_ptr");
-  check_ids(t_col_idx, dy.size(1), "t_col_idx");
-  check_ids(t_perm, values.size(0), "t_perm");
+  check_ptr_array(t_row_ptr, in_features, values.size(0), "t_row_ptr");
+  check_ids_below(t_col_idx, dy.size(1), "t_col_idx");
+  check_ids_below(t_perm, values.size(0), "t_perm");
   auto dx = at::empty({dy.size(0), in_features}, dy.options());
   if (dy.size(0) == 0 || in_features == 0) return dx;
   auto gT = transpose_panels(dy);
@@ -382,8 +368,8 @@ at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx (", row_idx.size(0), ") and col_idx (", col_idx.size(0),
               ") lengths differ");
   const int64_t nnz = col_idx.size(0), out_f = dy.size(1);
-  check_ids(row_idx, out_f, "row_idx");
-  check_ids(col_idx, x.size(1), "col_idx");
+  check_ids_below(row_idx, out_f, "row_idx");
+  check_ids_below(col_idx, x.size(1), "col_idx");
   auto dv = at::empty({nnz}, x.options());
   if (nnz == 0) return dv;
   // the kernel walks rows: rebuild row offsets from row_idx, which must be sorted (CSR order)
@@ -421,8 +407,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               "keep must be a contiguous bool [nnz] tensor");
   TORCH_CHECK(grow.scalar_type() == at::kLong && grow.dim() == 1 && grow.is_contiguous(),
               "grow must be a contiguous int64 1-D tensor");
-  check_ptr(row_ptr, out_f, nnz, "row_ptr");
-  check_ptr(t_row_ptr, in_f, nnz, "t_row_ptr");
+  check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
+  check_ptr_array(t_row_ptr, in_f, nnz, "t_row_ptr");
   const int32_t *rp = row_ptr.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
   const int32_t *trp = t_row_ptr.data_ptr<int32_t>(), *tci = t_col_idx.data_ptr<int32_t>();
   const int32_t* tp = t_perm.data_ptr<int32_t>();
