@@ -50,8 +50,28 @@ def _fwd_bwd(fn, *inputs):
     return run
 
 
+def _torch_sparse_fwd(x, w):
+    """The same conv through torch.sparse: im2col (F.unfold) and a sparse weight [out, in*9] @ columns
+    (CSR for unstructured, BSR with B x B blocks for block-channel weights: a channel block is 9 of them)."""
+    n, S = x.shape[0], x.shape[-1]
+    w2 = w.reshape(w.shape[0], -1)
+    w_sp = w2.to_sparse_bsr((BLOCK, BLOCK)) if w.shape[1] % BLOCK == 0 and _is_block(w2) else w2.to_sparse_csr()
+
+    def run():
+        cols = F.unfold(x, 3, padding=1).transpose(0, 1).reshape(w2.shape[1], -1)
+        return torch.sparse.mm(w_sp, cols).view(-1, n, S, S).transpose(0, 1)
+    return run
+
+
+def _is_block(w2):
+    o, c9 = w2.shape
+    blocks = w2.reshape(o // BLOCK, BLOCK, c9 // BLOCK, BLOCK).abs().sum((1, 3))
+    return bool(((blocks > 0).sum() * BLOCK * BLOCK == (w2 != 0).sum()).item())
+
+
 def rows(quick=False, device="cpu"):
-    """Yield one result dict per (layer, density, structure, pass)."""
+    """Yield one result dict per (layer, density, structure, pass, method): sparsecl and, forward
+    only, torch.sparse (im2col + sparse mm), each against F.conv2d on the effective dense weight."""
     layers = ["256@14", "512@7"] if quick else list(LAYERS)
     batch = 8 if quick else BATCH
     min_time = 0.3 if quick else 1.0
@@ -59,18 +79,25 @@ def rows(quick=False, device="cpu"):
         for d in DENSITIES:
             for structure in ("block", "unstructured"):
                 x, values, w, fn = _case(layer, d, structure, device, batch)
-                t = measure_interleaved({"dense": lambda: F.conv2d(x, w, padding=1),
-                                         "sparse": lambda: fn(x, values)}, device, min_time)
+                da = float((w != 0).float().mean())  # the layout's actual density
+                fwd = {"dense": lambda: F.conv2d(x, w, padding=1), "sparse": lambda: fn(x, values)}
+                if device == "cpu":
+                    fwd["torch.sparse"] = _torch_sparse_fwd(x, w)
+                t = measure_interleaved(fwd, device, min_time)
                 xg, vg, wg = (a.clone().requires_grad_() for a in (x, values, w))
                 tb = measure_interleaved({"dense": _fwd_bwd(lambda: F.conv2d(xg, wg, padding=1), xg, wg),
                                           "sparse": _fwd_bwd(lambda: fn(xg, vg), xg, vg)}, device, min_time)
                 base = dict(op="sparse_conv2d", shape=f"{layer} batch {batch}", layer=layer, batch=batch,
                             method=f"sparsecl {structure} vs F.conv2d", density=d, structure=structure,
-                            block=BLOCK if structure == "block" else 1)
+                            block=BLOCK if structure == "block" else 1, actual_density=da)
                 yield dict(base, pass_="fwd", dense_ms=t["dense"] * 1e3, ms=t["sparse"] * 1e3,
-                           speedup=t["dense"] / t["sparse"])
+                           speedup=t["dense"] / t["sparse"], eff=da * t["dense"] / t["sparse"])
+                if "torch.sparse" in t:
+                    yield dict(base, method=f"torch.sparse {structure} (im2col) vs F.conv2d", pass_="fwd",
+                               dense_ms=t["dense"] * 1e3, ms=t["torch.sparse"] * 1e3,
+                               speedup=t["dense"] / t["torch.sparse"], eff=da * t["dense"] / t["torch.sparse"])
                 yield dict(base, pass_="fwd+bwd", dense_ms=tb["dense"] * 1e3, ms=tb["sparse"] * 1e3,
-                           speedup=tb["dense"] / tb["sparse"])
+                           speedup=tb["dense"] / tb["sparse"], eff=da * tb["dense"] / tb["sparse"])
 
 
 CASES = [dict(id=f"{layer}-d{d}-{s}", layer=layer, density=d, structure=s)
@@ -88,4 +115,4 @@ if __name__ == "__main__":
     from harness import format_table
 
     print(format_table(list(rows(quick="--quick" in sys.argv)),
-                       ["layer", "structure", "density", "pass_", "dense_ms", "ms", "speedup"]))
+                       ["layer", "method", "density", "pass_", "dense_ms", "ms", "speedup", "eff"]))
