@@ -367,10 +367,10 @@ struct Vt {
   static constexpr int L = VB / sizeof(T);
 };
 
-// out[b*NT*L + j] = init + sum_k val[k] * xb[b][off[k] + j], j < NT*L, b < NB.
+// out[b*NT*L + j] = (prev ? prev[b*NT*L + j] : init) + sum_k val[k] * xb[b][off[k] + j], j < NT*L, b < NB.
 template <typename T, int VB, int NT, int NB>
 __attribute__((always_inline)) inline void pw_row_body(const T* const* xb, const int32_t* off, const T* val,
-                                                       int64_t nnz, T init, T* out) {
+                                                       int64_t nnz, T init, const T* prev, T* out) {
   using V = typename Vt<T, VB>::V;
   constexpr int L = Vt<T, VB>::L;
   V acc[NB][NT];
@@ -379,7 +379,10 @@ __attribute__((always_inline)) inline void pw_row_body(const T* const* xb, const
   for (int b = 0; b < NB; ++b) {
     base[b] = xb[b];
 #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) acc[b][t] = V{} + init;
+    for (int t = 0; t < NT; ++t) {
+      if (prev) __builtin_memcpy(&acc[b][t], prev + (b * NT + t) * L, VB);
+      else acc[b][t] = V{} + init;
+    }
   }
   for (int64_t k = 0; k < nnz; ++k) {
     const V v = V{} + val[k];
@@ -437,20 +440,21 @@ __attribute__((always_inline)) inline void pw_dot_body(const T* const* xb, const
 template <typename T>
 struct PwKernels {
   int lanes = 1, nt = 1, nb = 1, nb_dot = 1;  // vector lanes, vectors per tile, images per row / dot call
-  void (*row)(const T* const*, const int32_t*, const T*, int64_t, T, T*) = nullptr;
+  void (*row)(const T* const*, const int32_t*, const T*, int64_t, T, const T*, T*) = nullptr;
   void (*dot)(const T* const*, const T* const*, const int32_t*, int64_t, T*) = nullptr;
 };
 
 // Images per call: the NB*NT accumulators (row) or grad_out registers (dot, which also needs two
-// partial sums and a load) fit the ISA's register file (R = 28 of 32 zmm, 12 of 16 ymm/xmm).
-constexpr int pw_nb(int nt, int regs) { return std::min(8, std::max(1, regs / nt)); }
+// partial sums and a load) fit the ISA's register file (R = 28 of 32 zmm, 12 of 16 ymm/xmm). Rows
+// stop at 16 accumulators (enough to hide the FMA latency): fewer images keep the source chunk small.
+constexpr int pw_nb(int nt, int regs) { return std::min(8, std::max(1, std::min(regs, 16) / nt)); }
 constexpr int pw_nb_dot(int nt, int regs) { return std::min(8, std::max(1, (regs - 4) / nt)); }
 
 #define SPARSECL_PW_ISA(NAME, TARGET, VB, REGS)                                                              \
   template <typename T, int NT>                                                                              \
   __attribute__((target(TARGET))) void pw_row_##NAME(const T* const* xb, const int32_t* off, const T* val,   \
-                                                     int64_t nnz, T init, T* out) {                          \
-    pw_row_body<T, VB, NT, pw_nb(NT, REGS)>(xb, off, val, nnz, init, out);                                   \
+                                                     int64_t nnz, T init, const T* prev, T* out) {           \
+    pw_row_body<T, VB, NT, pw_nb(NT, REGS)>(xb, off, val, nnz, init, prev, out);                             \
   }                                                                                                          \
   template <typename T, int NT>                                                                              \
   __attribute__((target(TARGET))) void pw_dot_##NAME(const T* const* xb, const T* const* gb,                 \
@@ -512,38 +516,95 @@ void pad_planes(const T* src, int64_t P, int64_t H, int64_t W, int64_t top, int6
   std::fill(dst + P * ps, dst + P * ps + slack, T(0));
 }
 
-// y[n, o] (Ho x Wo planes) = init[o] + sum over row o's entries k of val[k] * src[n] shifted by off[k],
-// src padded planes of width Wp, `img` elements per image; row o's entries are ptr[o*ps]..ptr[(o+1)*ps].
+// Entries of rows 0..rows-1 (row o: ptr[o*ps]..ptr[(o+1)*ps]) regrouped, stably, by chunks of `cc`
+// source planes (plane = off / plane_sz): row o's entries of chunk j are bptr[o*n_cc + j]..+1, at
+// boff/bval (bval only when val), and their original index in bidx. A job then sweeps one chunk of
+// source planes over all its rows while the chunk stays in L1.
 template <typename T>
-void pw_spmm(const T* src, int64_t img, int64_t N, int64_t rows, const int32_t* ptr, int64_t ps, const int32_t* off,
-             const T* val, const T* init, int64_t Ho, int64_t Wo, int64_t Wp, T* y) {
+struct PwBuckets {
+  int64_t n_cc = 1;
+  std::vector<int32_t> ptr, off, idx;
+  std::vector<T> val;
+};
+
+template <typename T>
+PwBuckets<T> pw_bucket(int64_t rows, const int32_t* ptr, int64_t ps, const int32_t* off, const T* val,
+                       int64_t plane_sz, int64_t n_src, int64_t cc) {
+  PwBuckets<T> b;
+  b.n_cc = (n_src + cc - 1) / cc;
+  const int64_t n_cc = b.n_cc, nnz = ptr[rows * ps] - ptr[0];
+  b.ptr.assign(rows * n_cc + 1, 0);
+  b.off.resize(nnz);
+  b.idx.resize(nnz);
+  if (val) b.val.resize(nnz);
+  const int64_t span = plane_sz * cc;
+  const double inv = 1.0 / double(span);
+  auto chunk = [&](int64_t k) {  // off[k] / span without an integer division per entry
+    int64_t c = int64_t(double(off[k]) * inv);
+    c -= c * span > off[k];
+    return c + ((c + 1) * span <= off[k]);
+  };
+  at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t o = lo; o < hi; ++o)
+      for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) ++b.ptr[o * n_cc + chunk(k) + 1];
+  });
+  for (int64_t i = 0; i < rows * n_cc; ++i) b.ptr[i + 1] += b.ptr[i];
+  at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> next(n_cc);
+    for (int64_t o = lo; o < hi; ++o) {
+      std::copy(b.ptr.begin() + o * n_cc, b.ptr.begin() + (o + 1) * n_cc, next.begin());
+      for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) {
+        const int32_t d = next[chunk(k)]++;
+        b.off[d] = off[k];
+        b.idx[d] = int32_t(k - ptr[0]);
+        if (val) b.val[d] = val[k];
+      }
+    }
+  });
+  return b;
+}
+
+constexpr int64_t kPwL1 = 32 << 10;  // bytes of source planes a chunk may span per job
+
+// y[n, o] (Ho x Wo planes) = init[o] + sum over row o's entries k of val[k] * src[n] shifted by off[k],
+// src padded planes of `plane_sz` elements in rows of width Wp, n_src planes per image (`img`
+// elements); row o's entries are ptr[o*ps]..ptr[(o+1)*ps].
+template <typename T>
+void pw_spmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, int64_t N, int64_t rows, const int32_t* ptr,
+             int64_t ps, const int32_t* off, const T* val, const T* init, int64_t Ho, int64_t Wo, int64_t Wp, T* y) {
   if (N == 0 || rows == 0) return;
   const int64_t len = Ho * Wp;
   const PwKernels<T> kk = pick_pw<T>(len);
   const int64_t tile = int64_t(kk.nt) * kk.lanes, n_tiles = (len + tile - 1) / tile, n_groups = (N + kk.nb - 1) / kk.nb;
-  const int64_t n_rc = std::clamp<int64_t>((8 * at::get_num_threads() + n_groups * n_tiles - 1) / (n_groups * n_tiles),
-                                           1, std::max<int64_t>(rows, 1));
-  const int64_t rc = (rows + n_rc - 1) / n_rc;
+  const int64_t span = std::min(plane_sz, tile + 2 * Wp + 2) * int64_t(sizeof(T)) * kk.nb;  // per source plane
+  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, ps, off, val, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
+  int64_t n_rc = std::clamp<int64_t>((8 * at::get_num_threads() + n_groups * n_tiles - 1) / (n_groups * n_tiles), 1, rows);
+  n_rc = std::max(n_rc, (rows + 63) / 64);  // at most 64 rows of partial tiles per job
+  const int64_t rc = (rows + n_rc - 1) / n_rc, n_cc = bk.n_cc;
   at::parallel_for(0, n_groups * n_tiles * n_rc, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(kk.nb * tile);
+    std::vector<T> buf(rc * kk.nb * tile);
     const T* xb[8];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t g = job / (n_tiles * n_rc), i = (job / n_rc) % n_tiles, r0 = (job % n_rc) * rc;
-      const int64_t n0 = g * kk.nb, nb = std::min<int64_t>(kk.nb, N - n0), q0 = i * tile;
+      const int64_t r1 = std::min(rows, r0 + rc), n0 = g * kk.nb, nb = std::min<int64_t>(kk.nb, N - n0), q0 = i * tile;
       const int64_t qe = std::min(q0 + tile, len);
       for (int b = 0; b < kk.nb; ++b) xb[b] = src + std::min(n0 + b, N - 1) * img + q0;  // tail images: recomputed, dropped
-      for (int64_t o = r0; o < std::min(rows, r0 + rc); ++o) {
-        const int64_t k0 = ptr[o * ps];
-        kk.row(xb, off + k0, val + k0, ptr[(o + 1) * ps] - k0, init ? init[o] : T(0), buf.data());
+      for (int64_t j = 0; j < n_cc; ++j)
+        for (int64_t o = r0; o < r1; ++o) {
+          const int64_t k0 = bk.ptr[o * n_cc + j], k1 = bk.ptr[o * n_cc + j + 1];
+          T* ob = buf.data() + (o - r0) * kk.nb * tile;
+          if (j == 0) kk.row(xb, bk.off.data() + k0, bk.val.data() + k0, k1 - k0, init ? init[o] : T(0), nullptr, ob);
+          else if (k1 > k0) kk.row(xb, bk.off.data() + k0, bk.val.data() + k0, k1 - k0, T(0), ob, ob);
+        }
+      for (int64_t o = r0; o < r1; ++o)
         for (int64_t b = 0; b < nb; ++b) {
           T* yp = y + ((n0 + b) * rows + o) * Ho * Wo;
-          const T* bp = buf.data() + b * tile - q0;
+          const T* bp = buf.data() + ((o - r0) * kk.nb + b) * tile - q0;
           for (int64_t q = q0; q < qe; q = (q / Wp + 1) * Wp) {
             const int64_t ho = q / Wp, wo = q % Wp, seg = std::min(qe, ho * Wp + Wo);
             if (q < seg) std::copy(bp + q, bp + seg, yp + ho * Wo + wo);
           }
         }
-      }
     }
   });
 }
@@ -551,26 +612,33 @@ void pw_spmm(const T* src, int64_t img, int64_t N, int64_t rows, const int32_t* 
 // dv[k] = sum_n sum_q gw[n, o_k, q] * src[n] shifted by off[k]; gw planes of `lp` elements (a multiple
 // of the tile, zeros past the valid columns), src as in pw_spmm. Row o's entries are ptr[o]..ptr[o+1].
 template <typename T>
-void pw_sddmm(const T* src, int64_t img, const T* gw, int64_t lp, int64_t N, int64_t rows, const int32_t* ptr,
-              const int32_t* off, const PwKernels<T>& kk, T* dv) {
+void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const T* gw, int64_t lp, int64_t N,
+              int64_t rows, const int32_t* ptr, const int32_t* off, const PwKernels<T>& kk, T* dv) {
   const int64_t tile = int64_t(kk.nt) * kk.lanes, n_tiles = lp / tile;
   const std::vector<T> zeros(tile, T(0));
-  std::fill(dv, dv + ptr[rows], T(0));
+  const int64_t span = plane_sz * int64_t(sizeof(T)) * kk.nb_dot;
+  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, 1, off, nullptr, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
+  const int64_t n_cc = bk.n_cc;
+  std::vector<T> dvb(ptr[rows], T(0));
   for (int64_t n0 = 0; n0 < N; n0 += kk.nb_dot) {  // images outer: their source planes stay in cache
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       const T *xb[8], *gb[8];
-      for (int64_t o = begin; o < end; ++o) {
-        for (int64_t i = 0; i < n_tiles; ++i) {
-          for (int b = 0; b < kk.nb_dot; ++b) {
-            const bool ok = n0 + b < N;  // tail images: zero grad_out, so they add nothing
-            xb[b] = src + (ok ? n0 + b : n0) * img + i * tile;
-            gb[b] = ok ? gw + ((n0 + b) * rows + o) * lp + i * tile : zeros.data();
+      for (int64_t j = 0; j < n_cc; ++j)
+        for (int64_t o = begin; o < end; ++o) {
+          const int64_t k0 = bk.ptr[o * n_cc + j], k1 = bk.ptr[o * n_cc + j + 1];
+          if (k1 == k0) continue;
+          for (int64_t i = 0; i < n_tiles; ++i) {
+            for (int b = 0; b < kk.nb_dot; ++b) {
+              const bool ok = n0 + b < N;  // tail images: zero grad_out, so they add nothing
+              xb[b] = src + (ok ? n0 + b : n0) * img + i * tile;
+              gb[b] = ok ? gw + ((n0 + b) * rows + o) * lp + i * tile : zeros.data();
+            }
+            kk.dot(xb, gb, bk.off.data() + k0, k1 - k0, dvb.data() + k0);
           }
-          kk.dot(xb, gb, off + ptr[o], ptr[o + 1] - ptr[o], dv + ptr[o]);
         }
-      }
     });
   }
+  for (int64_t d = 0; d < ptr[rows]; ++d) dv[bk.idx[d]] = dvb[d];
 }
 
 // Scratch for padded planes: the thread's reusable workspace for fp32 (megabytes: a fresh
@@ -591,12 +659,14 @@ bool pw_fits(int64_t planes, int64_t plane) { return planes * plane + kPwSlack <
 // Offset of entry k of the forward index in one image's padded planes (plane elements, width Wp).
 void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nnz, const Geom& g, int64_t plane,
                         int64_t Wp, int32_t* off) {
+  std::vector<int32_t> col_off(g.C * g.kh * g.kw);  // per column of [out, in*kh*kw]: no divisions per entry
+  for (int64_t c = 0; c < int64_t(col_off.size()); ++c) {
+    int64_t i, r, s;
+    decode(c, g, i, r, s);
+    col_off[c] = int32_t(i * plane + r * g.dh * Wp + s * g.dw);
+  }
   at::parallel_for(0, nnz, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) {
-      int64_t i, r, s;
-      decode(col_idx[order ? order[k] : k], g, i, r, s);
-      off[k] = int32_t(i * plane + r * g.dh * Wp + s * g.dw);
-    }
+    for (int64_t k = b; k < e; ++k) off[k] = col_off[col_idx[order ? order[k] : k]];
   });
 }
 
@@ -921,8 +991,8 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
     pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
     std::vector<int32_t> off(values.size(0));
     pw_forward_offsets(col_idx.data_ptr<int32_t>(), nullptr, values.size(0), g, Hp * Wp, Wp, off.data());
-    pw_spmm<scalar_t>(xp, g.C * Hp * Wp, g.N, g.O, row_ptr.data_ptr<int32_t>(), 1, off.data(), vc.data_ptr<scalar_t>(),
-                      bp, g.Ho, g.Wo, Wp, y.data_ptr<scalar_t>());
+    pw_spmm<scalar_t>(xp, g.C * Hp * Wp, Hp * Wp, g.C, g.N, g.O, row_ptr.data_ptr<int32_t>(), 1, off.data(),
+                      vc.data_ptr<scalar_t>(), bp, g.Ho, g.Wo, Wp, y.data_ptr<scalar_t>());
   });
   return in_format(y, x);
 }
@@ -976,8 +1046,8 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
         }
       }
     });
-    pw_spmm<scalar_t>(gp, g.O * Hq * Wq, g.N, g.C, tp, taps, off.data(), val.data(), nullptr, g.H, g.W, Wq,
-                      dx.data_ptr<scalar_t>());
+    pw_spmm<scalar_t>(gp, g.O * Hq * Wq, Hq * Wq, g.O, g.N, g.C, tp, taps, off.data(), val.data(), nullptr, g.H, g.W,
+                      Wq, dx.data_ptr<scalar_t>());
   });
   return in_format(dx, dy);
 }
@@ -1021,7 +1091,7 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
     pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
     pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, 0, 0, Wp, lp, gp);
     std::vector<scalar_t> dvo(nnz);
-    pw_sddmm<scalar_t>(xp, g.C * Hp * Wp, gp, lp, g.N, g.O, ptr.data(), off.data(), kk, dvo.data());
+    pw_sddmm<scalar_t>(xp, g.C * Hp * Wp, Hp * Wp, g.C, gp, lp, g.N, g.O, ptr.data(), off.data(), kk, dvo.data());
     scalar_t* d = dv.data_ptr<scalar_t>();
     for (int64_t j = 0; j < nnz; ++j) d[order[j]] = dvo[j];
   });
