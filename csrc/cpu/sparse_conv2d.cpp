@@ -544,23 +544,18 @@ PwBuckets<T> pw_bucket(int64_t rows, const int32_t* ptr, int64_t ps, const int32
     c -= c * span > off[k];
     return c + ((c + 1) * span <= off[k]);
   };
-  at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
-    for (int64_t o = lo; o < hi; ++o)
-      for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) ++b.ptr[o * n_cc + chunk(k) + 1];
-  });
+  // serial: a few cheap passes over the entries cost less than the barriers of a parallel region
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) ++b.ptr[o * n_cc + chunk(k) + 1];
   for (int64_t i = 0; i < rows * n_cc; ++i) b.ptr[i + 1] += b.ptr[i];
-  at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
-    std::vector<int32_t> next(n_cc);
-    for (int64_t o = lo; o < hi; ++o) {
-      std::copy(b.ptr.begin() + o * n_cc, b.ptr.begin() + (o + 1) * n_cc, next.begin());
-      for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) {
-        const int32_t d = next[chunk(k)]++;
-        b.off[d] = off[k];
-        b.idx[d] = int32_t(k - ptr[0]);
-        if (val) b.val[d] = val[k];
-      }
+  std::vector<int32_t> next(b.ptr.begin(), b.ptr.end() - 1);
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) {
+      const int32_t d = next[o * n_cc + chunk(k)]++;
+      b.off[d] = off[k];
+      b.idx[d] = int32_t(k - ptr[0]);
+      if (val) b.val[d] = val[k];
     }
-  });
   return b;
 }
 
@@ -620,9 +615,9 @@ void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const 
   const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, 1, off, nullptr, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
   const int64_t n_cc = bk.n_cc;
   std::vector<T> dvb(ptr[rows], T(0));
-  for (int64_t n0 = 0; n0 < N; n0 += kk.nb_dot) {  // images outer: their source planes stay in cache
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      const T *xb[8], *gb[8];
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    const T *xb[8], *gb[8];
+    for (int64_t n0 = 0; n0 < N; n0 += kk.nb_dot)  // images, then source chunks outer: the chunk stays in L1
       for (int64_t j = 0; j < n_cc; ++j)
         for (int64_t o = begin; o < end; ++o) {
           const int64_t k0 = bk.ptr[o * n_cc + j], k1 = bk.ptr[o * n_cc + j + 1];
@@ -636,8 +631,7 @@ void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const 
             kk.dot(xb, gb, bk.off.data() + k0, k1 - k0, dvb.data() + k0);
           }
         }
-    });
-  }
+  });
   for (int64_t d = 0; d < ptr[rows]; ++d) dv[bk.idx[d]] = dvb[d];
 }
 
@@ -665,9 +659,7 @@ void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nn
     decode(c, g, i, r, s);
     col_off[c] = int32_t(i * plane + r * g.dh * Wp + s * g.dw);
   }
-  at::parallel_for(0, nnz, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) off[k] = col_off[col_idx[order ? order[k] : k]];
-  });
+  for (int64_t k = 0; k < nnz; ++k) off[k] = col_off[col_idx[order ? order[k] : k]];
 }
 
 // ---- block-channel fast path (fp32 on AVX2/AVX-512, stride 1): padded-width micro-kernel tiles ----
@@ -1036,16 +1028,14 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
     std::vector<int32_t> off(values.size(0));
     std::vector<scalar_t> val(values.size(0));
     const scalar_t* v = vc.data_ptr<scalar_t>();
-    at::parallel_for(0, g.C * taps, 64, [&](int64_t b, int64_t e) {
-      for (int64_t col = b; col < e; ++col) {
-        const int64_t r = (col % taps) / g.kw, s = col % g.kw;
-        const int64_t shift = (g.ph + (g.kh - 1 - r) * g.dh) * Wq + g.pw + (g.kw - 1 - s) * g.dw;
-        for (int32_t j = tp[col]; j < tp[col + 1]; ++j) {
-          off[j] = int32_t(tc[j] * Hq * Wq + shift);
-          val[j] = v[tperm[j]];
-        }
+    for (int64_t col = 0; col < g.C * taps; ++col) {
+      const int64_t r = (col % taps) / g.kw, s = col % g.kw;
+      const int64_t shift = (g.ph + (g.kh - 1 - r) * g.dh) * Wq + g.pw + (g.kw - 1 - s) * g.dw;
+      for (int32_t j = tp[col]; j < tp[col + 1]; ++j) {
+        off[j] = int32_t(tc[j] * Hq * Wq + shift);
+        val[j] = v[tperm[j]];
       }
-    });
+    }
     pw_spmm<scalar_t>(gp, g.O * Hq * Wq, Hq * Wq, g.O, g.N, g.C, tp, taps, off.data(), val.data(), nullptr, g.H, g.W,
                       Wq, dx.data_ptr<scalar_t>());
   });
