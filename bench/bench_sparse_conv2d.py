@@ -2,10 +2,17 @@
 dense weight: ResNet-18 3x3 layers, fp32, batch 32, forward and forward+backward, timed round-robin
 in one run so ratios see the same load. "speedup" = t_dense / t (same run).
 
-Measured 2026-11-25 on this 2-core CPU (load ~1-3), batch 32, d=0.1, block 32 (speedup vs F.conv2d):
-  256@14  block fwd 3.29x, fwd+bwd 1.75x;  unstructured fwd 0.45x, fwd+bwd 0.46x
-  512@7   block fwd 3.76x, fwd+bwd 2.83x;  unstructured fwd 0.17x, fwd+bwd 0.25x
-The issue's bars (block fwd >= 4x, fwd+bwd >= 3x, unstructured fwd >= 2.5x) are NOT met yet.
+Measured 2026-11-25 13:27-13:31 UTC on this 2-core CPU under load 18-20 (other helpers' builds), batch 32,
+d=0.1, block 32, speedup vs F.conv2d in the same run; "1 thread" = --threads 1 (both sides), which
+the load distorts less (2-thread runs pay for descheduled threads at every barrier):
+                    block fwd   block fwd+bwd   unstructured fwd   unstructured fwd+bwd
+  256@14  2 threads   3.92x        2.61x            2.19x               1.74x
+          1 thread    5.52x        5.71x            2.21x               2.74x
+  512@7   2 threads   2.53x        2.52x            2.07x               1.65x
+          1 thread    4.93x        5.26x            2.09x               2.34x
+torch.sparse (im2col + CSR/BSR mm) forward: 0.16x-1.19x. Block at 64@56 has 2x2 blocks of 32: at
+d=0.1 the random layout has none, so that row times an empty conv. Results in
+bench/results/cpu-2026-11-25/sparse_conv2d-loaded{,-1thread}/. Not re-measured on a quiet machine.
 """
 import torch
 import torch.nn.functional as F
