@@ -11,11 +11,14 @@ Per-task normalisation (evaluation never depends on batch composition):
     task's running statistics, so a test prediction depends only on the input and the task id.
 
 Layers (``mode``):
-  * ``"sparse"``: ``sparsecl.nn.SparseLinear`` (compact storage, real sparse kernels).
+  * ``"sparse"``: ``SparseTrunkLinear`` (frozen CSR part + a trainable ``sparsecl.nn.SparseLinear``,
+    computed as one ``csr_linear`` kernel call over their union).
   * ``"dense-masked"``: ``DenseMaskedLinear``, the peer-library baseline ``F.linear(x, weight * mask)``.
-  * Convolutions: sparsecl has no sparse conv kernel yet, so conv layers are ``MaskedConv2d`` (dense
-    ``nn.Conv2d`` weight times a mask, same DST protocol) in both modes. This is a documented fallback:
-    CNN runs are correct but compute densely.
+  * Convolutions (``make_conv``): sparse mode uses ``SparseTrunkConv2d`` (frozen CSR part + a trainable
+    ``sparsecl.nn.SparseConv2d``, both on the ``csr_conv2d`` kernel) for every groups=1 conv; dense-masked
+    mode uses ``MaskedConv2d`` (dense ``nn.Conv2d`` weight times a mask, same DST protocol). The sparse conv
+    kernels are groups=1 only, so MobileNetV2's depthwise 3x3 convs stay ``MaskedConv2d`` in both modes
+    (they hold a small share of its weights; its stem, expansion and projection 1x1 convs are sparse).
 
 Trunk layers offer to the trainer: ``dst_module()`` (the module the DST engine updates), ``dst_mask()`` /
 ``dense_weight()`` over all positions (frozen and trainable), ``sparse_parameter`` (trainable values),
@@ -31,6 +34,7 @@ from torch import nn
 
 from ..formats import CSRLayout
 from ..nn import SparseConv2d, SparseLinear
+from ..ops import csr_conv2d
 from ..ops.csr_linear import _kernels as _csr_kernels
 
 
@@ -106,7 +110,7 @@ class DenseMaskedLinear(nn.Module):
 
 
 class MaskedConv2d(nn.Module):
-    """Conv2d with a bool mask over its weight (fallback until a sparse conv kernel exists).
+    """Conv2d with a bool mask over its weight (dense-masked mode; depthwise convs in both modes).
 
     The DST view is 2-D: ``dst_mask()``/``dense_weight()`` are [out, in/groups * kh * kw].
     """
@@ -364,6 +368,87 @@ class SparseTrunkLinear(nn.Module):
         self._set_inner(weight, mask & ~owned)
 
 
+class SparseTrunkConv2d(nn.Module):
+    """A groups=1 trunk conv in two compact parts, both on the real sparse conv kernel (``csr_conv2d``):
+    the frozen weights of earlier tasks as CSR values + index in buffers (no gradient, no optimizer
+    state), and ``inner``, a bias-free unstructured ``sparsecl.nn.SparseConv2d`` holding the current
+    task's trainable weights (the module the DST engine sees). The DST view is 2-D,
+    [out, in * kh * kw], as for ``MaskedConv2d``.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_ch, out_ch, 1
+        self.kernel_size, self.stride, self.padding, self.dilation = (kernel_size,) * 2, (stride,) * 2, (padding,) * 2, (1, 1)
+        self._shape2d = (out_ch, in_ch * kernel_size ** 2)
+        empty = torch.zeros(self._shape2d, dtype=torch.bool)
+        self._set_frozen(torch.zeros(self._shape2d), empty)
+        self._set_inner(torch.zeros(self._shape2d), empty)
+
+    def _set_frozen(self, weight, mask):
+        layout = CSRLayout.from_mask(mask)
+        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
+        for name, t in layout.index_tensors().items():
+            self.register_buffer("frozen_" + name, t)
+
+    def _set_inner(self, weight, mask):
+        self.inner = SparseConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                                  bias=False, mask=mask.to(weight.device), device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.inner.values.copy_(self.inner.layout.values_from_dense(weight))
+
+    @property
+    def frozen_layout(self):
+        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
+        return CSRLayout(t[0], t[1], self._shape2d, validate=False, _derived=tuple(t[2:]))
+
+    def forward(self, x):
+        y = self.inner(x)
+        if self.frozen_values.numel():
+            y = y + csr_conv2d(x, self.frozen_values, self.frozen_layout, self.kernel_size, None, self.stride,
+                               self.padding, self.dilation)
+        return y
+
+    def functional(self, x, w):
+        return F.conv2d(x, w.view(self.out_channels, self.in_channels, *self.kernel_size), None, self.stride,
+                        self.padding, self.dilation)
+
+    def dst_module(self):
+        return self.inner
+
+    @property
+    def sparse_parameter(self):
+        return self.inner.sparse_parameter
+
+    def dst_mask(self):
+        """Union of frozen and trainable positions, [out, in * kh * kw]."""
+        return self.frozen_layout.mask() | self.inner.dst_mask()
+
+    mask = dst_mask
+
+    def dense_weight(self):
+        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
+
+    set_trainable = SparseTrunkLinear.set_trainable
+    allocate = SparseTrunkLinear.allocate
+    freeze = SparseTrunkLinear.freeze
+    load_split = SparseTrunkLinear.load_split
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"frozen={self.frozen_values.numel()}, trainable={self.inner.values.numel()}")
+
+
+def make_conv(in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, mode="sparse"):
+    """A trunk conv: ``SparseTrunkConv2d`` in sparse mode for groups=1; ``MaskedConv2d`` in dense-masked
+    mode and for grouped/depthwise convs (sparsecl's sparse conv kernels are groups=1 only)."""
+    if mode not in ("sparse", "dense-masked"):
+        raise ValueError(f"mode must be 'sparse' or 'dense-masked', got {mode!r}")
+    if mode == "sparse" and groups == 1:
+        return SparseTrunkConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding)
+    return MaskedConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups)
+
+
 class TaskBatchNorm2d(nn.Module):
     """One BatchNorm2d per task; ``task`` selects which (set by the owning model)."""
 
@@ -424,7 +509,7 @@ class SmallCNN(ContinualModel):
     def __init__(self, in_channels, n_classes, n_tasks, width=32, mode="sparse"):
         super().__init__()
         chans = [in_channels, width, 2 * width, 4 * width]
-        self.sparse_layers = nn.ModuleList(MaskedConv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.sparse_layers = nn.ModuleList(make_conv(a, b, 3, padding=1, mode=mode) for a, b in zip(chans[:-1], chans[1:]))
         self.norms = nn.ModuleList(TaskBatchNorm2d(c, n_tasks) for c in chans[1:])
         self.heads = nn.ModuleList(nn.Linear(chans[-1], c) for c in n_classes)
 
@@ -446,7 +531,7 @@ class ResNet18(ContinualModel):
         convs, norms = [], []
 
         def conv(a, b, k, s):
-            convs.append(MaskedConv2d(a, b, k, stride=s, padding=k // 2))
+            convs.append(make_conv(a, b, k, stride=s, padding=k // 2, mode=mode))
             norms.append(TaskBatchNorm2d(b, n_tasks))
             return len(convs) - 1
 
@@ -491,7 +576,7 @@ class MobileNetV2(ContinualModel):
         convs, norms = [], []
 
         def conv(a, b, k, s=1, groups=1):
-            convs.append(MaskedConv2d(a, b, k, stride=s, padding=k // 2, groups=groups))
+            convs.append(make_conv(a, b, k, stride=s, padding=k // 2, groups=groups, mode=mode))
             norms.append(TaskBatchNorm2d(b, n_tasks))
             return len(convs) - 1
 
