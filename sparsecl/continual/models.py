@@ -328,8 +328,7 @@ class SparseTrunkLinear(nn.Module):
         return self._union
 
     def forward(self, x):
-        if not self.frozen_values.numel():
-            return self.inner(x)
+        # also without frozen weights: the union path's dX needs no per-step gather through t_perm
         return self.inner(x, self._union_state())
 
     def functional(self, x, w):
