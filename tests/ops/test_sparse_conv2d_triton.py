@@ -197,6 +197,33 @@ def test_launchers_reject_bad_input():
         k.csr_conv2d_forward(xc, vc, lc.row_ptr, lc.col_idx, 7, [3, 3], torch.randn(6), *geom)
 
 
+@interpreter
+def test_registered_triton_ops_match_dispatcher_ops(seed):
+    """The KernelSet's triton_ops (schemas inferred from the launchers' annotations) take the dispatcher ops'
+    arguments in the same order and agree with the C++ CPU ops (run eagerly in the interpreter)."""
+    from sparsecl.ops import sparse_conv2d as sc
+
+    geom = [2, 1], [1, 1], [1, 2]
+    ops = torch.ops.sparsecl
+    for ks, structure in ((sc._bsr_kernels, "block"), (sc._csr_kernels, "unstructured")):
+        if ks._triton is None:
+            ks._register_triton()
+        x, values, layout, _ = _case((2, 20, 24, 7, 6, 3), 0.5, structure, torch.float32, torch.channels_last,
+                                     poison_padding=False)
+        bias = torch.randn(24)
+        if structure == "block":
+            args = [(x, values, layout.row_ptr, layout.col_idx, 24, bias, *geom)]
+            extra_dx, extra_dw = [], [16, [3, 3]]
+        else:
+            args = [(x, values, layout.row_ptr, layout.col_idx, 24, [3, 3], bias, *geom)]
+            extra_dx, extra_dw = [[3, 3]], [[3, 3]]
+        g = torch.randn_like(ks._triton[0](*args[0]))
+        args.append((g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, list(x.shape), *extra_dx, *geom))
+        args.append((g, x, layout.row_idx, layout.col_idx, *extra_dw, *geom))
+        for (name, _, _), triton_op, a in zip(ks.specs, ks._triton, args):
+            assert_close(triton_op(*a), getattr(ops, name)(*a), torch.float32)
+
+
 SM90_SCRIPT = textwrap.dedent('''
     import sys
     sys.path.insert(0, {here!r})
