@@ -9,7 +9,8 @@ Two layouts, two public functions:
 Backward: dX through the layout's transposed index, dValues only at active entries, dBias = sum of
 grad_out. groups=1 only (depthwise convs stay dense ``nn.Conv2d``). NCHW and channels_last inputs; the
 output has the input's memory format. CPU kernels in C++; without the extension a reference that
-builds the dense weight and calls F.conv2d.
+builds the dense weight and calls F.conv2d. CUDA tensors: CUDA C++ or Triton kernels, chosen per op
+("bsr_conv2d" / "csr_conv2d") with ``sparsecl.set_backend``.
 """
 import torch
 import torch.nn.functional as F
