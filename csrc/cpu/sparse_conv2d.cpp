@@ -650,6 +650,10 @@ T* pw_scratch(int slot, int64_t n, at::Tensor& hold, const at::TensorOptions& op
 // The padded-width path needs int32 offsets within one image's padded planes.
 bool pw_fits(int64_t planes, int64_t plane) { return planes * plane + kPwSlack < INT32_MAX; }
 
+// The padded-width dValues kernels multiply x by grad_out's zero garbage columns: 0 * inf would turn
+// entries NaN that the dense convolution keeps finite, so non-finite x takes the general path.
+bool pw_dw_safe(const at::Tensor& x) { return x.numel() == 0 || at::isfinite(x).all().item<bool>(); }
+
 // Offset of entry k of the forward index in one image's padded planes (plane elements, width Wp).
 void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nnz, const Geom& g, int64_t plane,
                         int64_t Wp, int32_t* off) {
@@ -924,7 +928,7 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto dv = at::empty({col_idx.size(0), B, B, g.kh, g.kw}, x.options());
   const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
-  if (mk && g.sh == 1 && g.sw == 1) {
+  if (mk && g.sh == 1 && g.sw == 1 && pw_dw_safe(x)) {
     const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, len = g.Ho * Wp, taps = g.kh * g.kw;
     // x read up to (kw-1)*dw positions past its last padded plane by the garbage columns
     float* xp = cpu::workspace(0, g.N * Hp * Wp * g.C + ((g.kw - 1) * g.dw + 1) * g.C + kPwSlack);
@@ -1056,7 +1060,7 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto xc = x.contiguous();
   auto dv = at::empty({col_idx.size(0)}, x.options());
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, nnz = col_idx.size(0);
-  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.C, Hp * Wp);
+  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.C, Hp * Wp) && pw_dw_safe(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_dw_cpu", [&] {
     const int32_t *ri = row_idx.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
     if (!fast) {

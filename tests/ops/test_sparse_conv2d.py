@@ -226,6 +226,33 @@ def test_csr_conv2d_dw_any_entry_order(seed, stride):
     assert_close(dv, ref[perm], torch.float64)
 
 
+@pytest.mark.parametrize("structure", ["csr", "bsr"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dvalues_with_inf_in_x_match_dense(seed, structure, dtype):
+    """An inf in x's first column is read by the padded-width kernels' garbage columns (times a zero
+    grad_out): dValues must still be finite wherever the dense convolution's weight gradient is."""
+    geom = (2, 5, 6, 6, 7, 3, 1, 1, 1)
+    if structure == "csr":
+        x, values, layout, w = csr_case(geom, 1.0, dtype, torch.contiguous_format)
+    else:
+        x, values, layout, w = bsr_case(geom, 1.0, 16, dtype, torch.contiguous_format)
+    x[:, 1, 3, 0] = float("inf")
+    xr, wr = x.double(), w.double().requires_grad_()
+    g = torch.randn(F.conv2d(xr, wr, padding=1).shape, dtype=torch.float64)
+    F.conv2d(xr, wr, padding=1).backward(g)
+    ops, geo = torch.ops.sparsecl, ([1, 1], [1, 1], [1, 1])
+    if structure == "csr":
+        dv = ops.csr_conv2d_dw(g.to(dtype), x, layout.row_idx, layout.col_idx, [3, 3], *geo)
+        ref = wr.grad.reshape(6, -1)[layout.row_idx.long(), layout.col_idx.long()]
+    else:
+        dv = ops.bsr_conv2d_dw(g.to(dtype), x, layout.row_idx, layout.col_idx, 16, [3, 3], *geo)
+        ref = wr.grad[:, :, :, :].new_zeros(16, 16, 3, 3)
+        ref[:6, :5] = wr.grad
+        ref = ref.unsqueeze(0)
+    assert ref.isfinite().any() and not ref.isfinite().all()
+    torch.testing.assert_close(dv.double(), ref, equal_nan=True, rtol=1e-4, atol=1e-4)
+
+
 # Block-channel fp32 stride-1 convs on AVX2/AVX-512 run the padded-width micro-kernel tiles (14 or 6
 # positions x B channels); other strides, float64 and the generic ISA run the gather-GEMM path.
 BLOCK_PW_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
