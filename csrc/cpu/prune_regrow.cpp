@@ -19,6 +19,8 @@
 #include <cmath>
 #include <memory>
 #include <numeric>
+#include <cstring>
+#include <omp.h>
 #include <type_traits>
 #include <vector>
 
@@ -49,14 +51,45 @@ struct LayerView {
 // candidates also carry their grow key (a dropped position may regrow), read while the line is loaded.
 template <typename K>
 struct Buf {
-  std::unique_ptr<K[]> key, gkey;
-  std::unique_ptr<uint32_t[]> off;
+  K* key = nullptr;
+  K* gkey = nullptr;
+  uint32_t* off = nullptr;
   int64_t size = 0;
-  void alloc(int64_t cap, bool with_gkey) {  // uninitialised: only the pages written are touched
-    key.reset(new K[cap + 16]);
-    if (with_gkey) gkey.reset(new K[cap + 16]);
-    off.reset(new uint32_t[cap + 16]);
+  size_t at = 0;                 // first pass: offset of the packed lists in the scanning thread's arena
+  std::unique_ptr<char[]> own;   // a rescan's storage
+
+  static size_t bytes(int64_t len, bool with_gkey) {  // room for a whole chunk (+16 for full-vector stores)
+    return (size_t(len + 16) * ((with_gkey ? 2 : 1) * sizeof(K) + sizeof(uint32_t)) + 63) & ~size_t(63);
+  }
+  void place(char* p, int64_t len, bool with_gkey) {
+    key = reinterpret_cast<K*>(p);
+    p += size_t(len + 16) * sizeof(K);
+    gkey = with_gkey ? reinterpret_cast<K*>(p) : nullptr;
+    if (with_gkey) p += size_t(len + 16) * sizeof(K);
+    off = reinterpret_cast<uint32_t*>(p);
     size = 0;
+  }
+  void alloc(int64_t len, bool with_gkey) {  // uninitialised: only the pages written are touched
+    own.reset(new char[bytes(len, with_gkey)]);
+    place(own.get(), len, with_gkey);
+  }
+  // Moves the lists down to dst (<= key), back to back; returns the bytes used (rounded to 64).
+  size_t pack(char* dst) {
+    char* q = dst;
+    std::memmove(q, key, size_t(size) * sizeof(K));
+    q += size_t(size) * sizeof(K);
+    if (gkey) std::memmove(q, gkey, size_t(size) * sizeof(K)), q += size_t(size) * sizeof(K);
+    std::memmove(q, off, size_t(size) * sizeof(uint32_t));
+    q += size_t(size) * sizeof(uint32_t);
+    return (size_t(q - dst) + 63) & ~size_t(63);
+  }
+  void place_packed(char* p) {
+    const bool with_gkey = gkey != nullptr;
+    key = reinterpret_cast<K*>(p);
+    p += size_t(size) * sizeof(K);
+    gkey = with_gkey ? reinterpret_cast<K*>(p) : nullptr;
+    if (with_gkey) p += size_t(size) * sizeof(K);
+    off = reinterpret_cast<uint32_t*>(p);
   }
 };
 
@@ -65,7 +98,30 @@ struct Chunk {
   int64_t layer, begin, end;
   Buf<K> d, g;
   int64_t active = 0;  // |A ∩ E| in the chunk
+  int tid = 0;         // thread whose arena holds the first pass's lists
 };
+
+// First-pass scratch, one per thread, kept across calls: fresh pages would be faulted in and zeroed on
+// every call (a measurable share of the time). It grows to the largest call seen.
+struct Arena {
+  std::unique_ptr<char[]> data;
+  size_t cap = 0, used = 0;
+  size_t reserve(size_t n) {  // offset of n bytes after the used ones; may move data
+    if (used + n > cap) {
+      const size_t ncap = std::max(2 * cap, used + n);
+      std::unique_ptr<char[]> bigger(new char[ncap]);
+      if (used) std::memcpy(bigger.get(), data.get(), used);
+      data = std::move(bigger);
+      cap = ncap;
+    }
+    return used;
+  }
+};
+
+Arena& thread_arena() {
+  thread_local Arena arena;
+  return arena;
+}
 
 // Scalar scan of [b, e): counts A ∩ E, keeps drop keys <= hi_d (if want_d) and grow keys <= hi_g (if want_g).
 template <typename S, typename K>
@@ -115,11 +171,11 @@ SPARSECL_PR_TARGET void scan_avx512(const LayerView& L, Chunk<uint32_t>& c, uint
   const __m512i vhd = _mm512_set1_epi32(int(hi_d)), vhg = _mm512_set1_epi32(int(hi_g));
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   int64_t active = 0, nd = 0, ng = 0;
-  uint32_t* dk = want_d ? c.d.key.get() : nullptr;
-  uint32_t* dgk = want_d ? c.d.gkey.get() : nullptr;
-  uint32_t* dof = want_d ? c.d.off.get() : nullptr;
-  uint32_t* gk = want_g ? c.g.key.get() : nullptr;
-  uint32_t* gof = want_g ? c.g.off.get() : nullptr;
+  uint32_t* dk = c.d.key;
+  uint32_t* dgk = c.d.gkey;
+  uint32_t* dof = c.d.off;
+  uint32_t* gk = c.g.key;
+  uint32_t* gof = c.g.off;
   for (int64_t i = c.begin; i < c.end; i += 16) {
     const int64_t rem = c.end - i;
     const __mmask16 lanes = rem >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
@@ -156,11 +212,9 @@ SPARSECL_PR_TARGET void scan_avx512(const LayerView& L, Chunk<uint32_t>& c, uint
 }
 #endif
 
+// Scan into the chunk's buffers, already placed for the wanted sets.
 template <typename S, typename K>
 void scan(const LayerView& L, Chunk<K>& c, K hi_d, K hi_g, bool want_d, bool want_g, bool avx512) {
-  const int64_t len = c.end - c.begin;
-  if (want_d) c.d.alloc(len, true);
-  if (want_g) c.g.alloc(len, false);
 #ifdef SPARSECL_PR_AVX512
   if constexpr (std::is_same_v<S, float>) {
     if (avx512) return scan_avx512(L, c, hi_d, hi_g, want_d, want_g);
@@ -215,12 +269,14 @@ inline int64_t idx_of(R r) {
   return int64_t(uint64_t(r & ((R(1) << (idx_bits < 64 ? idx_bits : 63)) - 1)));
 }
 
-// The n-th smallest rank of v (1 <= n <= |v|, v in index order): a histogram of the key (2048 bins
-// over the keys' range) picks the bin holding it; nth_element orders that bin only, unless the bin holds
-// a single key (heavy ties, e.g. many zero scores), whose ranks then follow the list order.
+// The n-th smallest rank of v (1 <= n <= |v|; v[0, split) and v[split, end) each in index order): a
+// histogram of the key (2048 bins over the keys' range) picks the bin holding it; nth_element orders
+// that bin only, unless the bin holds a single key (heavy ties, e.g. many zero scores), whose ranks then
+// follow the index order: a merge of the bin's two runs.
 template <typename K, typename R>
-R nth_smallest(const std::vector<R>& v, int64_t n) {
+R nth_smallest(const std::vector<R>& v, int64_t n, size_t split) {
   std::vector<R> bin;
+  size_t bin_split = split;
   if (v.size() <= 4096) {
     bin = v;
   } else {
@@ -237,12 +293,18 @@ R nth_smallest(const std::vector<R>& v, int64_t n) {
     int64_t t = 0, below = 0;
     while (below + hist[t] < n) below += hist[t++];
     bin.reserve(hist[t]);
-    for (R r : v)
-      if (int64_t((key_of<K, R>(r) - lo) >> shift) == t) bin.push_back(r);
+    for (size_t j = 0; j < v.size(); ++j) {
+      if (j == split) bin_split = bin.size();
+      if (int64_t((key_of<K, R>(v[j]) - lo) >> shift) == t) bin.push_back(v[j]);
+    }
+    if (split >= v.size()) bin_split = bin.size();
     n -= below;
   }
   const K k0 = key_of<K, R>(bin[0]);
-  if (std::all_of(bin.begin(), bin.end(), [&](R r) { return key_of<K, R>(r) == k0; })) return bin[n - 1];
+  if (std::all_of(bin.begin(), bin.end(), [&](R r) { return key_of<K, R>(r) == k0; })) {
+    std::inplace_merge(bin.begin(), bin.begin() + bin_split, bin.end());  // one key: rank order = index order
+    return bin[n - 1];
+  }
   std::nth_element(bin.begin(), bin.begin() + (n - 1), bin.end());
   return bin[n - 1];
 }
@@ -270,7 +332,7 @@ void gather(const std::vector<Chunk<K>*>& chunks, bool drop_set, std::vector<R>&
   for (auto* c : chunks) {
     const Buf<K>& b = drop_set ? c->d : c->g;
     for (int64_t j = 0; j < b.size; ++j) out.push_back(make_rank<K, R>(b.key[j], c->begin + b.off[j]));
-    if (gkeys) gkeys->insert(gkeys->end(), b.gkey.get(), b.gkey.get() + b.size);
+    if (gkeys) gkeys->insert(gkeys->end(), b.gkey, b.gkey + b.size);
   }
 }
 
@@ -283,7 +345,10 @@ int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g,
   if (n == 0) return 0;
   const K all = ~K(0);
   auto rescan = [&](bool drop_set) {  // the guess was short: every candidate of that set, one chunk at a time
-    for (auto* c : chunks) scan<S, K>(L, *c, all, all, drop_set, !drop_set, avx512);
+    for (auto* c : chunks) {
+      (drop_set ? c->d : c->g).alloc(c->end - c->begin, drop_set);
+      scan<S, K>(L, *c, all, all, drop_set, !drop_set, avx512);
+    }
   };
 
   std::vector<R> drop;
@@ -293,7 +358,7 @@ int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g,
     rescan(true);
     gather<K, R>(chunks, true, drop, &drop_gkey);
   }
-  const R pivot_d = nth_smallest<K, R>(drop, n);
+  const R pivot_d = nth_smallest<K, R>(drop, n, drop.size());
   int64_t nd = 0;
   for (size_t j = 0; j < drop.size(); ++j)
     if (drop[j] <= pivot_d) drop[nd] = drop[j], drop_gkey[nd++] = drop_gkey[j];
@@ -314,11 +379,9 @@ int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g,
     gather<K, R>(chunks, false, grow, nullptr);
     add_drop(all);
   }
-  const int64_t n_inactive = int64_t(grow.size());
+  const size_t n_inactive = grow.size();
   grow.insert(grow.end(), grow_d.begin(), grow_d.end());
-  auto by_index = [](R a, R b) { return idx_of<K, R>(a) < idx_of<K, R>(b); };
-  std::inplace_merge(grow.begin(), grow.begin() + n_inactive, grow.end(), by_index);
-  const R pivot_g = nth_smallest<K, R>(grow, n);
+  const R pivot_g = nth_smallest<K, R>(grow, n, n_inactive);
 
   // D \ G cleared, G \ A set (mask still false); D ∩ G keeps mask and weight. The positions are
   // scattered: the weight and mask lines are prefetched for writing a few items ahead.
@@ -379,10 +442,34 @@ void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>&
   for (int64_t j = 0; j < L; ++j)
     if (views[order[j]].n > 0) bounds[order[j]] = guess_bounds<S, K>(views[order[j]]);
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t j = 0; j < n_chunks; ++j) {
-    Chunk<K>& c = chunks[chunk_order[j]];
-    scan<S, K>(views[c.layer], c, bounds[c.layer].first, bounds[c.layer].second, true, true, avx512);
+  // the first pass: each thread packs its chunks' lists into its arena, back to back
+  std::vector<char*> bases(nt, nullptr);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    Arena& arena = thread_arena();
+    arena.used = 0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < n_chunks; ++j) {
+      Chunk<K>& c = chunks[chunk_order[j]];
+      const int64_t len = c.end - c.begin;
+      const size_t bd = Buf<K>::bytes(len, true);
+      const size_t at = arena.reserve(bd + Buf<K>::bytes(len, false));
+      c.d.place(arena.data.get() + at, len, true);
+      c.g.place(arena.data.get() + at + bd, len, false);
+      scan<S, K>(views[c.layer], c, bounds[c.layer].first, bounds[c.layer].second, true, true, avx512);
+      const size_t pd = c.d.pack(arena.data.get() + at);
+      const size_t pg = c.g.pack(arena.data.get() + at + pd);
+      c.tid = t;
+      c.d.at = at;
+      c.g.at = at + pd;
+      arena.used = at + pd + pg;
+    }
+    bases[t] = arena.data.get();
+  }
+  for (auto& c : chunks) {
+    c.d.place_packed(bases[c.tid] + c.d.at);
+    c.g.place_packed(bases[c.tid] + c.g.at);
   }
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
