@@ -54,6 +54,26 @@ def _fit_all(configs, train, jobs, progress):
     return out
 
 
+def _load_models(models_dir, configs, train):
+    """{name: (model, history)} from ``--models-dir``; the saved config must equal the requested one."""
+    import torch
+
+    from .model import build_model
+
+    if not models_dir:
+        raise SystemExit("--reuse-models needs --models-dir")
+    out = {}
+    for n, c in configs.items():
+        ck = torch.load(os.path.join(models_dir, f"{n}.pt"), map_location="cpu", weights_only=False)
+        if ck["config"] != c:
+            diff = sorted(k for k in set(c) | set(ck["config"]) if c.get(k) != ck["config"].get(k))
+            raise SystemExit(f"saved model {n} was trained with a different config (keys {diff})")
+        model = build_model(train.tasks, c)
+        model.load_state_dict(ck["state_dict"])
+        out[n] = (model.eval(), ck["history"])
+    return out
+
+
 def main(argv=None):
     from ..io import write_bytes_atomic, write_json_atomic
     from .cli import _threads, load_config, load_splits
@@ -67,6 +87,8 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--jobs", type=int, default=1, help="train the two models in this many processes")
     p.add_argument("--models-dir", default=None, help="also save each trained model's state_dict here")
+    p.add_argument("--reuse-models", action="store_true",
+                   help="load the models saved in --models-dir (same config) instead of training them again")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -74,9 +96,13 @@ def main(argv=None):
     train, val, test = load_splits(cfg)
     runs = {}
     configs = {name: {**cfg, "kd_weight": kd} for name, kd in (("ci_kd", float(cfg["kd_weight"])), ("no_kd", 0.0))}
-    for name, (model, hist) in _fit_all(configs, train, args.jobs, not args.no_progress).items():
+    if args.reuse_models:
+        fitted = _load_models(args.models_dir, configs, train)
+    else:
+        fitted = _fit_all(configs, train, args.jobs, not args.no_progress)
+    for name, (model, hist) in fitted.items():
         c = configs[name]
-        if args.models_dir:
+        if args.models_dir and not args.reuse_models:
             import torch
 
             os.makedirs(args.models_dir, exist_ok=True)
