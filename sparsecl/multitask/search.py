@@ -153,13 +153,25 @@ def measure_latency(model, cfgs, hw, batch=1, reps=10, warmup=2):
 EXHAUSTIVE_LIMIT = 50_000
 
 
+def _rescale(table):
+    """{key: value} -> values mapped linearly to [0, 1] (all 0 if constant)."""
+    lo, hi = min(table.values()), max(table.values())
+    return {k: (v - lo) / (hi - lo) if hi > lo else 0.0 for k, v in table.items()}
+
+
 class WidthSearch:
     """(budget in MACs per image, task preferences) -> width Config, within budget (see module docstring).
 
     ``perf``: optional {task: {(encoder width, decoder width): relative performance}} measured on held-out data.
+    ``normalise`` (default True): the objective uses each task's performance rescaled to [0, 1] over its table
+    (worst (e, d) -> 0, best -> 1), so a preference weighs every task's achievable range equally. With the raw
+    Δm scores a task whose metric swings widely (depth RMSE: Δm from -3 to 1 here, edge F: 0.86 to 1) dominates
+    the objective whatever its preference; on the validation split (table from one half, scored on the other)
+    rescaling raised the rank correlation between preference and task performance from 0.77 to 0.82 and
+    lowered the searched configurations' mean Δm score from 0.785 to 0.68 (depth gets less when not preferred).
     """
 
-    def __init__(self, model, hw, perf=None):
+    def __init__(self, model, hw, perf=None, normalise=True):
         self.table = MacTable(model, hw)
         self.tasks, self.widths = self.table.tasks, self.table.widths
         if perf is not None:
@@ -167,6 +179,8 @@ class WidthSearch:
                        if (e, d) not in perf.get(t, {})]
             if missing:
                 raise ValueError(f"performance table lacks entries, e.g. {missing[:3]}")
+            if normalise:
+                perf = {t: _rescale(perf[t]) for t in self.tasks}
         self.perf = perf
         self._all = None
         if perf is not None and len(self.widths) ** (len(self.tasks) + 1) <= EXHAUSTIVE_LIMIT:

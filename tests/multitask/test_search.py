@@ -80,8 +80,8 @@ def test_search_never_exceeds_budget_and_is_fast(seed, with_perf, exhaustive, mo
 def test_exhaustive_search_is_the_best_ordered_configuration_within_budget(seed):
     m = _model()
     rng = np.random.default_rng(seed)
-    perf = _perf(m, rng)
-    s = WidthSearch(m, (32, 32), perf=perf)
+    s = WidthSearch(m, (32, 32), perf=_perf(m, rng))
+    perf = s.perf  # the rescaled table the objective uses
     T = list(m.tasks)
     for _ in range(30):
         B = float(rng.uniform(s.table.min_macs, s.table.max_macs))
@@ -94,6 +94,18 @@ def test_exhaustive_search_is_the_best_ordered_configuration_within_budget(seed)
                 best = max(best, sum(p[i] * perf[t][(c.encoder, d[t])] for i, t in enumerate(T)))
         got = sum(p[i] * perf[t][(cfg.encoder, cfg.dec[t])] for i, t in enumerate(T))
         assert got == pytest.approx(best, abs=1e-12) and macs == s.table.macs(cfg) <= B
+
+
+def test_objective_table_is_rescaled_per_task(seed):
+    m = _model()
+    raw = _perf(m, np.random.default_rng(seed))
+    s = WidthSearch(m, (32, 32), perf=raw)
+    for t in m.tasks:
+        v = np.array([s.perf[t][k] for k in raw[t]])
+        r = np.array([raw[t][k] for k in raw[t]])
+        assert v.min() == 0.0 and v.max() == 1.0
+        np.testing.assert_allclose(v, (r - r.min()) / (r.max() - r.min()))
+    assert WidthSearch(m, (32, 32), perf=raw, normalise=False).perf == raw
 
 
 def test_search_edges():
