@@ -11,7 +11,7 @@ Encoder (input H x W, base channels (c0, c1, c2)):
     block(c0->c0, stride 1), block(c0->c1, stride 2), block(c1->c2, stride 2)   H, H/2, H/4
     block = 3x3 conv, BN, ReLU, 3x3 conv, BN, + shortcut (1x1 conv + BN when the shape changes), ReLU
 Dense decoder (d channels): 3x3 conv c2->d, BN, ReLU at H/4; upsample to H/2; 3x3 conv d->d, BN, ReLU;
-    upsample to H; 1x1 conv d->out. Classification decoder: global average pool, linear c2->d, ReLU, linear d->out.
+    upsample to H; 1x1 conv d->out. Its BNs are switched per (encoder width, decoder width). Classification decoder: global average pool, linear c2->d, ReLU, linear d->out.
 """
 import contextlib
 import math
@@ -86,18 +86,29 @@ class Encoder(nn.Module):
 
 
 class DenseDecoder(nn.Module):
+    """Decoder BatchNorms keep statistics and affine parameters per (encoder width, decoder width):
+    ``bn1[k]`` is a SwitchableBatchNorm2d (one BN per decoder width) for encoder width ``widths[k]``, picked
+    from the feature channel count. The decoder's activations depend on how many encoder channels it sums
+    over, so statistics shared across encoder widths are wrong for all but one of them (at deployment a wider
+    decoder then scored *worse* on the narrowest encoder)."""
+
     def __init__(self, cin, d, out, widths):
         super().__init__()
+        self.enc_channels = tuple(channels(cin, w) for w in widths)
         self.conv1 = snn.SlimmableConv2d(cin, d, 3, padding=1, bias=False)
-        self.bn1 = snn.SwitchableBatchNorm2d(d, widths)
+        self.bn1 = nn.ModuleList(snn.SwitchableBatchNorm2d(d, widths) for _ in widths)
         self.conv2 = snn.SlimmableConv2d(d, d, 3, padding=1, bias=False)
-        self.bn2 = snn.SwitchableBatchNorm2d(d, widths)
+        self.bn2 = nn.ModuleList(snn.SwitchableBatchNorm2d(d, widths) for _ in widths)
         self.head = snn.SlimmableConv2d(d, out, 1, slim_out=False)
 
     def forward(self, f, hw):
-        y = F.relu(self.bn1(self.conv1(f)))
+        if f.shape[1] not in self.enc_channels:
+            raise ValueError(f"decoder expects encoder features with one of {self.enc_channels} channels, "
+                             f"got {f.shape[1]}")
+        k = self.enc_channels.index(f.shape[1])
+        y = F.relu(self.bn1[k](self.conv1(f)))
         y = F.interpolate(y, size=(math.ceil(hw[0] / 2), math.ceil(hw[1] / 2)), mode="bilinear", align_corners=False)
-        y = F.relu(self.bn2(self.conv2(y)))
+        y = F.relu(self.bn2[k](self.conv2(y)))
         y = F.interpolate(y, size=tuple(hw), mode="bilinear", align_corners=False)
         return self.head(y)
 

@@ -18,10 +18,20 @@ Search (``WidthSearch.__call__(budget, prefs)``), for each encoder width e of th
      of any more-preferred task (only lowers cost).
   4. Leftover budget is spent by raising decoders one grid step at a time, most-preferred first, while the
      total fits and step 3's ordering holds.
-Among the feasible encoder widths it returns the candidate with the best objective: with a performance table
-(relative task performance per (e, task, d), measured on held-out data), Σ_t p_t·perf_t(e, d_t); without one,
-the most MACs used (ties -> wider encoder). Every candidate is within budget by construction, and the result
-is re-checked against the budget. If even the smallest configuration exceeds the budget, ValueError.
+Among the feasible encoder widths it returns the candidate using the most MACs (ties -> wider encoder), or,
+with a performance table, the best Σ_t p_t·perf_t(e, d_t) (ties -> more MACs, then wider encoder).
+
+With a performance table (relative task performance per (e, task, d), measured on held-out data) and at most
+``EXHAUSTIVE_LIMIT`` configurations, the search is exhaustive instead: among all configurations within budget
+whose decoder widths respect the preference order (p_i > p_j => d_i >= d_j), it returns the one maximising
+Σ_t p_t·perf_t(e, d_t) (ties -> more MACs, then wider encoder): one masked argmax over precomputed cost and
+performance arrays. The water-filling allocation spreads the decoder budget by preference share even where a
+task's performance hardly depends on its decoder width; the exhaustive search spends it where the preference-
+weighted performance gains, and on the validation split (table from one half, scored on the other) it raised
+the rank correlation between preference and task performance from 0.67 to 0.77. Larger grids (many tasks) use
+the water-filling search.
+Every result is within budget by construction and re-checked. If even the smallest configuration exceeds the
+budget, ValueError.
 ``uniform=True`` is the uniform-allocation baseline: all decoders share one width, chosen ignoring the
 preference (the widest equal width that fits, objective evaluated with uniform preference).
 """
@@ -140,13 +150,28 @@ def measure_latency(model, cfgs, hw, batch=1, reps=10, warmup=2):
     return out
 
 
+EXHAUSTIVE_LIMIT = 50_000
+
+
+def _rescale(table):
+    """{key: value} -> values mapped linearly to [0, 1] (all 0 if constant)."""
+    lo, hi = min(table.values()), max(table.values())
+    return {k: (v - lo) / (hi - lo) if hi > lo else 0.0 for k, v in table.items()}
+
+
 class WidthSearch:
     """(budget in MACs per image, task preferences) -> width Config, within budget (see module docstring).
 
     ``perf``: optional {task: {(encoder width, decoder width): relative performance}} measured on held-out data.
+    ``normalise`` (default True): the objective uses each task's performance rescaled to [0, 1] over its table
+    (worst (e, d) -> 0, best -> 1), so a preference weighs every task's achievable range equally. With the raw
+    Δm scores a task whose metric swings widely (depth RMSE: Δm from -3 to 1 here, edge F: 0.86 to 1) dominates
+    the objective whatever its preference; on the validation split (table from one half, scored on the other)
+    rescaling raised the rank correlation between preference and task performance from 0.77 to 0.82 and
+    lowered the searched configurations' mean Δm score from 0.785 to 0.68 (depth gets less when not preferred).
     """
 
-    def __init__(self, model, hw, perf=None):
+    def __init__(self, model, hw, perf=None, normalise=True):
         self.table = MacTable(model, hw)
         self.tasks, self.widths = self.table.tasks, self.table.widths
         if perf is not None:
@@ -154,7 +179,19 @@ class WidthSearch:
                        if (e, d) not in perf.get(t, {})]
             if missing:
                 raise ValueError(f"performance table lacks entries, e.g. {missing[:3]}")
+            if normalise:
+                perf = {t: _rescale(perf[t]) for t in self.tasks}
         self.perf = perf
+        self._all = None
+        if perf is not None and len(self.widths) ** (len(self.tasks) + 1) <= EXHAUSTIVE_LIMIT:
+            import itertools
+
+            G = self.widths
+            lev = np.array(list(itertools.product(range(len(G)), repeat=len(self.tasks) + 1)), dtype=np.int64)
+            cost = np.array([self.table.enc[G[c[0]]] + sum(self.table.dec[t][(G[c[0]], G[c[1 + i]])]
+                                                           for i, t in enumerate(self.tasks)) for c in lev])
+            score = np.array([[perf[t][(G[c[0]], G[c[1 + i]])] for i, t in enumerate(self.tasks)] for c in lev])
+            self._all = (lev, cost, score)
 
     def _prefs(self, prefs):
         if isinstance(prefs, dict):
@@ -218,6 +255,8 @@ class WidthSearch:
             raise ValueError(f"budget {budget:.0f} MACs is below the smallest configuration "
                              f"({self.table.min_macs} MACs at width {self.widths[0]} everywhere)")
         G = self.widths
+        if self._all is not None and not uniform:
+            return self._exhaustive(budget, p)
         best = None
         for e in G:
             R = budget - self.table.enc[e]
@@ -239,7 +278,24 @@ class WidthSearch:
             if best is None or rank > best[0]:
                 best = (rank, e, levels, total)
         _, e, levels, total = best
-        cfg = Config.make(e, [(t, G[levels[i]]) for i, t in enumerate(self.tasks)])
+        return self._checked(Config.make(e, [(t, G[levels[i]]) for i, t in enumerate(self.tasks)]), total, budget)
+
+    def _exhaustive(self, budget, p):
+        lev, cost, score = self._all
+        ok = cost <= budget
+        for i in range(len(p)):
+            for j in range(len(p)):
+                if p[i] > p[j]:
+                    ok &= lev[:, 1 + i] >= lev[:, 1 + j]
+        idx = np.flatnonzero(ok)  # never empty: the all-smallest configuration fits and respects any order
+        s = score[idx] @ p
+        idx = idx[s == s.max()]
+        k = idx[np.lexsort((lev[idx, 0], cost[idx]))[-1]]
+        G = self.widths
+        cfg = Config.make(G[lev[k, 0]], [(t, G[lev[k, 1 + i]]) for i, t in enumerate(self.tasks)])
+        return self._checked(cfg, int(cost[k]), budget)
+
+    def _checked(self, cfg, total, budget):
         if self.table.macs(cfg) > budget:  # cannot happen by construction; never hand back an over-budget answer
             raise AssertionError(f"search produced {cfg.key()} at {self.table.macs(cfg)} MACs > budget {budget}")
         return cfg, total

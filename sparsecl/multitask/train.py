@@ -9,12 +9,15 @@ then takes one optimizer step. The loss is
 
     L = Σ_t w_t·ℓ_t(SuperNet) + Σ_{s ∈ SubNets} [ Σ_t w_t·ℓ_t(s) + λ·KD(s) ]
 
-    KD(s) = mean over (batch, channel, pixel) of ( F_s - sg(F_1.0)[:, :c_s] )²
+    KD(s) = mean_{b,c,px}( F_s - sg(F_1.0)[:, :c_s] )² / ( mean_{b,c,px}( sg(F_1.0)[:, :c_s] )² + 1e-6 )
 
 with ℓ_t the task loss (``metrics.task_loss``), w_t the task weights, F_s the encoder output of SubNet s
 (c_s = channels(c_enc, e_s) channels, the decoders' input), F_1.0 the SuperNet's encoder output from the same
 batch, and sg = stop-gradient (the teacher is detached: KD moves only the SubNet's path, never the SuperNet).
-A SubNet with encoder width 1.0 has KD = 0 (it is the teacher's own encoder).
+A SubNet with encoder width 1.0 has KD = 0 (it is the teacher's own encoder). The numerator is the paper's
+feature-matching MSE; the denominator (detached, so it only rescales the gradient) makes KD a relative squared
+error, independent of the feature scale that the encoder's BN affine parameters drift to, so one λ means the
+same thing at every step, width and dataset. λ (``kd_weight``) is chosen on the validation split.
 
 Channel alignment: the first c_s teacher channels. A slimmable layer at width e computes exactly the first c_s
 output filters of the full layer (W[:c_s]), so SubNet channel j and SuperNet channel j come from the same
@@ -47,11 +50,13 @@ DEFAULTS = {
 
 
 def kd_loss(student, teacher):
-    """CI-KD: mean squared error between SubNet features and the first c_s detached SuperNet channels."""
+    """CI-KD: squared error between SubNet features [B, c_s, h, w] and the first c_s channels of the detached
+    SuperNet features [B, C, h, w], relative to the teacher's mean square (module docstring)."""
     c = student.shape[1]
     if c > teacher.shape[1] or student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
         raise ValueError(f"student features {tuple(student.shape)} do not fit teacher {tuple(teacher.shape)}")
-    return torch.mean((student - teacher[:, :c].detach()) ** 2)
+    t = teacher[:, :c].detach()
+    return torch.mean((student - t) ** 2) / (torch.mean(t ** 2) + 1e-6)
 
 
 def sample_configs(model, n_random, rng):
@@ -132,9 +137,8 @@ def recalibrate(model, data, n_batches, batch_size, gen=None):
     """Recompute switchable-BN statistics from ``n_batches`` training batches.
 
     One ``recalibrate_bn`` pass per decoder width d; within it every batch runs through the encoder at every
-    grid width, so a decoder BN at width d averages its statistics over all the encoder widths that feed it at
-    deployment (recalibrating only at e = d left the e != d configurations badly calibrated), while each
-    encoder BN sees only its own width.
+    grid width, so each (encoder width, decoder width) decoder BN and each encoder-width BN sees exactly the
+    features it normalises at deployment.
     """
     batches = [data.batch(torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen))[0]
                for _ in range(max(1, n_batches))]

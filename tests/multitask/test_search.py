@@ -51,11 +51,15 @@ def _perf(m, rng):
                 for e in m.widths for d in m.widths} for t in m.tasks}
 
 
-@pytest.mark.parametrize("with_perf", [False, True])
-def test_search_never_exceeds_budget_and_is_fast(seed, with_perf):
+@pytest.mark.parametrize("with_perf,exhaustive", [(False, False), (True, False), (True, True)])
+def test_search_never_exceeds_budget_and_is_fast(seed, with_perf, exhaustive, monkeypatch):
+    import sparsecl.multitask.search as search_mod
+
+    monkeypatch.setattr(search_mod, "EXHAUSTIVE_LIMIT", 10 ** 6 if exhaustive else 0)
     m = _model()
     rng = np.random.default_rng(seed)
     s = WidthSearch(m, (32, 32), perf=_perf(m, rng) if with_perf else None)
+    assert (s._all is not None) == exhaustive
     lo, hi = s.table.min_macs, s.table.max_macs
     times = []
     for _ in range(1000):
@@ -71,6 +75,37 @@ def test_search_never_exceeds_budget_and_is_fast(seed, with_perf):
                 if p[i] > p[j]:
                     assert w[a] >= w[b], (p, cfg.key())
     assert np.median(times) < 5e-3, f"median search time {np.median(times) * 1e3:.2f} ms"
+
+
+def test_exhaustive_search_is_the_best_ordered_configuration_within_budget(seed):
+    m = _model()
+    rng = np.random.default_rng(seed)
+    s = WidthSearch(m, (32, 32), perf=_perf(m, rng))
+    perf = s.perf  # the rescaled table the objective uses
+    T = list(m.tasks)
+    for _ in range(30):
+        B = float(rng.uniform(s.table.min_macs, s.table.max_macs))
+        p = rng.dirichlet(np.ones(3))
+        cfg, macs = s(B, p)
+        best = -np.inf
+        for c in m.all_configs():  # reference: brute force over Config objects
+            d = c.dec
+            if s.table.macs(c) <= B and all(d[T[i]] >= d[T[j]] for i in range(3) for j in range(3) if p[i] > p[j]):
+                best = max(best, sum(p[i] * perf[t][(c.encoder, d[t])] for i, t in enumerate(T)))
+        got = sum(p[i] * perf[t][(cfg.encoder, cfg.dec[t])] for i, t in enumerate(T))
+        assert got == pytest.approx(best, abs=1e-12) and macs == s.table.macs(cfg) <= B
+
+
+def test_objective_table_is_rescaled_per_task(seed):
+    m = _model()
+    raw = _perf(m, np.random.default_rng(seed))
+    s = WidthSearch(m, (32, 32), perf=raw)
+    for t in m.tasks:
+        v = np.array([s.perf[t][k] for k in raw[t]])
+        r = np.array([raw[t][k] for k in raw[t]])
+        assert v.min() == 0.0 and v.max() == 1.0
+        np.testing.assert_allclose(v, (r - r.min()) / (r.max() - r.min()))
+    assert WidthSearch(m, (32, 32), perf=raw, normalise=False).perf == raw
 
 
 def test_search_edges():

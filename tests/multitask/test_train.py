@@ -14,9 +14,11 @@ def test_kd_loss_compares_first_channels():
     teacher = torch.randn(2, 8, 3, 3)
     student = torch.randn(2, 4, 3, 3, requires_grad=True)
     loss = kd_loss(student, teacher)
-    assert loss.item() == pytest.approx(((student.detach() - teacher[:, :4]) ** 2).mean().item())
+    energy = (teacher[:, :4] ** 2).mean().item() + 1e-6
+    assert loss.item() == pytest.approx(((student.detach() - teacher[:, :4]) ** 2).mean().item() / energy)
     loss.backward()
-    assert torch.allclose(student.grad, 2 * (student.detach() - teacher[:, :4]) / student.numel())
+    assert torch.allclose(student.grad, 2 * (student.detach() - teacher[:, :4]) / student.numel() / energy)
+    assert kd_loss(3 * student, 3 * teacher).item() == pytest.approx(loss.item(), rel=1e-5)  # scale-free
     t = teacher.clone().requires_grad_(True)
     kd_loss(student, t).backward()
     assert t.grad is None  # the teacher is detached
@@ -83,3 +85,17 @@ def test_train_step_kd_only_touches_subnet_path(kd_weight):
     if kd_weight:
         stem = m.encoder.stem.weight.grad
         assert stem[channels(8, 0.25):].abs().sum() > 0  # full-width rows only from the SuperNet loss
+
+
+@needs_slim
+def test_decoder_bn_is_switched_per_encoder_and_decoder_width():
+    data = synthetic_scenes(3, size=16)
+    m = MultiTaskNet(data.tasks, (8, 16, 24), 12).train()
+    with m.using(m.config(0.25, {"seg": 0.5, "depth": 1.0, "edge": 0.25})):
+        m(data.images)
+    dec = m.decoders["seg"]
+    tracked = [[int(bn.num_batches_tracked) for bn in sw.bn] for sw in dec.bn1]
+    assert tracked == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert [[int(bn.num_batches_tracked) for bn in sw.bn] for sw in dec.bn2] == tracked
+    with pytest.raises(ValueError, match="encoder features"):
+        dec(torch.randn(1, 5, 4, 4), (16, 16))
