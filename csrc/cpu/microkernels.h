@@ -123,8 +123,9 @@ inline const MicroKernels* micro_kernels(Isa isa) {
 // Scratch memory of the calling thread, kept between calls: packed panels of a large input are tens
 // of MB, and fresh allocations that size come from mmap, so every call would pay the page faults
 // and zeroing (measured: as long as the FMAs themselves at T=4096, 768->3072, d=0.1).
-inline float* workspace(int slot, int64_t n) {
-  thread_local std::vector<float> buffers[2];
+template <typename T = float>
+inline T* workspace(int slot, int64_t n) {
+  thread_local std::vector<T> buffers[2];
   auto& buf = buffers[slot];
   if (int64_t(buf.size()) < n) buf.resize(n);
   return buf.data();
