@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -32,6 +33,7 @@ namespace {
 
 constexpr int64_t kPanel = 32;     // tokens per panel: an xT panel of 4096 features is 512 KiB, half an L2
 constexpr int64_t kRowGroup = 16;  // output rows buffered before the transposed store into y
+static_assert(kRowGroup == 16 && kPanel % 16 == 0, "the AVX-512 transposes move 16 x 16 tiles");
 
 // Runs fn(job) for job in [0, n_jobs) on the intra-op threads, handing out jobs dynamically: the
 // 2-core machines this targets are shared, and a static split stalls on a descheduled thread.
@@ -70,7 +72,7 @@ struct Tokens {
 // Panel p of the token-transposed operand: out[i * P + t] = a[p * P + t, i], zero for tokens >= n.
 // Column blocks of 64 keep the block being written (64 x P) in L1.
 template <typename T>
-void transpose_panel(const Tokens<T>& a, int64_t p, T* out) {
+void transpose_panel_portable(const Tokens<T>& a, int64_t p, T* out) {
   constexpr int64_t kColBlock = 64;
   const int64_t t0 = p * kPanel, tn = std::min(kPanel, a.n - t0);
   for (int64_t i0 = 0; i0 < a.cols; i0 += kColBlock) {
@@ -87,13 +89,90 @@ void transpose_panel(const Tokens<T>& a, int64_t p, T* out) {
   }
 }
 
+#if defined(__x86_64__)
+// In-register 16 x 16 transpose: r[i] holds row i on entry and column i on exit.
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane L: t[2i] = a[4L] b[4L] a[4L+1] b[4L+1], a, b = rows 2i, 2i+1
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + j], lane L: column 4L + j of rows 4i .. 4i + 3
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {  // column 4L + j = lane L of r[j], r[4 + j], r[8 + j], r[12 + j]
+    const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// transpose_panel for contiguous float rows: 16 x 16 tiles through registers, masked at the edges.
+__attribute__((target("avx512f"))) void transpose_panel_avx512(const float* a, int64_t lda, int64_t n_tokens,
+                                                                int64_t cols, int64_t t0, float* out) {
+  const int64_t tn = std::min(kPanel, n_tokens - t0);
+  __m512 r[16];
+  for (int64_t i0 = 0; i0 < cols; i0 += 16) {
+    const int64_t in = std::min<int64_t>(16, cols - i0);
+    const __mmask16 m = __mmask16((1u << in) - 1);
+    for (int64_t h = 0; h < kPanel; h += 16) {
+      for (int t = 0; t < 16; ++t)
+        r[t] = h + t < tn ? _mm512_maskz_loadu_ps(m, a + (t0 + h + t) * lda + i0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int64_t i = 0; i < in; ++i) _mm512_storeu_ps(out + (i0 + i) * kPanel + h, r[i]);
+    }
+  }
+}
+
+// The transposed store of panel_rows for a full group of 16 rows: y[t0 + t, g0 + r] = buf[r * P + t] + bias.
+__attribute__((target("avx512f"))) void store_group_avx512(const float* buf, int64_t tn, const float* bias,
+                                                            float* y, int64_t ldy) {
+  const __m512 b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  __m512 r[16];
+  for (int64_t h = 0; h < tn; h += 16) {
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(buf + i * kPanel + h);
+    transpose16(r);
+    for (int64_t t = 0; t < std::min<int64_t>(16, tn - h); ++t) _mm512_storeu_ps(y + (h + t) * ldy, _mm512_add_ps(r[t], b));
+  }
+}
+#endif
+
+// Whether the float kernels run on AVX-512 (the transposes then go 16 x 16 through registers).
+template <typename T>
+bool use_avx512() {
+#if defined(__x86_64__)
+  return std::is_same_v<T, float> && cpu::active_isa() == cpu::Isa::kAvx512;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void transpose_panel(const Tokens<T>& a, int64_t p, bool simd, T* out) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (simd && a.s1 == 1) return transpose_panel_avx512(a.p, a.s0, a.n, a.cols, p * kPanel, out);
+  }
+#endif
+  transpose_panel_portable(a, p, out);
+}
+
 // All panels of a into the calling thread's workspace slot: [n_panels, cols, P].
 template <typename T>
 T* transpose_all(const Tokens<T>& a, int slot) {
   const int64_t n_panels = (a.n + kPanel - 1) / kPanel;
   T* out = cpu::workspace<T>(slot, n_panels * a.cols * kPanel);
+  const bool simd = use_avx512<T>();
   at::parallel_for(0, n_panels, 1, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p) transpose_panel(a, p, out + p * a.cols * kPanel);
+    for (int64_t p = b; p < e; ++p) transpose_panel(a, p, simd, out + p * a.cols * kPanel);
   });
   return out;
 }
@@ -191,13 +270,21 @@ RowFn<float> pick_row_kernel<float>() {
 // Rows [r0, r1) of one token panel xp (tokens t0 .. t0 + P) into y [T, n_rows] (+ bias), kRowGroup
 // rows at a time through a buffer, so each token's stores into y are contiguous.
 template <typename T>
-void panel_rows(RowFn<T> row, const T* xp, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r0,
+void panel_rows(RowFn<T> row, bool simd, const T* xp, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r0,
                 int64_t r1, int64_t n_tokens, int64_t t0, int64_t n_rows, const T* bias, T* y) {
   alignas(64) T buf[kRowGroup * kPanel];
   const int64_t tn = std::min(kPanel, n_tokens - t0);
   for (int64_t g0 = r0; g0 < r1; g0 += kRowGroup) {
     const int64_t gn = std::min(kRowGroup, r1 - g0);
     for (int64_t r = 0; r < gn; ++r) row(xp, vals, rp, ci, g0 + r, buf + r * kPanel);
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (simd && gn == kRowGroup) {
+        store_group_avx512(buf, tn, bias ? bias + g0 : nullptr, y + t0 * n_rows + g0, n_rows);
+        continue;
+      }
+    }
+#endif
     for (int64_t t = 0; t < tn; ++t) {
       T* yr = y + (t0 + t) * n_rows + g0;
       for (int64_t r = 0; r < gn; ++r) yr[r] = buf[r * kPanel + t] + (bias ? bias[g0 + r] : T(0));
@@ -214,11 +301,12 @@ void spmm_tokens(const Tokens<T>& a, const T* vals, const int32_t* rp, const int
                  const T* bias, T* y) {
   const int64_t n_panels = (a.n + kPanel - 1) / kPanel, threads = at::get_num_threads();
   const RowFn<T> row = pick_row_kernel<T>();
+  const bool simd = use_avx512<T>();
   if (n_panels >= 2 * threads) {
     parallel_jobs(n_panels, [&](int64_t p) {
       T* xp = cpu::workspace<T>(0, a.cols * kPanel);
-      transpose_panel(a, p, xp);
-      panel_rows(row, xp, vals, rp, ci, 0, n_rows, a.n, p * kPanel, n_rows, bias, y);
+      transpose_panel(a, p, simd, xp);
+      panel_rows(row, simd, xp, vals, rp, ci, 0, n_rows, a.n, p * kPanel, n_rows, bias, y);
     });
     return;
   }
@@ -230,7 +318,7 @@ void spmm_tokens(const Tokens<T>& a, const T* vals, const int32_t* rp, const int
   bounds.back() = n_rows;
   parallel_jobs(n_panels * n_chunks, [&](int64_t job) {
     const int64_t p = job / n_chunks, c = job % n_chunks;  // consecutive jobs share a panel (cache reuse)
-    panel_rows(row, xT + p * a.cols * kPanel, vals, rp, ci, bounds[c], bounds[c + 1], a.n, p * kPanel, n_rows, bias,
+    panel_rows(row, simd, xT + p * a.cols * kPanel, vals, rp, ci, bounds[c], bounds[c + 1], a.n, p * kPanel, n_rows, bias,
                y);
   });
 }
