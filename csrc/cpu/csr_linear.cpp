@@ -1,16 +1,18 @@
 // Unstructured (element-granular CSR) linear on CPU: y = x @ W.T (+ bias), W [out, in] stored as
 // values[nnz] with int32 row_ptr/col_idx over output rows.
 //
-// Every kernel works on token-transposed operands: x is transposed once into panel-major
-// xT [Tp / P, in, P] (tokens zero-padded to a multiple of the panel width P; one panel is a
-// contiguous block that stays in L2), so one nonzero W[o, i] becomes the AXPY
-// yT[o, panel] += v * xT[i, panel] over P contiguous tokens, vectorised over tokens with the
-// accumulators of one output row held in registers for all of its nonzeros.
-//   forward  jobs = token panels x output-row chunks of balanced nnz
+// Every kernel works on token-transposed panels: xT[i, t] for P = 32 tokens (zero-padded at the
+// end), one contiguous block of in * P floats (512 KiB at in = 4096, half an L2) in scratch memory
+// on 2 MiB pages, so one nonzero W[o, i] becomes the AXPY yT[o, panel] += v * xT[i, panel] over P
+// contiguous tokens, vectorised over tokens with the accumulators of one output row held in
+// registers for all of its nonzeros (4 nonzeros in flight on AVX-512).
+//   forward  with >= 2 panels per thread, a job is one panel (transposed by its thread, then all
+//            rows); otherwise the panels are transposed up front and jobs are (panel, row chunk)
 //   dX       the same kernel over the transposed index (values gathered through t_perm)
 //   dValues  SDDMM: dv[k] = dot(dYT[row_k, :], xT[col_k, :]), only at the nonzeros
-// AVX-512 and AVX2 float kernels are compiled with function target attributes and picked at run
-// time (isa.h); other ISAs and float64 use the portable template.
+// AVX-512 and AVX2 float kernels are compiled with function target attributes and picked per call
+// with cpu::active_isa() (isa.h: SPARSECL_CPU_ISA forces a lower one); float64 and the generic
+// path use the portable templates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -11,7 +11,7 @@ from sparsecl.ops.csr_linear import _reference_dw, _reference_dx, _reference_for
 from .._ref import assert_close, noncontiguous
 from ..conftest import DEVICES
 
-SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 64-token panel or the 16-row group
+SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 32-token panel or the 16-row group
     (0, 64, 64), (1, 1, 1), (1, 32, 32), (7, 96, 64), (65, 100, 70), (130, 17, 33), (5, 0, 9), (4, 9, 0),
 ]
 DENSITIES = [0.0, "one", 0.1, 0.5, 1.0]
