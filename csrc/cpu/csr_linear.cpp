@@ -1,16 +1,18 @@
 // Unstructured (element-granular CSR) linear on CPU: y = x @ W.T (+ bias), W [out, in] stored as
 // values[nnz] with int32 row_ptr/col_idx over output rows.
 //
-// Every kernel works on token-transposed operands: x is transposed once into panel-major
-// xT [Tp / P, in, P] (tokens zero-padded to a multiple of the panel width P; one panel is a
-// contiguous block that stays in L2), so one nonzero W[o, i] becomes the AXPY
-// yT[o, panel] += v * xT[i, panel] over P contiguous tokens, vectorised over tokens with the
-// accumulators of one output row held in registers for all of its nonzeros.
-//   forward  jobs = token panels x output-row chunks of balanced nnz
+// Every kernel works on token-transposed panels: xT[i, t] for P = 32 tokens (zero-padded at the
+// end), one contiguous block of in * P floats (512 KiB at in = 4096, half an L2) in scratch memory
+// on 2 MiB pages, so one nonzero W[o, i] becomes the AXPY yT[o, panel] += v * xT[i, panel] over P
+// contiguous tokens, vectorised over tokens with the accumulators of one output row held in
+// registers for all of its nonzeros (4 nonzeros in flight on AVX-512).
+//   forward  with >= 2 panels per thread, a job is one panel (transposed by its thread, then all
+//            rows); otherwise the panels are transposed up front and jobs are (panel, row chunk)
 //   dX       the same kernel over the transposed index (values gathered through t_perm)
 //   dValues  SDDMM: dv[k] = dot(dYT[row_k, :], xT[col_k, :]), only at the nonzeros
-// AVX-512 and AVX2 float kernels are compiled with function target attributes and picked at run
-// time (isa.h); other ISAs and float64 use the portable template.
+// AVX-512 and AVX2 float kernels are compiled with function target attributes and picked per call
+// with cpu::active_isa() (isa.h: SPARSECL_CPU_ISA forces a lower one); float64 and the generic
+// path use the portable templates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -25,13 +28,14 @@
 #endif
 
 #include "checks.h"
-#include "cpu/isa.h"
+#include "cpu/microkernels.h"
 
 namespace sparsecl {
 namespace {
 
-constexpr int64_t kPanel = 64;       // tokens per panel (an xT panel of 4096 rows is 1 MiB in fp32)
-constexpr int64_t kRowGroup = 16;    // output rows buffered before the transposed store into y
+constexpr int64_t kPanel = 32;     // tokens per panel: an xT panel of 4096 features is 512 KiB, half an L2
+constexpr int64_t kRowGroup = 16;  // output rows buffered before the transposed store into y
+static_assert(kRowGroup == 16 && kPanel % 16 == 0, "the AVX-512 transposes move 16 x 16 tiles");
 
 // Runs fn(job) for job in [0, n_jobs) on the intra-op threads, handing out jobs dynamically: the
 // 2-core machines this targets are shared, and a static split stalls on a descheduled thread.
@@ -60,68 +64,149 @@ std::vector<int64_t> balanced_rows(const int32_t* row_ptr, int64_t n_rows, int64
   return b;
 }
 
-// Panel-major transposed copy: xT [Tp / P, cols, P] with xT[p, i, t] = x[p * P + t, i], zero for tokens >= T.
-// One pass over x (any strides), in P x kColBlock tiles that stay in L1.
+// A [tokens, features] operand with any strides.
 template <typename T>
-void transpose_panels_kernel(const T* x, int64_t s0, int64_t s1, int64_t n_tokens, int64_t cols, T* xT) {
+struct Tokens {
+  const T* p;
+  int64_t s0, s1, n, cols;
+};
+
+// Panel p of the token-transposed operand: out[i * P + t] = a[p * P + t, i], zero for tokens >= n.
+// Column blocks of 64 keep the block being written (64 x P) in L1.
+template <typename T>
+void transpose_panel_portable(const Tokens<T>& a, int64_t p, T* out) {
   constexpr int64_t kColBlock = 64;
-  const int64_t n_panels = (n_tokens + kPanel - 1) / kPanel, n_cb = (cols + kColBlock - 1) / kColBlock;
-  at::parallel_for(0, n_panels * n_cb, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t p = job / n_cb, i0 = (job % n_cb) * kColBlock, in = std::min(kColBlock, cols - i0);
-      T* out = xT + (p * cols + i0) * kPanel;
-      for (int64_t t = 0; t < kPanel; ++t) {
-        const int64_t tok = p * kPanel + t;
-        if (tok < n_tokens) {
-          const T* xr = x + tok * s0 + i0 * s1;
-          for (int64_t i = 0; i < in; ++i) out[i * kPanel + t] = xr[i * s1];
-        } else {
-          for (int64_t i = 0; i < in; ++i) out[i * kPanel + t] = T(0);
-        }
+  const int64_t t0 = p * kPanel, tn = std::min(kPanel, a.n - t0);
+  for (int64_t i0 = 0; i0 < a.cols; i0 += kColBlock) {
+    const int64_t in = std::min(kColBlock, a.cols - i0);
+    T* o = out + i0 * kPanel;
+    for (int64_t t = 0; t < kPanel; ++t) {
+      if (t < tn) {
+        const T* ar = a.p + (t0 + t) * a.s0 + i0 * a.s1;
+        for (int64_t i = 0; i < in; ++i) o[i * kPanel + t] = ar[i * a.s1];
+      } else {
+        for (int64_t i = 0; i < in; ++i) o[i * kPanel + t] = T(0);
       }
     }
-  });
-}
-
-at::Tensor transpose_panels(const at::Tensor& x) {
-  const int64_t n_panels = (x.size(0) + kPanel - 1) / kPanel;
-  auto xT = at::empty({n_panels, x.size(1), kPanel}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_transpose_panels", [&] {
-    transpose_panels_kernel<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.size(0), x.size(1),
-                                      xT.data_ptr<scalar_t>());
-  });
-  return xT;
-}
-
-// ---- forward / dX: rows [r0, r1) of yT over one token panel ---------------------------------
-// acc[t] = sum_k v[k] * xT[col[k], t] for each row, then buffered rows are stored transposed into y.
-
-template <typename T, int64_t P>
-void rows_portable(const T* xT, int64_t ldx, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r,
-                   T* out) {
-  T acc[P] = {};
-  for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
-    const T v = vals[k];
-    const T* xr = xT + int64_t(ci[k]) * ldx;
-    for (int64_t t = 0; t < P; ++t) acc[t] += v * xr[t];
   }
-  std::copy(acc, acc + P, out);
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) void row_avx512(const float* xT, int64_t ldx, const float* vals,
-                                                    const int32_t* rp, const int32_t* ci, int64_t r, float* out) {
-  // 4 nonzeros in flight (register blocking), each a 64-token AXPY in 4 zmm: 16 independent chains
+// In-register 16 x 16 transpose: r[i] holds row i on entry and column i on exit.
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane L: t[2i] = a[4L] b[4L] a[4L+1] b[4L+1], a, b = rows 2i, 2i+1
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + j], lane L: column 4L + j of rows 4i .. 4i + 3
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {  // column 4L + j = lane L of r[j], r[4 + j], r[8 + j], r[12 + j]
+    const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// transpose_panel for contiguous float rows: 16 x 16 tiles through registers, masked at the edges.
+__attribute__((target("avx512f"))) void transpose_panel_avx512(const float* a, int64_t lda, int64_t n_tokens,
+                                                                int64_t cols, int64_t t0, float* out) {
+  const int64_t tn = std::min(kPanel, n_tokens - t0);
+  __m512 r[16];
+  for (int64_t i0 = 0; i0 < cols; i0 += 16) {
+    const int64_t in = std::min<int64_t>(16, cols - i0);
+    const __mmask16 m = __mmask16((1u << in) - 1);
+    for (int64_t h = 0; h < kPanel; h += 16) {
+      for (int t = 0; t < 16; ++t)
+        r[t] = h + t < tn ? _mm512_maskz_loadu_ps(m, a + (t0 + h + t) * lda + i0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int64_t i = 0; i < in; ++i) _mm512_storeu_ps(out + (i0 + i) * kPanel + h, r[i]);
+    }
+  }
+}
+
+// The transposed store of panel_rows for a full group of 16 rows: y[t0 + t, g0 + r] = buf[r * P + t] + bias.
+__attribute__((target("avx512f"))) void store_group_avx512(const float* buf, int64_t tn, const float* bias,
+                                                            float* y, int64_t ldy) {
+  const __m512 b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  __m512 r[16];
+  for (int64_t h = 0; h < tn; h += 16) {
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(buf + i * kPanel + h);
+    transpose16(r);
+    for (int64_t t = 0; t < std::min<int64_t>(16, tn - h); ++t) _mm512_storeu_ps(y + (h + t) * ldy, _mm512_add_ps(r[t], b));
+  }
+}
+#endif
+
+// Whether the float kernels run on AVX-512 (the transposes then go 16 x 16 through registers).
+template <typename T>
+bool use_avx512() {
+#if defined(__x86_64__)
+  return std::is_same_v<T, float> && cpu::active_isa() == cpu::Isa::kAvx512;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void transpose_panel(const Tokens<T>& a, int64_t p, bool simd, T* out) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (simd && a.s1 == 1) return transpose_panel_avx512(a.p, a.s0, a.n, a.cols, p * kPanel, out);
+  }
+#endif
+  transpose_panel_portable(a, p, out);
+}
+
+// All panels of a into the calling thread's workspace slot: [n_panels, cols, P].
+template <typename T>
+T* transpose_all(const Tokens<T>& a, int slot) {
+  const int64_t n_panels = (a.n + kPanel - 1) / kPanel;
+  T* out = cpu::workspace<T>(slot, n_panels * a.cols * kPanel);
+  const bool simd = use_avx512<T>();
+  at::parallel_for(0, n_panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) transpose_panel(a, p, simd, out + p * a.cols * kPanel);
+  });
+  return out;
+}
+
+// ---- forward / dX: one output row of yT over one token panel ------------------------------------
+// out[t] = sum_k v[k] * xT[col[k], t] over the row's nonzeros, accumulated in registers.
+
+template <typename T>
+void row_portable(const T* xT, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r, T* out) {
+  T acc[kPanel] = {};
+  for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
+    const T v = vals[k];
+    const T* xr = xT + int64_t(ci[k]) * kPanel;
+    for (int64_t t = 0; t < kPanel; ++t) acc[t] += v * xr[t];
+  }
+  std::copy(acc, acc + kPanel, out);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void row_avx512(const float* xT, const float* vals, const int32_t* rp,
+                                                    const int32_t* ci, int64_t r, float* out) {
+  // 4 nonzeros in flight, each a P-token AXPY in P/16 zmm: 8 independent FMA chains for P = 32
   constexpr int V = kPanel / 16;
   __m512 a[V], b[V], c[V], d[V];
   for (int j = 0; j < V; ++j) a[j] = b[j] = c[j] = d[j] = _mm512_setzero_ps();
   int32_t k = rp[r];
   const int32_t end = rp[r + 1];
   for (; k + 4 <= end; k += 4) {
-    const float* x0 = xT + int64_t(ci[k]) * ldx;
-    const float* x1 = xT + int64_t(ci[k + 1]) * ldx;
-    const float* x2 = xT + int64_t(ci[k + 2]) * ldx;
-    const float* x3 = xT + int64_t(ci[k + 3]) * ldx;
+    const float* x0 = xT + int64_t(ci[k]) * kPanel;
+    const float* x1 = xT + int64_t(ci[k + 1]) * kPanel;
+    const float* x2 = xT + int64_t(ci[k + 2]) * kPanel;
+    const float* x3 = xT + int64_t(ci[k + 3]) * kPanel;
     const __m512 v0 = _mm512_set1_ps(vals[k]), v1 = _mm512_set1_ps(vals[k + 1]);
     const __m512 v2 = _mm512_set1_ps(vals[k + 2]), v3 = _mm512_set1_ps(vals[k + 3]);
     for (int j = 0; j < V; ++j) {
@@ -132,7 +217,7 @@ __attribute__((target("avx512f"))) void row_avx512(const float* xT, int64_t ldx,
     }
   }
   for (; k < end; ++k) {
-    const float* x0 = xT + int64_t(ci[k]) * ldx;
+    const float* x0 = xT + int64_t(ci[k]) * kPanel;
     const __m512 v0 = _mm512_set1_ps(vals[k]);
     for (int j = 0; j < V; ++j) a[j] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x0 + 16 * j), a[j]);
   }
@@ -140,75 +225,112 @@ __attribute__((target("avx512f"))) void row_avx512(const float* xT, int64_t ldx,
     _mm512_storeu_ps(out + 16 * j, _mm512_add_ps(_mm512_add_ps(a[j], b[j]), _mm512_add_ps(c[j], d[j])));
 }
 
-__attribute__((target("avx2,fma"))) void row_avx2(const float* xT, int64_t ldx, const float* vals,
-                                                   const int32_t* rp, const int32_t* ci, int64_t r, float* out) {
-  constexpr int V = kPanel / 8;  // 8 ymm accumulators: independent chains without spilling
-  __m256 a[V];
-  for (int j = 0; j < V; ++j) a[j] = _mm256_setzero_ps();
-  for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
-    const float* x0 = xT + int64_t(ci[k]) * ldx;
+__attribute__((target("avx2,fma"))) void row_avx2(const float* xT, const float* vals, const int32_t* rp,
+                                                   const int32_t* ci, int64_t r, float* out) {
+  constexpr int V = kPanel / 8;  // 2 nonzeros in flight: 2 * V ymm accumulators, independent chains
+  __m256 a[V], b[V];
+  for (int j = 0; j < V; ++j) a[j] = b[j] = _mm256_setzero_ps();
+  int32_t k = rp[r];
+  const int32_t end = rp[r + 1];
+  for (; k + 2 <= end; k += 2) {
+    const float* x0 = xT + int64_t(ci[k]) * kPanel;
+    const float* x1 = xT + int64_t(ci[k + 1]) * kPanel;
+    const __m256 v0 = _mm256_set1_ps(vals[k]), v1 = _mm256_set1_ps(vals[k + 1]);
+    for (int j = 0; j < V; ++j) {
+      a[j] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x0 + 8 * j), a[j]);
+      b[j] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x1 + 8 * j), b[j]);
+    }
+  }
+  if (k < end) {
+    const float* x0 = xT + int64_t(ci[k]) * kPanel;
     const __m256 v0 = _mm256_set1_ps(vals[k]);
     for (int j = 0; j < V; ++j) a[j] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x0 + 8 * j), a[j]);
   }
-  for (int j = 0; j < V; ++j) _mm256_storeu_ps(out + 8 * j, a[j]);
+  for (int j = 0; j < V; ++j) _mm256_storeu_ps(out + 8 * j, _mm256_add_ps(a[j], b[j]));
 }
 #endif
 
 template <typename T>
-using RowFn = void (*)(const T*, int64_t, const T*, const int32_t*, const int32_t*, int64_t, T*);
+using RowFn = void (*)(const T*, const T*, const int32_t*, const int32_t*, int64_t, T*);
 
 template <typename T>
 RowFn<T> pick_row_kernel() {
-  return &rows_portable<T, kPanel>;
+  return &row_portable<T>;
 }
 
 #if defined(__x86_64__)
 template <>
 RowFn<float> pick_row_kernel<float>() {
-  switch (cpu::runtime_isa_enum()) {
+  switch (cpu::active_isa()) {
     case cpu::Isa::kAvx512: return &row_avx512;
     case cpu::Isa::kAvx2: return &row_avx2;
-    default: return &rows_portable<float, kPanel>;
+    default: return &row_portable<float>;
   }
 }
 #endif
 
-// y [T, n_rows] = sum over the CSR rows of (vals, rp, ci) applied to panel-major xT [Tp / P, n_cols, P] (+ bias).
+// Rows [r0, r1) of one token panel xp (tokens t0 .. t0 + P) into y [T, n_rows] (+ bias), kRowGroup
+// rows at a time through a buffer, so each token's stores into y are contiguous.
 template <typename T>
-void spmm_tokens(const T* xT, int64_t n_tokens, int64_t n_cols, const T* vals, const int32_t* rp, const int32_t* ci,
-                 int64_t n_rows, const T* bias, T* y) {
-  const int64_t n_panels = (n_tokens + kPanel - 1) / kPanel;
-  const int64_t threads = at::get_num_threads();
-  // enough (panel, row chunk) jobs to keep every thread busy; chunks hold about equal nnz
+void panel_rows(RowFn<T> row, bool simd, const T* xp, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r0,
+                int64_t r1, int64_t n_tokens, int64_t t0, int64_t n_rows, const T* bias, T* y) {
+  alignas(64) T buf[kRowGroup * kPanel];
+  const int64_t tn = std::min(kPanel, n_tokens - t0);
+  for (int64_t g0 = r0; g0 < r1; g0 += kRowGroup) {
+    const int64_t gn = std::min(kRowGroup, r1 - g0);
+    for (int64_t r = 0; r < gn; ++r) row(xp, vals, rp, ci, g0 + r, buf + r * kPanel);
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (simd && gn == kRowGroup) {
+        store_group_avx512(buf, tn, bias ? bias + g0 : nullptr, y + t0 * n_rows + g0, n_rows);
+        continue;
+      }
+    }
+#endif
+    for (int64_t t = 0; t < tn; ++t) {
+      T* yr = y + (t0 + t) * n_rows + g0;
+      for (int64_t r = 0; r < gn; ++r) yr[r] = buf[r * kPanel + t] + (bias ? bias[g0 + r] : T(0));
+    }
+  }
+}
+
+// y [T, n_rows] = a [T, n_cols] times the CSR matrix (vals, rp, ci) [n_rows, n_cols] transposed (+ bias).
+// With at least two panels per thread every job is one panel: its thread transposes it into its own
+// workspace (written and read while in L2, never a full transposed copy in memory) and runs all rows.
+// Otherwise the few panels are transposed up front and jobs are (panel, row chunk of equal nnz).
+template <typename T>
+void spmm_tokens(const Tokens<T>& a, const T* vals, const int32_t* rp, const int32_t* ci, int64_t n_rows,
+                 const T* bias, T* y) {
+  const int64_t n_panels = (a.n + kPanel - 1) / kPanel, threads = at::get_num_threads();
+  const RowFn<T> row = pick_row_kernel<T>();
+  const bool simd = use_avx512<T>();
+  if (n_panels >= 2 * threads) {
+    parallel_jobs(n_panels, [&](int64_t p) {
+      T* xp = cpu::workspace<T>(0, a.cols * kPanel);
+      transpose_panel(a, p, simd, xp);
+      panel_rows(row, simd, xp, vals, rp, ci, 0, n_rows, a.n, p * kPanel, n_rows, bias, y);
+    });
+    return;
+  }
+  const T* xT = transpose_all(a, 0);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>((8 * threads + n_panels - 1) / n_panels,
                                                                   (n_rows + kRowGroup - 1) / kRowGroup));
   auto bounds = balanced_rows(rp, n_rows, n_chunks);
   for (auto& b : bounds) b = b / kRowGroup * kRowGroup;  // chunks start on row-group boundaries
   bounds.back() = n_rows;
-  const RowFn<T> row = pick_row_kernel<T>();
   parallel_jobs(n_panels * n_chunks, [&](int64_t job) {
-    alignas(64) T buf[kRowGroup * kPanel];
     const int64_t p = job / n_chunks, c = job % n_chunks;  // consecutive jobs share a panel (cache reuse)
-    const int64_t t0 = p * kPanel, tn = std::min(kPanel, n_tokens - t0);
-    const T* xp = xT + p * n_cols * kPanel;
-    for (int64_t g0 = bounds[c]; g0 < bounds[c + 1]; g0 += kRowGroup) {
-      const int64_t gn = std::min(kRowGroup, bounds[c + 1] - g0);
-      for (int64_t r = 0; r < gn; ++r) row(xp, kPanel, vals, rp, ci, g0 + r, buf + r * kPanel);
-      for (int64_t t = 0; t < tn; ++t) {
-        T* yr = y + (t0 + t) * n_rows + g0;
-        for (int64_t r = 0; r < gn; ++r) yr[r] = buf[r * kPanel + t] + (bias ? bias[g0 + r] : T(0));
-      }
-    }
+    panel_rows(row, simd, xT + p * a.cols * kPanel, vals, rp, ci, bounds[c], bounds[c + 1], a.n, p * kPanel, n_rows, bias,
+               y);
   });
 }
 
 // ---- dValues: SDDMM at the nonzeros ------------------------------------------------------------
 
 template <typename T>
-void sddmm_row_portable(const T* g, const T* xT, int64_t ldx, const int32_t* ci, int32_t k0, int32_t k1, bool first,
-                        T* dv) {
+void sddmm_row_portable(const T* g, const T* xT, const int32_t* ci, int32_t k0, int32_t k1, bool first, T* dv) {
   for (int32_t k = k0; k < k1; ++k) {
-    const T* xr = xT + int64_t(ci[k]) * ldx;
+    const T* xr = xT + int64_t(ci[k]) * kPanel;
     T s = 0;
     for (int64_t t = 0; t < kPanel; ++t) s += g[t] * xr[t];
     dv[k] = first ? s : dv[k] + s;
@@ -216,10 +338,12 @@ void sddmm_row_portable(const T* g, const T* xT, int64_t ldx, const int32_t* ci,
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) inline __m512 dot64_avx512(const __m512* g, const float* xr) {
-  const __m512 p = _mm512_fmadd_ps(g[1], _mm512_loadu_ps(xr + 16), _mm512_mul_ps(g[0], _mm512_loadu_ps(xr)));
-  const __m512 q = _mm512_fmadd_ps(g[3], _mm512_loadu_ps(xr + 48), _mm512_mul_ps(g[2], _mm512_loadu_ps(xr + 32)));
-  return _mm512_add_ps(p, q);
+constexpr int kSddmmV = kPanel / 16;
+
+__attribute__((target("avx512f"))) inline __m512 dot_avx512(const __m512* g, const float* xr) {
+  __m512 s = _mm512_mul_ps(g[0], _mm512_loadu_ps(xr));
+  for (int j = 1; j < kSddmmV; ++j) s = _mm512_fmadd_ps(g[j], _mm512_loadu_ps(xr + 16 * j), s);
+  return s;
 }
 
 // 16-lane vector -> 8-lane by adding halves
@@ -227,26 +351,24 @@ __attribute__((target("avx512f"))) inline __m256 fold512(__m512 v) {
   return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
 
-__attribute__((target("avx512f"))) void sddmm_row_avx512(const float* g, const float* xT, int64_t ldx,
-                                                          const int32_t* ci, int32_t k0, int32_t k1, bool first,
-                                                          float* dv) {
-  static_assert(kPanel == 64, "AVX-512 SDDMM holds a 64-token gradient row in 4 zmm");
-  __m512 gr[4];
-  for (int j = 0; j < 4; ++j) gr[j] = _mm512_loadu_ps(g + 16 * j);
+__attribute__((target("avx512f"))) void sddmm_row_avx512(const float* g, const float* xT, const int32_t* ci,
+                                                          int32_t k0, int32_t k1, bool first, float* dv) {
+  __m512 gr[kSddmmV];
+  for (int j = 0; j < kSddmmV; ++j) gr[j] = _mm512_loadu_ps(g + 16 * j);
   int32_t k = k0;
   for (; k + 4 <= k1; k += 4) {
     // four dot products reduced together: fold 16->8 lanes, then hadd trees give [s0 s1 s2 s3] per 128 bits
-    const __m256 s0 = fold512(dot64_avx512(gr, xT + int64_t(ci[k]) * ldx));
-    const __m256 s1 = fold512(dot64_avx512(gr, xT + int64_t(ci[k + 1]) * ldx));
-    const __m256 s2 = fold512(dot64_avx512(gr, xT + int64_t(ci[k + 2]) * ldx));
-    const __m256 s3 = fold512(dot64_avx512(gr, xT + int64_t(ci[k + 3]) * ldx));
+    const __m256 s0 = fold512(dot_avx512(gr, xT + int64_t(ci[k]) * kPanel));
+    const __m256 s1 = fold512(dot_avx512(gr, xT + int64_t(ci[k + 1]) * kPanel));
+    const __m256 s2 = fold512(dot_avx512(gr, xT + int64_t(ci[k + 2]) * kPanel));
+    const __m256 s3 = fold512(dot_avx512(gr, xT + int64_t(ci[k + 3]) * kPanel));
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     if (!first) s = _mm_add_ps(s, _mm_loadu_ps(dv + k));
     _mm_storeu_ps(dv + k, s);
   }
   for (; k < k1; ++k) {
-    const __m256 h = fold512(dot64_avx512(gr, xT + int64_t(ci[k]) * ldx));
+    const __m256 h = fold512(dot_avx512(gr, xT + int64_t(ci[k]) * kPanel));
     const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     const float s = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(q, q), q));
     dv[k] = first ? s : dv[k] + s;
@@ -255,7 +377,7 @@ __attribute__((target("avx512f"))) void sddmm_row_avx512(const float* g, const f
 #endif
 
 template <typename T>
-using SddmmFn = void (*)(const T*, const T*, int64_t, const int32_t*, int32_t, int32_t, bool, T*);
+using SddmmFn = void (*)(const T*, const T*, const int32_t*, int32_t, int32_t, bool, T*);
 
 template <typename T>
 SddmmFn<T> pick_sddmm_kernel() {
@@ -265,26 +387,28 @@ SddmmFn<T> pick_sddmm_kernel() {
 #if defined(__x86_64__)
 template <>
 SddmmFn<float> pick_sddmm_kernel<float>() {
-  return cpu::runtime_isa_enum() == cpu::Isa::kAvx512 ? &sddmm_row_avx512 : &sddmm_row_portable<float>;
+  return cpu::active_isa() == cpu::Isa::kAvx512 ? &sddmm_row_avx512 : &sddmm_row_portable<float>;
 }
 #endif
 
-// dv[k] = sum_t gT[row_k, t] * xT[col_k, t]; panel-major gT [n_panels, n_rows, P], xT [n_panels, n_cols, P].
+// dv[k] = sum_t g[t, row_k] * x[t, col_k]: both operands transposed into panels, then each job (a
+// chunk of rows with equal nnz) sweeps every panel, accumulating into dv.
 template <typename T>
-void sddmm(const T* gT, const T* xT, int64_t n_panels, const int32_t* rp, const int32_t* ci, int64_t n_rows,
-           int64_t n_cols, T* dv) {
-  const int64_t nnz = rp[n_rows];
+void sddmm(const Tokens<T>& g, const Tokens<T>& x, const int32_t* rp, const int32_t* ci, T* dv) {
+  const int64_t n_rows = g.cols, nnz = rp[n_rows], n_panels = (x.n + kPanel - 1) / kPanel;
   if (n_panels == 0) {
     std::fill(dv, dv + nnz, T(0));
     return;
   }
+  const T* gT = transpose_all(g, 0);
+  const T* xT = transpose_all(x, 1);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(8 * at::get_num_threads(), n_rows));
   const auto bounds = balanced_rows(rp, n_rows, n_chunks);
   const SddmmFn<T> row = pick_sddmm_kernel<T>();
   parallel_jobs(n_chunks, [&](int64_t c) {
     for (int64_t p = 0; p < n_panels; ++p)
       for (int64_t r = bounds[c]; r < bounds[c + 1]; ++r)
-        row(gT + (p * n_rows + r) * kPanel, xT + p * n_cols * kPanel, kPanel, ci, rp[r], rp[r + 1], p == 0, dv);
+        row(gT + (p * n_rows + r) * kPanel, xT + p * x.cols * kPanel, ci, rp[r], rp[r + 1], p == 0, dv);
   });
 }
 
@@ -318,13 +442,12 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   }
   auto y = at::empty({x.size(0), out_features}, x.options());
   if (x.size(0) == 0 || out_features == 0) return y;
-  auto xT = transpose_panels(x);
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear_cpu", [&] {
-    spmm_tokens<scalar_t>(xT.data_ptr<scalar_t>(), x.size(0), x.size(1), vc.data_ptr<scalar_t>(),
-                          row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), out_features,
-                          bias ? bc.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+    const Tokens<scalar_t> a{x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.size(0), x.size(1)};
+    spmm_tokens<scalar_t>(a, vc.data_ptr<scalar_t>(), row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
+                          out_features, bias ? bc.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
   });
   return y;
 }
@@ -345,11 +468,17 @@ at::Tensor csr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   check_ids_below(t_perm, values.size(0), "t_perm");
   auto dx = at::empty({dy.size(0), in_features}, dy.options());
   if (dy.size(0) == 0 || in_features == 0) return dx;
-  auto gT = transpose_panels(dy);
-  auto vt = values.index_select(0, t_perm);  // values in transposed order: one gather per backward
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_linear_dx_cpu", [&] {
-    spmm_tokens<scalar_t>(gT.data_ptr<scalar_t>(), dy.size(0), dy.size(1), vt.data_ptr<scalar_t>(),
-                          t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(), in_features, nullptr,
+    // values in transposed order, gathered once per call into scratch memory
+    const int64_t nnz = values.size(0), vs = values.stride(0);
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    const int32_t* perm = t_perm.data_ptr<int32_t>();
+    scalar_t* vt = cpu::workspace<scalar_t>(1, nnz);
+    at::parallel_for(0, nnz, 1 << 14, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) vt[k] = v[int64_t(perm[k]) * vs];
+    });
+    const Tokens<scalar_t> g{dy.data_ptr<scalar_t>(), dy.stride(0), dy.stride(1), dy.size(0), dy.size(1)};
+    spmm_tokens<scalar_t>(g, vt, t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(), in_features, nullptr,
                           dx.data_ptr<scalar_t>());
   });
   return dx;
@@ -373,17 +502,21 @@ at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto dv = at::empty({nnz}, x.options());
   if (nnz == 0) return dv;
   // the kernel walks rows: rebuild row offsets from row_idx, which must be sorted (CSR order)
-  auto ri = row_idx.to(at::kLong);
-  TORCH_CHECK(nnz < 2 || (ri.slice(0, 1) >= ri.slice(0, 0, nnz - 1)).all().item<bool>(),
-              "row_idx must be non-decreasing (CSR order)");
-  auto rp = at::zeros({out_f + 1}, ri.options());
-  rp.slice(0, 1).copy_(at::bincount(ri, {}, out_f).cumsum(0));
-  auto rp32 = rp.to(at::kInt);
-  auto gT = transpose_panels(dy);
-  auto xT = transpose_panels(x);
+  std::vector<int32_t> rp(out_f + 1);
+  {
+    const int32_t* ri = row_idx.data_ptr<int32_t>();
+    int64_t r = 0;
+    for (int64_t k = 0; k < nnz; ++k) {
+      TORCH_CHECK(ri[k] >= r, "row_idx must be non-decreasing (CSR order), at entry ", k);
+      for (; r < ri[k]; ++r) rp[r + 1] = int32_t(k);
+    }
+    for (; r < out_f; ++r) rp[r + 1] = int32_t(nnz);
+    rp[0] = 0;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_linear_dw_cpu", [&] {
-    sddmm<scalar_t>(gT.data_ptr<scalar_t>(), xT.data_ptr<scalar_t>(), xT.size(0), rp32.data_ptr<int32_t>(),
-                    col_idx.data_ptr<int32_t>(), out_f, x.size(1), dv.data_ptr<scalar_t>());
+    const Tokens<scalar_t> g{dy.data_ptr<scalar_t>(), dy.stride(0), dy.stride(1), dy.size(0), out_f};
+    const Tokens<scalar_t> a{x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), x.size(0), x.size(1)};
+    sddmm<scalar_t>(g, a, rp.data(), col_idx.data_ptr<int32_t>(), dv.data_ptr<scalar_t>());
   });
   return dv;
 }

@@ -11,10 +11,17 @@ from sparsecl.ops.csr_linear import _reference_dw, _reference_dx, _reference_for
 from .._ref import assert_close, noncontiguous
 from ..conftest import DEVICES
 
-SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 64-token panel or the 16-row group
+SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 32-token panel or the 16-row group
     (0, 64, 64), (1, 1, 1), (1, 32, 32), (7, 96, 64), (65, 100, 70), (130, 17, 33), (5, 0, 9), (4, 9, 0),
 ]
 DENSITIES = [0.0, "one", 0.1, 0.5, 1.0]
+
+# CPU kernel paths this machine can run (SPARSECL_CPU_ISA forces one; float32 only, float64 is generic)
+_RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
+CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_RUNTIME_ISA) + 1]
+# tokens around the 32-token panel; with 1 or 2 threads both schedules run (one panel per job from
+# 2 panels per thread up, else shared panels split by rows); rows not multiples of the 16-row group
+ISA_SHAPES = [(0, 40, 48), (1, 64, 32), (20, 33, 17), (33, 100, 70), (65, 96, 130), (100, 72, 64), (130, 17, 33)]
 
 
 def make_layout(shape, density, device):
@@ -125,6 +132,49 @@ def test_compile_fullgraph(seed):
     layer(x).sum().backward()
     assert_close(y, layer(x))
     assert_close(gx, x.grad)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T,in_f,out_f", ISA_SHAPES)
+@pytest.mark.parametrize("density", [0.0, "one", 0.3, 1.0])
+def test_every_cpu_isa_matches_float64(isa, threads, T, in_f, out_f, density, monkeypatch, seed):
+    """Forward, dX and dValues of each forced CPU path and thread count against the float64 reference."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, values, layout, bias = random_case(T, in_f, out_f, density, "cpu", torch.float32)
+        ops = torch.ops.sparsecl
+        w = layout.to_dense(values.double())
+        y = ops.csr_linear(x, values, layout.row_ptr, layout.col_idx, out_f, bias)
+        assert_close(y, x.double() @ w.T + bias.double(), torch.float32)
+        g = noncontiguous(torch.randn(T, out_f))
+        dx = ops.csr_linear_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, in_f)
+        assert_close(dx, g.double() @ w, torch.float32)
+        dv = ops.csr_linear_dw(g, noncontiguous(x), layout.row_idx, layout.col_idx)
+        assert_close(dv, layout.values_from_dense(g.double().T @ x.double()), torch.float32)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("op", ["forward", "dx", "dw"])
+@pytest.mark.parametrize("request_isa,match", [("sse9", "SPARSECL_CPU_ISA must be generic, avx2 or avx512"),
+                                               ("avx512", "this CPU supports at most")])
+def test_cpu_isa_override_reaches_every_kernel(op, request_isa, match, monkeypatch):
+    """SPARSECL_CPU_ISA is read by the CSR kernels' dispatch: a bad request raises from each of them."""
+    if request_isa == "avx512" and _RUNTIME_ISA == "avx512":
+        pytest.skip("this CPU runs AVX-512, so asking for it is valid")
+    layout = CSRLayout.random((40, 48), 0.5)
+    values, x, g = torch.randn(layout.nnz), torch.randn(3, 48), torch.randn(3, 40)
+    ops = torch.ops.sparsecl
+    calls = {"forward": lambda: ops.csr_linear(x, values, layout.row_ptr, layout.col_idx, 40, None),
+             "dx": lambda: ops.csr_linear_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, 48),
+             "dw": lambda: ops.csr_linear_dw(g, x, layout.row_idx, layout.col_idx)}
+    calls[op]()
+    monkeypatch.setenv("SPARSECL_CPU_ISA", request_isa)
+    with pytest.raises(RuntimeError, match=match):
+        calls[op]()
 
 
 class TestBadInput:
