@@ -3,7 +3,7 @@
 Fault injection (testing aid, tests/reliability/test_crash.py): with ``SPARSECL_CRASH_AT=PHASE:N`` in the
 environment the process SIGKILLs itself the N-th time a write reaches PHASE: ``partial`` (half the bytes
 written, not synced), ``written`` (all written, before fsync), ``synced`` (before the rename) or ``renamed``
-(before the directory fsync).
+(before the directory fsync). ``PHASE:N:NAME`` counts only writes of files whose name ends with NAME.
 """
 import json
 import os
@@ -14,14 +14,14 @@ _CRASH_PHASES = ("partial", "written", "synced", "renamed")
 _crash_counts = dict.fromkeys(_CRASH_PHASES, 0)
 
 
-def _crash_point(phase):
+def _crash_point(phase, path):
     spec = os.environ.get("SPARSECL_CRASH_AT")
     if not spec:
         return
-    want, _, n = spec.partition(":")
+    want, n, name = (spec.split(":", 2) + [""])[:3]
     if want not in _CRASH_PHASES or not n.isdigit():
-        raise ValueError(f"SPARSECL_CRASH_AT must be PHASE:N with PHASE in {_CRASH_PHASES}, got {spec!r}")
-    if want == phase:
+        raise ValueError(f"SPARSECL_CRASH_AT must be PHASE:N[:NAME] with PHASE in {_CRASH_PHASES}, got {spec!r}")
+    if want == phase and path.endswith(name):
         _crash_counts[phase] += 1
         if _crash_counts[phase] == int(n):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -37,18 +37,18 @@ def write_bytes_atomic(path, data):
             half = len(data) // 2
             f.write(memoryview(data)[:half])
             f.flush()
-            _crash_point("partial")
+            _crash_point("partial", path)
             f.write(memoryview(data)[half:])
             f.flush()
-            _crash_point("written")
+            _crash_point("written", path)
             os.fsync(f.fileno())
-        _crash_point("synced")
+        _crash_point("synced", path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _crash_point("renamed")
+    _crash_point("renamed", path)
     dfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dfd)
