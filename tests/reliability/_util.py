@@ -9,15 +9,19 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # wall-clock and memory measurements: legitimately differ between two runs of the same seed
-TIMING_KEYS = {"train_seconds", "per_task_seconds", "throughput", "throughput_samples_per_s", "peak_rss_bytes",
-               "peak_device_bytes", "train_s", "eval_s", "total_s", "latency_ms", "latency", "seconds"}
+# (also every key with a "s", "ms" or "seconds" word: train_s, latency_ms_batch1, search_ms_max, ...)
+TIMING_KEYS = {"throughput", "peak_rss_bytes", "peak_device_bytes"}
+
+
+def is_measurement(key):
+    return key in TIMING_KEYS or bool({"s", "ms", "seconds"} & set(key.split("_")))
 
 
 def deterministic_view(obj, drop=("config",)):
     """``obj`` (parsed metrics.json) without timing/memory-measurement keys and the keys in ``drop``."""
     if isinstance(obj, dict):
         return {k: deterministic_view(v, ()) for k, v in obj.items()
-                if k not in TIMING_KEYS and k not in drop and not k.endswith("_ms") and not k.endswith("_s")}
+                if not is_measurement(k) and k not in drop}
     if isinstance(obj, list):
         return [deterministic_view(v, ()) for v in obj]
     return obj
@@ -26,7 +30,7 @@ def deterministic_view(obj, drop=("config",)):
 def csv_view(path):
     """log.csv rows without the timing columns."""
     with open(path) as f:
-        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if not is_measurement(k)} for row in csv.DictReader(f)]
 
 
 def _bits(t):
@@ -53,11 +57,17 @@ def assert_same_tensors(a, b, where="state"):
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def run_python(args, cwd, timeout=600, env=None):
-    """Run ``python args`` in a fresh interpreter with this checkout importable; returns CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+def run_python(*arg_lists, cwd, timeout=600):
+    """Run ``python args`` for each list, concurrently, each in a fresh interpreter with this checkout
+    importable; asserts they all succeed and returns their stdouts."""
+    # passive OpenMP waits: spinning threads on a busy machine cost CPU time, never change results
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("SPARSECL_CRASH_AT", None)
-    p = subprocess.run([sys.executable, *args], cwd=str(cwd), env=env, timeout=timeout,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{p.stderr[-3000:]}"
-    return p
+    procs = [subprocess.Popen([sys.executable, *args], cwd=str(cwd), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in arg_lists]
+    outs = []
+    for args, p in zip(arg_lists, procs):
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{err[-3000:]}"
+        outs.append(out)
+    return outs

@@ -51,7 +51,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, seed):
             "snapshots": str(tmp_path / "snap"), "kills": kill_plan(n, rng)}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     run_python(["-m", "tests.reliability._crash_driver", str(tmp_path / "plan.json"), str(tmp_path / "report.json")],
-               tmp_path, timeout=1200)
+               cwd=tmp_path, timeout=1200)
     report = json.loads((tmp_path / "report.json").read_text())
     lives = report["lives"]
     killed = [r for r in lives if r["killed"]]
