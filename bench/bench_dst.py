@@ -1,4 +1,5 @@
-"""Cost of one DST update against training steps of the same block-sparse MLP (bar: update <= 2 steps).
+"""Cost of one DST update against training steps of the same sparse MLP (bar: update <= 2 steps), for the
+block layer (BlockSparseLinear) and the unstructured one (SparseLinear, CSR storage and masked-dense).
 
 A training step is zero_grad + forward + backward + Adam step. An update step is the same plus, for
 gradient growth, the dense-gradient hooks on that batch, then the fused prune_regrow over all layers,
@@ -8,23 +9,32 @@ import torch
 from torch import nn
 
 from sparsecl.dst import DST
-from sparsecl.nn import BlockSparseLinear
+from sparsecl.nn import BlockSparseLinear, SparseLinear
 
 try:
     from .harness import measure
 except ImportError:  # run by pytest from the bench/ folder
     from harness import measure
 
-CASES = [dict(id="mlp-1024-4096-d0.1-b32", width=1024, hidden=4096, depth=2, density=0.1, block=32, tokens=256)]
+CASES = [dict(id="mlp-1024-4096-d0.1-b32", layer="block", width=1024, hidden=4096, depth=2, density=0.1, block=32,
+              tokens=256),
+         dict(id="mlp-1024-4096-d0.1-csr", layer="csr", width=1024, hidden=4096, depth=2, density=0.1, tokens=256),
+         dict(id="mlp-1024-4096-d0.1-masked", layer="masked", width=1024, hidden=4096, depth=2, density=0.1,
+              tokens=256)]
+
+
+def sparse_layer(case, n_in, n_out):
+    if case["layer"] == "block":
+        return BlockSparseLinear(n_in, n_out, density=case["density"], block_size=case["block"])
+    return SparseLinear(n_in, n_out, density=case["density"], mode=case["layer"])
 
 
 def make(case, growth, seed=0):
     torch.manual_seed(seed)
-    w, h, B, d = case["width"], case["hidden"], case["block"], case["density"]
+    w, h = case["width"], case["hidden"]
     layers = []
     for _ in range(case["depth"]):
-        layers += [BlockSparseLinear(w, h, density=d, block_size=B), nn.ReLU(), BlockSparseLinear(h, w, density=d,
-                                                                                                 block_size=B)]
+        layers += [sparse_layer(case, w, h), nn.ReLU(), sparse_layer(case, h, w)]
     model = nn.Sequential(*layers)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     dst = DST(model, opt, growth=growth, update_every=10 ** 9, decay="constant", drop_fraction=0.3)
@@ -53,7 +63,7 @@ def rows(quick=False, device="cpu"):
             t_step2 = measure(train_step, device, min_time)
             t_step = min(t_step, t_step2)
             cost = t_update - t_step
-            nnz = sum(m.values.numel() for m in model if isinstance(m, BlockSparseLinear))
+            nnz = sum(int(m.dst_mask().sum()) * m.dst_block_size ** 2 for m in model if hasattr(m, "dst_mask"))
             yield dict(op="dst_update", case=case["id"], growth=growth, nnz=nnz, step_ms=t_step * 1e3,
                        update_step_ms=t_update * 1e3, update_cost_ms=cost * 1e3, update_in_steps=cost / t_step,
                        bar_ok=cost <= 2 * t_step)

@@ -3,8 +3,8 @@
 Methods: the fused kernel (C++ CPU / CUDA), the exact plain-torch reference (torch.topk per layer and
 set on unique integer ranks, then scatter: the fallback without the extension) and the peer-library
 style (torch.topk on the float scores per layer and set, then scatter; its ties are not deterministic). Prune score |w|, grow score |g| of a random
-gradient. Floor: one read of mask + both scores (9 bytes per weight in fp32) at the read bandwidth
-measured in the same run (a reduction over a tensor of the same size).
+gradient. Floors measured in the same run: one read of mask + both scores (9 bytes per weight in fp32:
+a reduction over a tensor of that size) and one copy of mask + weight + both scores (13 bytes per weight).
 """
 import torch
 
@@ -64,6 +64,10 @@ def rows(quick=False, device="cpu"):
     big = torch.empty(n_params * 9 // 4, device=device).uniform_()
     t_read = measure(lambda: big.sum(), device, min_time)
     floor = t_read  # the same byte count as mask + both scores
+    src = torch.empty(n_params * 13 // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t_copy = measure(lambda: dst.copy_(src), device, min_time)
+    del big, src, dst
     base = dict(op="prune_regrow", params=n_params, density=0.1, swap=0.3, layers=len(ws))
     methods = {
         "sparsecl fused": lambda: prune_regrow(ws, ms, ps, gs, counts),
@@ -74,6 +78,7 @@ def rows(quick=False, device="cpu"):
     for k, t in times.items():
         yield dict(base, method=k, ms=t * 1e3, vs_reference=times["reference (topk on int ranks, exact)"] / t,
                    vs_topk=times["torch.topk per layer"] / t, floor_ms=floor * 1e3, x_floor=t / floor,
+                   copy_floor_ms=t_copy * 1e3, x_copy=t / t_copy,
                    read_gbps=n_params * 9 / t_read / 1e9)
 
 
@@ -88,4 +93,5 @@ def test_prune_regrow_fused(benchmark):
 if __name__ == "__main__":
     from harness import format_table
 
-    print(format_table(list(rows()), ["method", "ms", "vs_reference", "vs_topk", "floor_ms", "x_floor", "read_gbps"]))
+    print(format_table(list(rows()), ["method", "ms", "vs_reference", "vs_topk", "floor_ms", "x_floor", "copy_floor_ms", "x_copy",
+                                      "read_gbps"]))

@@ -94,6 +94,7 @@ if [ "$SANITIZE" = 1 ]; then
   for tool in memcheck racecheck; do
     sanitize "$tool" tests/ops tests/nn -k cuda --ignore-glob="*_triton*" --ignore-glob="*triton_compile*"
     sanitize "$tool" tests/ops/test_bsr_linear_triton.py -m cuda -k "be_cuda and (T64odd or padding)"
+    sanitize "$tool" tests/ops/test_sparse_conv2d_triton.py -m cuda -k "be_cuda and (rect-dil or padding or block_sizes)"
   done
   grep -h "ERROR SUMMARY" "$RESULTS"/sanitize-*.log
   exit $status
@@ -122,6 +123,18 @@ for r in rows:
         ratio = r["ms"] / (r["density"] * dense[r["shape"]])
         print(f'{r["method"]:16s} d={r["density"]:<4} {r["ms"]:.4f} ms  t/(d*t_dense)={ratio:.2f} '
               f'density_bar={r["meets_density_bar"]} beats_torch_bsr={r["beats_torch_bsr"]} rel_err={r["rel_err"]:.1e}')
+EOF
+  step "sparse conv2d GPU benchmark (bar: t <= max(1.25*d*t_dense, floor) on 256@14 and 512@7)"
+  mkdir -p "$RESULTS/sparse_conv2d"
+  "$PY" -m sparsecl.cli bench sparse_conv2d --device cuda $QUICK --out "$RESULTS/sparse_conv2d" -v 2>&1 \
+    | tee "$RESULTS/bench-sparse_conv2d.log" | tail -25
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  "$PY" - "$RESULTS"/sparse_conv2d/bench-cuda*.json <<'EOF'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    if r["layer"] in ("256@14", "512@7"):
+        print(f'{r["method"]:34s} {r["layer"]:6s} {r["dtype"]:8s} d={r["density"]:<4} {r["pass_"]:7s} {r["ms"]:.4f} ms '
+              f'dense {r["dense_ms"]:.4f} floor {r["floor_ms"]:.4f} meets_bar={r["meets_bar"]} rel_err={r["rel_err"]:.1e}')
 EOF
 fi
 echo "results in $RESULTS (status $status)"

@@ -1,12 +1,15 @@
 // Fused prune-regrow on CPU (design.md §3), segmented over layers, in place on weights and masks.
-// Per layer both selections are "the n smallest items by (key, flat index)" over order-preserving
-// unsigned keys of the scores: drop key = asc(prune), grow key = ~asc(grow), NaN -> asc 0, so NaN is
-// dropped first and grown last, and the index breaks ties. Selection is a radix select: one pass over
-// the layer builds a histogram of the top key bits for both sets and compacts the drop candidates and the
-// grow candidates under a bound guessed from a small sample; the sets are then split at their threshold
-// bins from those lists (a second pass only if the guess fell short), and nth_element orders only the
-// threshold bin. Writes touch only the dropped and grown positions. Layers run in parallel, largest
-// first; a lone or dominant layer instead splits its first pass over the threads.
+// Both selections are "the n smallest ranks" (prune_keys.h). Per layer:
+//  1. a sample of 64 spread runs of 128 positions guesses, per set, a key bound that the n best
+//     candidates very likely fall under (small layers take every candidate);
+//  2. ONE pass over mask, eligible and both scores (chunks of all layers in parallel; AVX-512 compress
+//     where available) counts |A ∩ E| and compacts, in index order, the drop candidates (A ∩ E) and the
+//     grow candidates (E \ A) whose key is within the bound: a few % of the layer;
+//  3. the exact n-th smallest rank of each list is found by a small radix select on the list (D's grow
+//     keys join the grow list: a dropped position may regrow); a list shorter than n means the guess
+//     was short, and only then that set's candidates are collected again without a bound;
+//  4. the writes touch only D \ G and G \ A, in index order.
+// Memory traffic is one read of mask + scores plus the changed positions of mask and weight.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -14,56 +17,26 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
+#include <memory>
 #include <numeric>
+#include <cstring>
+#include <omp.h>
+#include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SPARSECL_PR_AVX512 1
+#endif
+
 #include "checks.h"
+#include "cpu/isa.h"
+#include "prune_keys.h"
 
 namespace sparsecl {
 namespace {
 
-template <typename S> struct KeyOf;
-template <> struct KeyOf<float> { using type = uint32_t; };
-template <> struct KeyOf<double> { using type = uint64_t; };
-
-// Ascending order-preserving key; NaN -> 0 (below -inf); -0.0 and +0.0 share one key.
-template <typename S>
-inline typename KeyOf<S>::type asc_key(S v) {
-  using K = typename KeyOf<S>::type;
-  constexpr K top = K(1) << (sizeof(K) * 8 - 1);
-  if (std::isnan(v)) return 0;
-  if (v == S(0)) v = S(0);
-  K u;
-  std::memcpy(&u, &v, sizeof(K));
-  return (u & top) ? ~u : (u | top);
-}
-
-template <typename K>
-struct Item {
-  K key;
-  int64_t idx;
-  bool operator<(const Item& o) const { return key < o.key || (key == o.key && idx < o.idx); }
-  bool operator<=(const Item& o) const { return !(o < *this); }
-};
-
-// Threshold bin of a histogram: smallest bin t with (#items in bins <= t) >= n. Returns (t, #items below t).
-inline std::pair<int64_t, int64_t> threshold_bin(const std::vector<int64_t>& hist, int64_t n) {
-  int64_t below = 0;
-  for (size_t t = 0; t < hist.size(); ++t) {
-    if (below + hist[t] >= n) return {int64_t(t), below};
-    below += hist[t];
-  }
-  return {int64_t(hist.size()) - 1, below};
-}
-
-// The n smallest of `ties` (all in the threshold bin) appended to `out`; returns the n-th smallest.
-template <typename K>
-Item<K> take_smallest(std::vector<Item<K>>& ties, int64_t n, std::vector<int64_t>& out) {
-  std::nth_element(ties.begin(), ties.begin() + (n - 1), ties.end());
-  for (int64_t j = 0; j < n; ++j) out.push_back(ties[j].idx);
-  return ties[n - 1];
-}
+using keys::KeyOf;
 
 struct LayerView {
   void* w;
@@ -74,8 +47,270 @@ struct LayerView {
   int64_t numel, n, rows, cols, mask_cols, B;
 };
 
+// Compacted candidates of one chunk: keys and offsets from the chunk start, in index order; drop
+// candidates also carry their grow key (a dropped position may regrow), read while the line is loaded.
+template <typename K>
+struct Buf {
+  K* key = nullptr;
+  K* gkey = nullptr;
+  uint32_t* off = nullptr;
+  int64_t size = 0;
+  size_t at = 0;                 // first pass: offset of the packed lists in the scanning thread's arena
+  std::unique_ptr<char[]> own;   // a rescan's storage
+
+  static size_t bytes(int64_t len, bool with_gkey) {  // room for a whole chunk (+16 for full-vector stores)
+    return (size_t(len + 16) * ((with_gkey ? 2 : 1) * sizeof(K) + sizeof(uint32_t)) + 63) & ~size_t(63);
+  }
+  void place(char* p, int64_t len, bool with_gkey) {
+    key = reinterpret_cast<K*>(p);
+    p += size_t(len + 16) * sizeof(K);
+    gkey = with_gkey ? reinterpret_cast<K*>(p) : nullptr;
+    if (with_gkey) p += size_t(len + 16) * sizeof(K);
+    off = reinterpret_cast<uint32_t*>(p);
+    size = 0;
+  }
+  void alloc(int64_t len, bool with_gkey) {  // uninitialised: only the pages written are touched
+    own.reset(new char[bytes(len, with_gkey)]);
+    place(own.get(), len, with_gkey);
+  }
+  // Moves the lists down to dst (<= key), back to back; returns the bytes used (rounded to 64).
+  size_t pack(char* dst) {
+    char* q = dst;
+    std::memmove(q, key, size_t(size) * sizeof(K));
+    q += size_t(size) * sizeof(K);
+    if (gkey) std::memmove(q, gkey, size_t(size) * sizeof(K)), q += size_t(size) * sizeof(K);
+    std::memmove(q, off, size_t(size) * sizeof(uint32_t));
+    q += size_t(size) * sizeof(uint32_t);
+    return (size_t(q - dst) + 63) & ~size_t(63);
+  }
+  void place_packed(char* p) {
+    const bool with_gkey = gkey != nullptr;
+    key = reinterpret_cast<K*>(p);
+    p += size_t(size) * sizeof(K);
+    gkey = with_gkey ? reinterpret_cast<K*>(p) : nullptr;
+    if (with_gkey) p += size_t(size) * sizeof(K);
+    off = reinterpret_cast<uint32_t*>(p);
+  }
+};
+
+template <typename K>
+struct Chunk {
+  int64_t layer, begin, end;
+  Buf<K> d, g;
+  int64_t active = 0;  // |A ∩ E| in the chunk
+  int tid = 0;         // thread whose arena holds the first pass's lists
+};
+
+// First-pass scratch, one per thread, kept across calls: fresh pages would be faulted in and zeroed on
+// every call (a measurable share of the time). It grows to the largest call seen.
+struct Arena {
+  std::unique_ptr<char[]> data;
+  size_t cap = 0, used = 0;
+  size_t reserve(size_t n) {  // offset of n bytes after the used ones; may move data
+    if (used + n > cap) {
+      const size_t ncap = std::max(2 * cap, used + n);
+      std::unique_ptr<char[]> bigger(new char[ncap]);
+      if (used) std::memcpy(bigger.get(), data.get(), used);
+      data = std::move(bigger);
+      cap = ncap;
+    }
+    return used;
+  }
+};
+
+Arena& thread_arena() {
+  thread_local Arena arena;
+  return arena;
+}
+
+// Scalar scan of [b, e): counts A ∩ E, keeps drop keys <= hi_d (if want_d) and grow keys <= hi_g (if want_g).
+template <typename S, typename K>
+void scan_generic(const LayerView& L, Chunk<K>& c, K hi_d, K hi_g, bool want_d, bool want_g) {
+  const S* ps = static_cast<const S*>(L.ps);
+  const S* gs = static_cast<const S*>(L.gs);
+  int64_t active = 0;
+  for (int64_t i = c.begin; i < c.end; ++i) {
+    if (L.elig && !L.elig[i]) continue;
+    if (L.mask[i]) {
+      ++active;
+      if (!want_d) continue;
+      const K k = keys::drop_key(ps[i]);
+      if (k <= hi_d) {
+        c.d.key[c.d.size] = k;
+        c.d.gkey[c.d.size] = keys::grow_key(gs[i]);
+        c.d.off[c.d.size++] = uint32_t(i - c.begin);
+      }
+    } else if (want_g) {
+      const K k = keys::grow_key(gs[i]);
+      if (k <= hi_g) {
+        c.g.key[c.g.size] = k;
+        c.g.off[c.g.size++] = uint32_t(i - c.begin);
+      }
+    }
+  }
+  c.active = active;
+}
+
+#ifdef SPARSECL_PR_AVX512
+// The same scan for float scores, 16 positions per step: keys built in registers, candidates packed with
+// vpcompressd into registers and stored whole (the buffers have 16 spare slots; compress-to-memory is
+// slow on some CPUs).
+#define SPARSECL_PR_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
+SPARSECL_PR_TARGET inline __m512i asc_key16(__m512i u) {  // keys::asc_key, 16 lanes
+  const __m512i top = _mm512_set1_epi32(int(0x80000000u)), zero = _mm512_setzero_si512();
+  __m512i k = _mm512_xor_si512(u, _mm512_or_si512(_mm512_srai_epi32(u, 31), top));
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  k = _mm512_mask_mov_epi32(k, _mm512_cmpeq_epi32_mask(a, zero), top);
+  return _mm512_mask_mov_epi32(k, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000)), zero);
+}
+
+SPARSECL_PR_TARGET void scan_avx512(const LayerView& L, Chunk<uint32_t>& c, uint32_t hi_d, uint32_t hi_g, bool want_d, bool want_g) {
+  const float* ps = static_cast<const float*>(L.ps);
+  const float* gs = static_cast<const float*>(L.gs);
+  const __m512i ones = _mm512_set1_epi32(-1);
+  const __m512i vhd = _mm512_set1_epi32(int(hi_d)), vhg = _mm512_set1_epi32(int(hi_g));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t active = 0, nd = 0, ng = 0;
+  uint32_t* dk = c.d.key;
+  uint32_t* dgk = c.d.gkey;
+  uint32_t* dof = c.d.off;
+  uint32_t* gk = c.g.key;
+  uint32_t* gof = c.g.off;
+  for (int64_t i = c.begin; i < c.end; i += 16) {
+    const int64_t rem = c.end - i;
+    const __mmask16 lanes = rem >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
+    const __m128i mb = _mm_maskz_loadu_epi8(lanes, L.mask + i);
+    __mmask16 el = lanes;
+    if (L.elig) {
+      const __m128i eb = _mm_maskz_loadu_epi8(lanes, L.elig + i);
+      el = _mm_mask_test_epi8_mask(lanes, eb, eb);
+    }
+    const __mmask16 act = _mm_mask_test_epi8_mask(el, mb, mb);
+    const __mmask16 ina = __mmask16(el & ~act);
+    active += _mm_popcnt_u32(act);
+    const __m512i off = _mm512_add_epi32(_mm512_set1_epi32(int(i - c.begin)), iota);
+    const __m512i kg = _mm512_xor_si512(asc_key16(_mm512_maskz_loadu_epi32(el, gs + i)), ones);
+    if (want_d) {
+      const __m512i k = asc_key16(_mm512_maskz_loadu_epi32(act, ps + i));
+      const __mmask16 sel = _mm512_mask_cmple_epu32_mask(act, k, vhd);
+      _mm512_storeu_si512(dk + nd, _mm512_maskz_compress_epi32(sel, k));
+      _mm512_storeu_si512(dgk + nd, _mm512_maskz_compress_epi32(sel, kg));
+      _mm512_storeu_si512(dof + nd, _mm512_maskz_compress_epi32(sel, off));
+      nd += _mm_popcnt_u32(sel);
+    }
+    if (want_g) {
+      const __m512i& k = kg;
+      const __mmask16 sel = _mm512_mask_cmple_epu32_mask(ina, k, vhg);
+      _mm512_storeu_si512(gk + ng, _mm512_maskz_compress_epi32(sel, k));
+      _mm512_storeu_si512(gof + ng, _mm512_maskz_compress_epi32(sel, off));
+      ng += _mm_popcnt_u32(sel);
+    }
+  }
+  c.active = active;
+  if (want_d) c.d.size = nd;
+  if (want_g) c.g.size = ng;
+}
+#endif
+
+// Scan into the chunk's buffers, already placed for the wanted sets.
+template <typename S, typename K>
+void scan(const LayerView& L, Chunk<K>& c, K hi_d, K hi_g, bool want_d, bool want_g, bool avx512) {
+#ifdef SPARSECL_PR_AVX512
+  if constexpr (std::is_same_v<S, float>) {
+    if (avx512) return scan_avx512(L, c, hi_d, hi_g, want_d, want_g);
+  }
+#endif
+  scan_generic<S, K>(L, c, hi_d, hi_g, want_d, want_g);
+}
+
+// Key bounds (drop, grow) that the n best candidates of each set very likely fall under, from the keys
+// of 64 spread runs of 128 positions; the largest key (no bound) for small layers or a thin sample.
+template <typename S, typename K>
+std::pair<K, K> guess_bounds(const LayerView& L) {
+  constexpr int64_t kRuns = 64, kRun = 128;
+  const K all = ~K(0);
+  const int64_t N = L.numel;
+  if (N < 8 * kRuns * kRun) return {all, all};
+  const S* ps = static_cast<const S*>(L.ps);
+  const S* gs = static_cast<const S*>(L.gs);
+  std::vector<K> d, g;
+  for (int64_t r = 0; r < kRuns; ++r)
+    for (int64_t i = r * (N / kRuns), e = i + kRun; i < e; ++i) {
+      if (L.elig && !L.elig[i]) continue;
+      if (L.mask[i]) d.push_back(keys::drop_key(ps[i]));
+      else g.push_back(keys::grow_key(gs[i]));
+    }
+  const double scale = double(N) / double(kRuns * kRun);
+  // n among the sampled share of the set, with a 10% + 4 sigma + 16 margin
+  auto bound = [&](std::vector<K>& v) {
+    if (v.size() < 64) return all;
+    const double expect = std::min<double>(double(v.size()), double(L.n) / scale);
+    const double r = 1.1 * expect + 4.0 * std::sqrt(expect) + 16.0;
+    if (r >= double(v.size())) return all;
+    auto it = v.begin() + int64_t(r);
+    std::nth_element(v.begin(), it, v.end());
+    return *it;
+  };
+  return {bound(d), bound(g)};
+}
+
+// Rank type: 64-bit for 32-bit keys of layers below 2^32 positions, else 128-bit.
+template <typename K, typename R>
+inline R make_rank(K key, int64_t idx) {
+  return (R(key) << (sizeof(R) * 8 - sizeof(K) * 8)) | R(uint64_t(idx));
+}
+
+template <typename K, typename R>
+inline K key_of(R r) { return K(r >> (sizeof(R) * 8 - sizeof(K) * 8)); }
+
+template <typename K, typename R>
+inline int64_t idx_of(R r) {
+  constexpr int idx_bits = int(sizeof(R) * 8 - sizeof(K) * 8);
+  return int64_t(uint64_t(r & ((R(1) << (idx_bits < 64 ? idx_bits : 63)) - 1)));
+}
+
+// The n-th smallest rank of v (1 <= n <= |v|; v[0, split) and v[split, end) each in index order): a
+// histogram of the key (2048 bins over the keys' range) picks the bin holding it; nth_element orders
+// that bin only, unless the bin holds a single key (heavy ties, e.g. many zero scores), whose ranks then
+// follow the index order: a merge of the bin's two runs.
+template <typename K, typename R>
+R nth_smallest(const std::vector<R>& v, int64_t n, size_t split) {
+  std::vector<R> bin;
+  size_t bin_split = split;
+  if (v.size() <= 4096) {
+    bin = v;
+  } else {
+    K lo = ~K(0), hi = 0;
+    for (R r : v) {
+      const K k = key_of<K, R>(r);
+      lo = std::min(lo, k);
+      hi = std::max(hi, k);
+    }
+    int shift = 0;
+    while (((hi - lo) >> shift) >= 2048) ++shift;
+    std::vector<int64_t> hist(2048, 0);
+    for (R r : v) ++hist[(key_of<K, R>(r) - lo) >> shift];
+    int64_t t = 0, below = 0;
+    while (below + hist[t] < n) below += hist[t++];
+    bin.reserve(hist[t]);
+    for (size_t j = 0; j < v.size(); ++j) {
+      if (j == split) bin_split = bin.size();
+      if (int64_t((key_of<K, R>(v[j]) - lo) >> shift) == t) bin.push_back(v[j]);
+    }
+    if (split >= v.size()) bin_split = bin.size();
+    n -= below;
+  }
+  const K k0 = key_of<K, R>(bin[0]);
+  if (std::all_of(bin.begin(), bin.end(), [&](R r) { return key_of<K, R>(r) == k0; })) {
+    std::inplace_merge(bin.begin(), bin.begin() + bin_split, bin.end());  // one key: rank order = index order
+    return bin[n - 1];
+  }
+  std::nth_element(bin.begin(), bin.begin() + (n - 1), bin.end());
+  return bin[n - 1];
+}
+
 template <typename W>
-inline void zero_position(const LayerView& L, int64_t i) {
+inline __attribute__((always_inline)) void zero_position(const LayerView& L, int64_t i) {
   W* w = static_cast<W*>(L.w);
   if (L.B == 1) {
     w[i] = W(0);
@@ -86,138 +321,92 @@ inline void zero_position(const LayerView& L, int64_t i) {
   for (int64_t r = r0; r < r1; ++r) std::fill(w + r * L.cols + c0, w + r * L.cols + c1, W(0));
 }
 
-// A bin bound that the n best grow candidates very likely fall under, from the grow keys of 64 spread
-// chunks of the layer (with a 1.5x + 32 margin); every bin for small layers. Pass 1 keeps the candidates
-// under it, so the grow selection needs no second pass over the layer unless the guess was short.
-template <typename S, typename K>
-int64_t guess_grow_bound(const LayerView& L, int shift, K flip, int64_t nbins) {
-  constexpr int64_t kChunks = 64, kChunk = 128;
-  const int64_t N = L.numel;
-  if (N < 8 * kChunks * kChunk) return nbins - 1;
-  const S* gs = static_cast<const S*>(L.gs);
-  std::vector<int64_t> h(nbins, 0);
-  int64_t cands = 0;
-  for (int64_t c = 0; c < kChunks; ++c)
-    for (int64_t i = c * (N / kChunks), e = i + kChunk; i < e; ++i)
-      if (!L.mask[i] && (!L.elig || L.elig[i])) {
-        ++h[(asc_key(gs[i]) ^ flip) >> shift];
-        ++cands;
-      }
-  if (cands == 0) return nbins - 1;
-  const double share = double(L.n) * (kChunks * kChunk) / (double(cands) * N);  // of all E \ A, roughly
-  const int64_t want = int64_t(1.5 * share * double(cands)) + 32;
-  int64_t cum = 0;
-  for (int64_t b = 0; b < nbins; ++b)
-    if ((cum += h[b]) >= want) return b;
-  return nbins - 1;
+// Ranks of one set of a layer's chunks (index order); for the drop set also the grow keys.
+template <typename K, typename R>
+void gather(const std::vector<Chunk<K>*>& chunks, bool drop_set, std::vector<R>& out, std::vector<K>* gkeys) {
+  int64_t total = 0;
+  for (auto* c : chunks) total += (drop_set ? c->d : c->g).size;
+  out.clear();
+  out.reserve(total);
+  if (gkeys) gkeys->clear(), gkeys->reserve(total);
+  for (auto* c : chunks) {
+    const Buf<K>& b = drop_set ? c->d : c->g;
+    for (int64_t j = 0; j < b.size; ++j) out.push_back(make_rank<K, R>(b.key[j], c->begin + b.off[j]));
+    if (gkeys) gkeys->insert(gkeys->end(), b.gkey, b.gkey + b.size);
+  }
 }
 
-template <typename W, typename S>
-int64_t prune_regrow_layer(const LayerView& L) {
-  using K = typename KeyOf<S>::type;
-  constexpr int kKeyBits = sizeof(K) * 8;
-  const S* ps = static_cast<const S*>(L.ps);
-  const S* gs = static_cast<const S*>(L.gs);
-  const int64_t N = L.numel;
-  if (L.n == 0 || N == 0) return 0;
-  // histogram width follows the layer size: small layers do not pay for 64K bins
-  int hb = 4;
-  while (hb < 16 && (int64_t(1) << hb) < N) ++hb;
-  const int shift = kKeyBits - hb;
-  const K flip = ~K(0);
-
-  // pass 1: drop candidates compacted, grow keys of E \ A histogrammed (and kept under the guessed bound)
-  const int64_t nbins = int64_t(1) << hb;
-  const int64_t guess = guess_grow_bound<S, K>(L, shift, flip, nbins);
-  // chunks of the layer run in parallel when the layers themselves do not (a lone or dominant layer)
-  const int64_t n_chunks = at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(
-      at::get_num_threads(), N / (int64_t(1) << 18)));
-  std::vector<std::vector<int64_t>> dh(n_chunks, std::vector<int64_t>(nbins, 0)), gh(dh);
-  std::vector<std::vector<Item<K>>> dc(n_chunks), gc(n_chunks);
-  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      auto &dhist = dh[c], &ghist = gh[c];
-      auto &drop_cands = dc[c], &grow_cands = gc[c];
-      for (int64_t i = N * c / n_chunks, end = N * (c + 1) / n_chunks; i < end; ++i) {
-        if (L.elig && !L.elig[i]) continue;
-        if (L.mask[i]) {
-          const K k = asc_key(ps[i]);
-          drop_cands.push_back({k, i});
-          ++dhist[k >> shift];
-        } else {
-          const K k = asc_key(gs[i]) ^ flip;
-          const int64_t b = int64_t(k >> shift);
-          ++ghist[b];
-          if (b <= guess) grow_cands.push_back({k, i});
-        }
-      }
-    }
-  });
-  std::vector<int64_t> dhist = std::move(dh[0]), ghist = std::move(gh[0]);
-  std::vector<Item<K>> drop_cands = std::move(dc[0]), grow_cands = std::move(gc[0]);
-  for (int64_t c = 1; c < n_chunks; ++c) {
-    for (int64_t b = 0; b < nbins; ++b) {
-      dhist[b] += dh[c][b];
-      ghist[b] += gh[c][b];
-    }
-    drop_cands.insert(drop_cands.end(), dc[c].begin(), dc[c].end());
-    grow_cands.insert(grow_cands.end(), gc[c].begin(), gc[c].end());
-  }
-  const int64_t n = std::min<int64_t>(L.n, int64_t(drop_cands.size()));
+// Selection and writes of one layer after the scan; returns |D \ G| + |G \ A|.
+template <typename W, typename S, typename K, typename R>
+int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g, bool avx512) {
+  int64_t active = 0;
+  for (auto* c : chunks) active += c->active;
+  const int64_t n = std::min(L.n, active);
   if (n == 0) return 0;
-
-  // drop set D: split the compacted candidates at the threshold bin, order only that bin
-  std::vector<int64_t> drop;
-  drop.reserve(n);
-  {
-    auto [t, below] = threshold_bin(dhist, n);
-    std::vector<Item<K>> ties;
-    for (const auto& c : drop_cands) {
-      const int64_t b = int64_t(c.key >> shift);
-      if (b < t) drop.push_back(c.idx);
-      else if (b == t) ties.push_back(c);
+  const K all = ~K(0);
+  auto rescan = [&](bool drop_set) {  // the guess was short: every candidate of that set, one chunk at a time
+    for (auto* c : chunks) {
+      (drop_set ? c->d : c->g).alloc(c->end - c->begin, drop_set);
+      scan<S, K>(L, *c, all, all, drop_set, !drop_set, avx512);
     }
-    take_smallest(ties, n - below, drop);
-  }
-  drop_cands = {};
+  };
 
-  // grow set G over E \ (A \ D): D joins the histogram, then the kept candidates (or, if the guess was
-  // short, a second pass over the layer) split at the threshold bin
-  for (int64_t d : drop) ++ghist[(asc_key(gs[d]) ^ flip) >> shift];
-  std::vector<int64_t> grow;
-  grow.reserve(n);
-  Item<K> pivot;
-  {
-    auto [t, below] = threshold_bin(ghist, n);
-    std::vector<Item<K>> ties;
-    auto visit = [&](K k, int64_t i) {
-      const int64_t b = int64_t(k >> shift);
-      if (b < t) grow.push_back(i);
-      else if (b == t) ties.push_back({k, i});
-    };
-    if (t <= guess) {
-      for (const auto& c : grow_cands) visit(c.key, c.idx);
-    } else {
-      for (int64_t i = 0; i < N; ++i)
-        if (!L.mask[i] && (!L.elig || L.elig[i])) visit(asc_key(gs[i]) ^ flip, i);
-    }
-    grow_cands = {};
-    for (int64_t d : drop) visit(asc_key(gs[d]) ^ flip, d);
-    pivot = take_smallest(ties, n - below, grow);
+  std::vector<R> drop;
+  std::vector<K> drop_gkey;
+  gather<K, R>(chunks, true, drop, &drop_gkey);
+  if (int64_t(drop.size()) < n) {
+    rescan(true);
+    gather<K, R>(chunks, true, drop, &drop_gkey);
   }
+  const R pivot_d = nth_smallest<K, R>(drop, n, drop.size());
+  int64_t nd = 0;
+  for (size_t j = 0; j < drop.size(); ++j)
+    if (drop[j] <= pivot_d) drop[nd] = drop[j], drop_gkey[nd++] = drop_gkey[j];
+  drop.resize(nd);
+  drop_gkey.resize(nd);
 
-  // apply: D \ G cleared; G \ A set (their masks are still false: D \ G is cleared first, D ∩ G untouched)
+  // grow candidates: E \ A under the bound, and D (a dropped position may regrow), merged in index order
+  std::vector<R> grow, grow_d;
+  auto add_drop = [&](K bound) {
+    grow_d.clear();
+    for (int64_t j = 0; j < nd; ++j)
+      if (drop_gkey[j] <= bound) grow_d.push_back(make_rank<K, R>(drop_gkey[j], idx_of<K, R>(drop[j])));
+  };
+  gather<K, R>(chunks, false, grow, nullptr);
+  add_drop(hi_g);
+  if (int64_t(grow.size() + grow_d.size()) < n) {
+    rescan(false);
+    gather<K, R>(chunks, false, grow, nullptr);
+    add_drop(all);
+  }
+  const size_t n_inactive = grow.size();
+  grow.insert(grow.end(), grow_d.begin(), grow_d.end());
+  const R pivot_g = nth_smallest<K, R>(grow, n, n_inactive);
+
+  // D \ G cleared, G \ A set (mask still false); D ∩ G keeps mask and weight. The positions are
+  // scattered: the weight and mask lines are prefetched for writing a few items ahead.
+  constexpr int64_t kAhead = 16;
+  auto prefetch = [&](int64_t i) {
+    __builtin_prefetch(static_cast<W*>(L.w) + (L.B == 1 ? i : (i / L.mask_cols) * L.B * L.cols + (i % L.mask_cols) * L.B), 1);
+    __builtin_prefetch(L.mask + i, 1);
+  };
   int64_t changed = 0;
-  for (int64_t d : drop) {
-    if (Item<K>{asc_key(gs[d]) ^ flip, d} <= pivot) continue;  // regrown: keeps mask and weight
-    L.mask[d] = false;
-    zero_position<W>(L, d);
+  for (int64_t j = 0; j < nd; ++j) {
+    if (j + kAhead < nd) prefetch(idx_of<K, R>(drop[j + kAhead]));
+    const int64_t i = idx_of<K, R>(drop[j]);
+    if (make_rank<K, R>(drop_gkey[j], i) <= pivot_g) continue;
+    L.mask[i] = false;
+    zero_position<W>(L, i);
     ++changed;
   }
-  for (int64_t g : grow) {
-    if (L.mask[g]) continue;  // in D ∩ G
-    L.mask[g] = true;
-    zero_position<W>(L, g);
+  for (size_t j = 0; j < grow.size(); ++j) {
+    if (j + kAhead < grow.size() && grow[j + kAhead] <= pivot_g) prefetch(idx_of<K, R>(grow[j + kAhead]));
+    const R r = grow[j];
+    if (r > pivot_g) continue;
+    const int64_t i = idx_of<K, R>(r);
+    if (L.mask[i]) continue;  // in D ∩ G
+    L.mask[i] = true;
+    zero_position<W>(L, i);
     ++changed;
   }
   return changed;
@@ -225,19 +414,75 @@ int64_t prune_regrow_layer(const LayerView& L) {
 
 template <typename W, typename S>
 void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>& order, int64_t* out) {
+  using K = typename KeyOf<S>::type;
+  constexpr int64_t kChunk = int64_t(1) << 18;
   const int64_t L = int64_t(views.size());
-  const int64_t threads = at::get_num_threads();
-  int64_t total = 0;
-  for (const auto& v : views) total += v.numel;
-  // a layer holding over half of all positions (or fewer layers than threads) runs alone, chunked in parallel
-  int64_t j0 = 0;
-  for (; j0 < L && (L - j0 < threads || 2 * views[order[j0]].numel > total); ++j0) {
-    out[order[j0]] = prune_regrow_layer<W, S>(views[order[j0]]);
-    total -= views[order[j0]].numel;
+  const bool avx512 = cpu::active_isa() == cpu::Isa::kAvx512;
+  const int nt = at::in_parallel_region() ? 1 : int(std::max<int64_t>(1, at::get_num_threads()));
+
+  // chunks of every layer, largest layers first
+  std::vector<std::pair<K, K>> bounds(L, {K(0), K(0)});
+  std::vector<Chunk<K>> chunks;
+  std::vector<int64_t> first(L + 1, 0);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerView& v = views[l];
+    first[l] = int64_t(chunks.size());
+    if (v.n > 0)
+      for (int64_t b = 0; b < v.numel; b += kChunk) chunks.push_back({l, b, std::min(v.numel, b + kChunk)});
   }
-  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(L - j0, threads)));
+  first[L] = int64_t(chunks.size());
+  std::vector<int64_t> chunk_order(chunks.size());
+  std::iota(chunk_order.begin(), chunk_order.end(), 0);
+  std::stable_sort(chunk_order.begin(), chunk_order.end(), [&](int64_t a, int64_t b) {
+    return views[chunks[a].layer].numel > views[chunks[b].layer].numel;
+  });
+  const int64_t n_chunks = int64_t(chunks.size());
+
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t j = j0; j < L; ++j) out[order[j]] = prune_regrow_layer<W, S>(views[order[j]]);
+  for (int64_t j = 0; j < L; ++j)
+    if (views[order[j]].n > 0) bounds[order[j]] = guess_bounds<S, K>(views[order[j]]);
+
+  // the first pass: each thread packs its chunks' lists into its arena, back to back
+  std::vector<char*> bases(nt, nullptr);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    Arena& arena = thread_arena();
+    arena.used = 0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < n_chunks; ++j) {
+      Chunk<K>& c = chunks[chunk_order[j]];
+      const int64_t len = c.end - c.begin;
+      const size_t bd = Buf<K>::bytes(len, true);
+      const size_t at = arena.reserve(bd + Buf<K>::bytes(len, false));
+      c.d.place(arena.data.get() + at, len, true);
+      c.g.place(arena.data.get() + at + bd, len, false);
+      scan<S, K>(views[c.layer], c, bounds[c.layer].first, bounds[c.layer].second, true, true, avx512);
+      const size_t pd = c.d.pack(arena.data.get() + at);
+      const size_t pg = c.g.pack(arena.data.get() + at + pd);
+      c.tid = t;
+      c.d.at = at;
+      c.g.at = at + pd;
+      arena.used = at + pd + pg;
+    }
+    bases[t] = arena.data.get();
+  }
+  for (auto& c : chunks) {
+    c.d.place_packed(bases[c.tid] + c.d.at);
+    c.g.place_packed(bases[c.tid] + c.g.at);
+  }
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t j = 0; j < L; ++j) {
+    const int64_t l = order[j];
+    const LayerView& v = views[l];
+    if (v.n == 0 || v.numel == 0) continue;
+    std::vector<Chunk<K>*> mine;
+    for (int64_t c = first[l]; c < first[l + 1]; ++c) mine.push_back(&chunks[c]);
+    const K hi_g = bounds[l].second;
+    if (sizeof(K) == 4 && v.numel < (int64_t(1) << 32)) out[l] = finish_layer<W, S, K, uint64_t>(v, mine, hi_g, avx512);
+    else out[l] = finish_layer<W, S, K, unsigned __int128>(v, mine, hi_g, avx512);
+  }
 }
 
 int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {

@@ -19,10 +19,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/isa.h"
+#include "cpu/microkernels.h"
 
 namespace sparsecl {
 namespace {
@@ -348,6 +351,430 @@ void csr_dw(const T* dy, const T* x, const Geom& g, const int32_t* row_idx, cons
   });
 }
 
+// ---- unstructured fast path (stride 1): implicit GEMM in padded-width space -------------------------
+// The source is padded once into planes of width Wp (zeros around the image). With the output
+// flattened over the same width, q = ho*Wp + wo, every tap of every channel is one shift:
+// out[q] += v * src[plane(c) + q + r*dh*Wp + s*dw]. A tile of consecutive q for NB images stays in
+// registers across all nonzeros of an output row; the columns wo >= Wo of a row are computed into
+// garbage and dropped on store. Reads past a plane's end land in the next plane or the buffer's
+// zero slack and only feed dropped columns. dX is the same kernel on grad_out padded by the full
+// kernel extent, with the transposed index and flipped taps; dValues is a dot product per nonzero
+// (SDDMM) of the grad_out tile (zeros in its garbage columns) with the shifted source tile.
+
+template <typename T, int VB>
+struct Vt {
+  typedef T V __attribute__((vector_size(VB)));
+  static constexpr int L = VB / sizeof(T);
+};
+
+// out[b*NT*L + j] = (prev ? prev[b*NT*L + j] : init) + sum_k val[k] * xb[b][off[k] + j], j < NT*L, b < NB.
+template <typename T, int VB, int NT, int NB>
+__attribute__((always_inline)) inline void pw_row_body(const T* const* xb, const int32_t* off, const T* val,
+                                                       int64_t nnz, T init, const T* prev, T* out) {
+  using V = typename Vt<T, VB>::V;
+  constexpr int L = Vt<T, VB>::L;
+  V acc[NB][NT];
+  const T* base[NB];
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) {
+    base[b] = xb[b];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      if (prev) __builtin_memcpy(&acc[b][t], prev + (b * NT + t) * L, VB);
+      else acc[b][t] = V{} + init;
+    }
+  }
+  for (int64_t k = 0; k < nnz; ++k) {
+    const V v = V{} + val[k];
+    const int64_t o = off[k];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) {
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        V x;
+        __builtin_memcpy(&x, base[b] + o + t * L, VB);
+        acc[b][t] += v * x;
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b)
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) __builtin_memcpy(out + (b * NT + t) * L, &acc[b][t], VB);
+}
+
+// dv[k] += sum_b sum_{j < NT*L} gb[b][j] * xb[b][off[k] + j].
+template <typename T, int VB, int NT, int NB>
+__attribute__((always_inline)) inline void pw_dot_body(const T* const* xb, const T* const* gb, const int32_t* off,
+                                                       int64_t nnz, T* dv) {
+  using V = typename Vt<T, VB>::V;
+  constexpr int L = Vt<T, VB>::L;
+  V g[NB][NT];
+  const T* base[NB];
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) {
+    base[b] = xb[b];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) __builtin_memcpy(&g[b][t], gb[b] + t * L, VB);
+  }
+  for (int64_t k = 0; k < nnz; ++k) {
+    V s[2] = {V{}, V{}};
+    const int64_t o = off[k];
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) {
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        V x;
+        __builtin_memcpy(&x, base[b] + o + t * L, VB);
+        s[(b * NT + t) & 1] += g[b][t] * x;
+      }
+    }
+    s[0] += s[1];
+    T sum = 0;
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) sum += s[0][i];
+    dv[k] += sum;
+  }
+}
+
+template <typename T>
+struct PwKernels {
+  int lanes = 1, nt = 1, nb = 1, nb_dot = 1;  // vector lanes, vectors per tile, images per row / dot call
+  void (*row)(const T* const*, const int32_t*, const T*, int64_t, T, const T*, T*) = nullptr;
+  void (*dot)(const T* const*, const T* const*, const int32_t*, int64_t, T*) = nullptr;
+};
+
+// Images per call: the NB*NT accumulators (row) or grad_out registers (dot, which also needs two
+// partial sums and a load) fit the ISA's register file (R = 28 of 32 zmm, 12 of 16 ymm/xmm). Rows
+// stop at 16 accumulators (enough to hide the FMA latency): fewer images keep the source chunk small.
+constexpr int pw_nb(int nt, int regs) { return std::min(8, std::max(1, std::min(regs, 16) / nt)); }
+constexpr int pw_nb_dot(int nt, int regs) { return std::min(8, std::max(1, (regs - 4) / nt)); }
+
+#define SPARSECL_PW_ISA(NAME, TARGET, VB, REGS)                                                              \
+  template <typename T, int NT>                                                                              \
+  __attribute__((target(TARGET))) void pw_row_##NAME(const T* const* xb, const int32_t* off, const T* val,   \
+                                                     int64_t nnz, T init, const T* prev, T* out) {           \
+    pw_row_body<T, VB, NT, pw_nb(NT, REGS)>(xb, off, val, nnz, init, prev, out);                             \
+  }                                                                                                          \
+  template <typename T, int NT>                                                                              \
+  __attribute__((target(TARGET))) void pw_dot_##NAME(const T* const* xb, const T* const* gb,                 \
+                                                     const int32_t* off, int64_t nnz, T* dv) {               \
+    pw_dot_body<T, VB, NT, pw_nb_dot(NT, REGS)>(xb, gb, off, nnz, dv);                                       \
+  }                                                                                                          \
+  template <typename T, int NT>                                                                              \
+  PwKernels<T> pw_kernels_##NAME() {                                                                         \
+    PwKernels<T> k;                                                                                          \
+    k.lanes = VB / sizeof(T);                                                                                \
+    k.nt = NT;                                                                                               \
+    k.nb = pw_nb(NT, REGS);                                                                                  \
+    k.nb_dot = pw_nb_dot(NT, REGS);                                                                          \
+    k.row = &pw_row_##NAME<T, NT>;                                                                           \
+    k.dot = &pw_dot_##NAME<T, NT>;                                                                           \
+    return k;                                                                                                \
+  }
+SPARSECL_PW_ISA(avx512, "avx512f,avx512vl,avx512bw,avx512dq,fma", 64, 28)
+SPARSECL_PW_ISA(avx2, "avx2,fma", 32, 12)
+SPARSECL_PW_ISA(generic, "sse2", 16, 12)
+#undef SPARSECL_PW_ISA
+
+// Kernels of the active ISA with the smallest tile (1, 2, 4 or 7 vectors) covering `len` outputs.
+template <typename T, template <typename, int> class Pick>
+PwKernels<T> pw_by_len(int64_t len, int lanes) {
+  const int64_t v = (len + lanes - 1) / lanes;
+  if (v <= 1) return Pick<T, 1>::get();
+  if (v <= 2) return Pick<T, 2>::get();
+  if (v <= 4) return Pick<T, 4>::get();
+  return Pick<T, 7>::get();
+}
+template <typename T, int NT> struct PwPick512 { static PwKernels<T> get() { return pw_kernels_avx512<T, NT>(); } };
+template <typename T, int NT> struct PwPick2 { static PwKernels<T> get() { return pw_kernels_avx2<T, NT>(); } };
+template <typename T, int NT> struct PwPickG { static PwKernels<T> get() { return pw_kernels_generic<T, NT>(); } };
+
+template <typename T>
+PwKernels<T> pick_pw(int64_t len) {
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512: return pw_by_len<T, PwPick512>(len, 64 / sizeof(T));
+    case cpu::Isa::kAvx2: return pw_by_len<T, PwPick2>(len, 32 / sizeof(T));
+    default: return pw_by_len<T, PwPickG>(len, 16 / sizeof(T));
+  }
+}
+
+constexpr int64_t kPwSlack = 1024;  // zero elements after the last padded plane (> the widest tile)
+
+// dst planes (stride ps) = src planes [P, H, W] placed at (top, left) in rows of width Wq, zeros
+// elsewhere; then `slack` zeros.
+template <typename T>
+void pad_planes(const T* src, int64_t P, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Wq, int64_t ps,
+                T* dst, int64_t slack = kPwSlack) {
+  at::parallel_for(0, P, 16, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      T* d = dst + p * ps;
+      std::fill(d, d + ps, T(0));
+      for (int64_t h = 0; h < H; ++h) std::copy(src + (p * H + h) * W, src + (p * H + h + 1) * W, d + (top + h) * Wq + left);
+    }
+  });
+  std::fill(dst + P * ps, dst + P * ps + slack, T(0));
+}
+
+// Entries of rows 0..rows-1 (row o: ptr[o*ps]..ptr[(o+1)*ps]) regrouped, stably, by chunks of `cc`
+// source planes (plane = off / plane_sz): row o's entries of chunk j are bptr[o*n_cc + j]..+1, at
+// boff/bval (bval only when val), and their original index in bidx. A job then sweeps one chunk of
+// source planes over all its rows while the chunk stays in L1.
+template <typename T>
+struct PwBuckets {
+  int64_t n_cc = 1;
+  std::vector<int32_t> ptr, off, idx;
+  std::vector<T> val;
+};
+
+template <typename T>
+PwBuckets<T> pw_bucket(int64_t rows, const int32_t* ptr, int64_t ps, const int32_t* off, const T* val,
+                       int64_t plane_sz, int64_t n_src, int64_t cc) {
+  PwBuckets<T> b;
+  b.n_cc = (n_src + cc - 1) / cc;
+  const int64_t n_cc = b.n_cc, nnz = ptr[rows * ps] - ptr[0];
+  b.ptr.assign(rows * n_cc + 1, 0);
+  b.off.resize(nnz);
+  b.idx.resize(nnz);
+  if (val) b.val.resize(nnz);
+  const int64_t span = plane_sz * cc;
+  const double inv = 1.0 / double(span);
+  auto chunk = [&](int64_t k) {  // off[k] / span without an integer division per entry
+    int64_t c = int64_t(double(off[k]) * inv);
+    c -= c * span > off[k];
+    return c + ((c + 1) * span <= off[k]);
+  };
+  // serial: a few cheap passes over the entries cost less than the barriers of a parallel region
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) ++b.ptr[o * n_cc + chunk(k) + 1];
+  for (int64_t i = 0; i < rows * n_cc; ++i) b.ptr[i + 1] += b.ptr[i];
+  std::vector<int32_t> next(b.ptr.begin(), b.ptr.end() - 1);
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t k = ptr[o * ps]; k < ptr[(o + 1) * ps]; ++k) {
+      const int32_t d = next[o * n_cc + chunk(k)]++;
+      b.off[d] = off[k];
+      b.idx[d] = int32_t(k - ptr[0]);
+      if (val) b.val[d] = val[k];
+    }
+  return b;
+}
+
+constexpr int64_t kPwL1 = 32 << 10;  // bytes of source planes a chunk may span per job
+
+// y[n, o] (Ho x Wo planes) = init[o] + sum over row o's entries k of val[k] * src[n] shifted by off[k],
+// src padded planes of `plane_sz` elements in rows of width Wp, n_src planes per image (`img`
+// elements); row o's entries are ptr[o*ps]..ptr[(o+1)*ps].
+template <typename T>
+void pw_spmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, int64_t N, int64_t rows, const int32_t* ptr,
+             int64_t ps, const int32_t* off, const T* val, const T* init, int64_t Ho, int64_t Wo, int64_t Wp, T* y) {
+  if (N == 0 || rows == 0) return;
+  const int64_t len = Ho * Wp;
+  const PwKernels<T> kk = pick_pw<T>(len);
+  const int64_t tile = int64_t(kk.nt) * kk.lanes, n_tiles = (len + tile - 1) / tile, n_groups = (N + kk.nb - 1) / kk.nb;
+  const int64_t span = std::min(plane_sz, tile + 2 * Wp + 2) * int64_t(sizeof(T)) * kk.nb;  // per source plane
+  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, ps, off, val, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
+  int64_t n_rc = std::clamp<int64_t>((8 * at::get_num_threads() + n_groups * n_tiles - 1) / (n_groups * n_tiles), 1, rows);
+  n_rc = std::max(n_rc, (rows + 63) / 64);  // at most 64 rows of partial tiles per job
+  const int64_t rc = (rows + n_rc - 1) / n_rc, n_cc = bk.n_cc;
+  at::parallel_for(0, n_groups * n_tiles * n_rc, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(rc * kk.nb * tile);
+    const T* xb[8];
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t g = job / (n_tiles * n_rc), i = (job / n_rc) % n_tiles, r0 = (job % n_rc) * rc;
+      const int64_t r1 = std::min(rows, r0 + rc), n0 = g * kk.nb, nb = std::min<int64_t>(kk.nb, N - n0), q0 = i * tile;
+      const int64_t qe = std::min(q0 + tile, len);
+      for (int b = 0; b < kk.nb; ++b) xb[b] = src + std::min(n0 + b, N - 1) * img + q0;  // tail images: recomputed, dropped
+      for (int64_t j = 0; j < n_cc; ++j)
+        for (int64_t o = r0; o < r1; ++o) {
+          const int64_t k0 = bk.ptr[o * n_cc + j], k1 = bk.ptr[o * n_cc + j + 1];
+          T* ob = buf.data() + (o - r0) * kk.nb * tile;
+          if (j == 0) kk.row(xb, bk.off.data() + k0, bk.val.data() + k0, k1 - k0, init ? init[o] : T(0), nullptr, ob);
+          else if (k1 > k0) kk.row(xb, bk.off.data() + k0, bk.val.data() + k0, k1 - k0, T(0), ob, ob);
+        }
+      for (int64_t o = r0; o < r1; ++o)
+        for (int64_t b = 0; b < nb; ++b) {
+          T* yp = y + ((n0 + b) * rows + o) * Ho * Wo;
+          const T* bp = buf.data() + ((o - r0) * kk.nb + b) * tile - q0;
+          for (int64_t q = q0; q < qe; q = (q / Wp + 1) * Wp) {
+            const int64_t ho = q / Wp, wo = q % Wp, seg = std::min(qe, ho * Wp + Wo);
+            if (q < seg) std::copy(bp + q, bp + seg, yp + ho * Wo + wo);
+          }
+        }
+    }
+  });
+}
+
+// dv[k] = sum_n sum_q gw[n, o_k, q] * src[n] shifted by off[k]; gw planes of `lp` elements (a multiple
+// of the tile, zeros past the valid columns), src as in pw_spmm. Row o's entries are ptr[o]..ptr[o+1].
+template <typename T>
+void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const T* gw, int64_t lp, int64_t N,
+              int64_t rows, const int32_t* ptr, const int32_t* off, const PwKernels<T>& kk, T* dv) {
+  const int64_t tile = int64_t(kk.nt) * kk.lanes, n_tiles = lp / tile;
+  const std::vector<T> zeros(tile, T(0));
+  const int64_t span = plane_sz * int64_t(sizeof(T)) * kk.nb_dot;
+  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, 1, off, nullptr, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
+  const int64_t n_cc = bk.n_cc;
+  std::vector<T> dvb(ptr[rows], T(0));
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    const T *xb[8], *gb[8];
+    for (int64_t n0 = 0; n0 < N; n0 += kk.nb_dot)  // images, then source chunks outer: the chunk stays in L1
+      for (int64_t j = 0; j < n_cc; ++j)
+        for (int64_t o = begin; o < end; ++o) {
+          const int64_t k0 = bk.ptr[o * n_cc + j], k1 = bk.ptr[o * n_cc + j + 1];
+          if (k1 == k0) continue;
+          for (int64_t i = 0; i < n_tiles; ++i) {
+            for (int b = 0; b < kk.nb_dot; ++b) {
+              const bool ok = n0 + b < N;  // tail images: zero grad_out, so they add nothing
+              xb[b] = src + (ok ? n0 + b : n0) * img + i * tile;
+              gb[b] = ok ? gw + ((n0 + b) * rows + o) * lp + i * tile : zeros.data();
+            }
+            kk.dot(xb, gb, bk.off.data() + k0, k1 - k0, dvb.data() + k0);
+          }
+        }
+  });
+  for (int64_t d = 0; d < ptr[rows]; ++d) dv[bk.idx[d]] = dvb[d];
+}
+
+// Scratch for padded planes: the thread's reusable workspace for fp32 (megabytes: a fresh
+// allocation would pay its page faults on every call), a fresh tensor otherwise.
+template <typename T>
+T* pw_scratch(int slot, int64_t n, at::Tensor& hold, const at::TensorOptions& opt) {
+  if constexpr (std::is_same_v<T, float>) {
+    return cpu::workspace(slot, n);
+  } else {
+    hold = at::empty({n}, opt);
+    return hold.data_ptr<T>();
+  }
+}
+
+// The padded-width path needs int32 offsets within one image's padded planes.
+bool pw_fits(int64_t planes, int64_t plane) { return planes * plane + kPwSlack < INT32_MAX; }
+
+// The padded-width dValues kernels multiply x by grad_out's zero garbage columns: 0 * inf would turn
+// entries NaN that the dense convolution keeps finite, so non-finite x takes the general path.
+bool pw_dw_safe(const at::Tensor& x) { return x.numel() == 0 || at::isfinite(x).all().item<bool>(); }
+
+// Offset of entry k of the forward index in one image's padded planes (plane elements, width Wp).
+void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nnz, const Geom& g, int64_t plane,
+                        int64_t Wp, int32_t* off) {
+  std::vector<int32_t> col_off(g.C * g.kh * g.kw);  // per column of [out, in*kh*kw]: no divisions per entry
+  for (int64_t c = 0; c < int64_t(col_off.size()); ++c) {
+    int64_t i, r, s;
+    decode(c, g, i, r, s);
+    col_off[c] = int32_t(i * plane + r * g.dh * Wp + s * g.dw);
+  }
+  for (int64_t k = 0; k < nnz; ++k) off[k] = col_off[col_idx[order ? order[k] : k]];
+}
+
+// ---- block-channel fast path (fp32 on AVX2/AVX-512, stride 1): padded-width micro-kernel tiles ----
+// With the source padded NCHW, MR consecutive padded-width positions q of one channel are exactly
+// the shared micro-kernel's A panel (a[kk*lda + r], lda = plane), so each (active block, tap) is one
+// panel of a destination tile [MR positions x B channels]: the tile sums all of them in registers
+// before one store, and positions in the garbage columns (x >= Wd) are dropped on store.
+using cpu::MicroKernels;
+using cpu::TileArgs;
+
+// dst[n, d, y, x] (channels-last when dst_cl, else NCHW; [N, Cd, Hd, Wd]) = bias + sum over active
+// blocks j of destination block db (ptr[db]..ptr[db+1], source block sb[j], panel perm[j]) and taps
+// t of panel_t(j) applied to src shifted by shift[t]. src: N images of `img` floats, Cs planes of
+// `plane` floats each in rows of width Wq (zero padded, slack after the last). panels as pack_panels.
+void pw_block_pass(const MicroKernels& mk, const float* src, int64_t img, int64_t plane, int64_t N, int64_t Hd,
+                   int64_t Wd, int64_t Wq, int64_t Cd, int64_t Cs, int64_t B, const int64_t* shift, int64_t taps,
+                   const float* panels, const int32_t* ptr, const int32_t* sb, const int32_t* perm, const float* bias,
+                   bool dst_cl, float* dst) {
+  const int64_t MR = mk.panel_rows, len = Hd * Wq, n_tiles = (len + MR - 1) / MR, n_db = (Cd + B - 1) / B;
+  const int64_t strip = int64_t(mk.max_vectors) * mk.width, nnzb = ptr[n_db];
+  auto cost_before = [&](int64_t i) {  // items in (image, block row, tile) order; cost = blocks + 1
+    const int64_t n = i / (n_db * n_tiles), db = (i / n_tiles) % n_db, tile = i % n_tiles;
+    if (n >= N) return N * (nnzb + n_db) * n_tiles;
+    return n * (nnzb + n_db) * n_tiles + (int64_t(ptr[db]) + db) * n_tiles + tile * (ptr[db + 1] - ptr[db] + 1);
+  };
+  cpu::balanced_parallel_for(N * n_db * n_tiles, cost_before, [&](int64_t begin, int64_t end) {
+    std::vector<const float*> a, b, base;
+    std::vector<int> depth;
+    std::vector<float> buf(MR * B);
+    std::vector<int64_t> pix(MR);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / (n_db * n_tiles), db = (item / n_tiles) % n_db, q0 = (item % n_tiles) * MR;
+      const int64_t mr = std::min(MR, len - q0), d0 = db * B, dbw = std::min(B, Cd - d0);
+      const int64_t np = (ptr[db + 1] - ptr[db]) * taps;
+      a.resize(np);
+      b.resize(np);
+      base.resize(np);
+      depth.resize(np);
+      for (int32_t j = ptr[db]; j < ptr[db + 1]; ++j) {
+        const int64_t s0 = int64_t(sb[j]) * B, panel = perm ? perm[j] : j;
+        for (int64_t t = 0; t < taps; ++t) {
+          const int64_t p = (j - ptr[db]) * taps + t;
+          a[p] = src + n * img + s0 * plane + q0 + shift[t];
+          base[p] = panels + (panel * taps + t) * B * B;
+          depth[p] = int(std::min(B, Cs - s0));
+        }
+      }
+      for (int64_t s = 0; s < dbw; s += strip) {
+        const int nc = int(std::min(strip, dbw - s));
+        for (int64_t p = 0; p < np; ++p) b[p] = base[p] + s;
+        const TileArgs t{a.data(), b.data(), depth.data(), int(np), plane, B, bias ? bias + d0 + s : nullptr,
+                         false, buf.data() + s, B, int(mr), nc};
+        mk.tile(t, (nc + mk.width - 1) / mk.width);
+      }
+      for (int64_t r = 0; r < mr; ++r) {
+        const int64_t q = q0 + r, y = q / Wq, x = q % Wq;
+        pix[r] = x < Wd ? y * Wd + x : -1;
+      }
+      if (dst_cl) {
+        for (int64_t r = 0; r < mr; ++r)
+          if (pix[r] >= 0) std::copy(buf.data() + r * B, buf.data() + r * B + dbw, dst + (n * Hd * Wd + pix[r]) * Cd + d0);
+      } else {
+        for (int64_t o = 0; o < dbw; ++o) {
+          float* dp = dst + (n * Cd + d0 + o) * Hd * Wd;
+          for (int64_t r = 0; r < mr; ++r)
+            if (pix[r] >= 0) dp[pix[r]] = buf[r * B + o];
+        }
+      }
+    }
+  });
+}
+
+// Positions of one SDDMM pass: the pass's grad_out and x rows stay in L1 across taps and row groups.
+constexpr int64_t kPwDwRows = 64;
+
+// dValues at active blocks: dv[k, o, i, t] = sum_n sum_q gw[n, q, o0+o] * xcl[n, q + shift[t], i0+i],
+// gw: grad_out channels-last in padded-width rows ([N, len, O], zeros at x >= Wo), xcl: x padded
+// channels-last ([N, plane, C], slack after). Outer-product tiles (grad_out rows broadcast, x rows as
+// vectors) accumulated per block over all images, positions and taps in a [taps, B, B] buffer.
+void pw_block_dw(const MicroKernels& mk, const float* gw, int64_t len, const float* xcl, int64_t plane, const Geom& g,
+                 int64_t B, const int64_t* shift, const int32_t* row_idx, const int32_t* col_idx, int64_t nnzb,
+                 float* dv) {
+  const int64_t taps = g.kh * g.kw, R = mk.outer_rows, strip = int64_t(mk.max_vectors) * mk.width;
+  cpu::balanced_parallel_for(nnzb, [](int64_t i) { return i; }, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(taps * B * B);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t o0 = int64_t(row_idx[k]) * B, ob = std::min(B, g.O - o0);
+      const int64_t i0 = int64_t(col_idx[k]) * B, ib = std::min(B, g.C - i0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t q0 = 0; q0 < len; q0 += kPwDwRows) {
+          const int depth = int(std::min(kPwDwRows, len - q0));
+          for (int64_t t = 0; t < taps; ++t)
+            for (int64_t og = 0; og < ob; og += R)
+              for (int64_t s = 0; s < ib; s += strip) {
+                const int nc = int(std::min(strip, ib - s));
+                const float* a = gw + (n * len + q0) * g.O + o0 + og;
+                const float* b = xcl + (n * plane + q0 + shift[t]) * g.C + i0 + s;
+                const TileArgs tl{&a, &b, &depth, 1, g.O, g.C, nullptr, true, acc.data() + (t * B + og) * B + s, B,
+                                  int(std::min(R, ob - og)), nc};
+                mk.outer_tile(tl, (nc + mk.width - 1) / mk.width);
+              }
+        }
+      float* out = dv + k * B * B * taps;
+      for (int64_t o = 0; o < B; ++o)
+        for (int64_t i = 0; i < B; ++i)
+          for (int64_t t = 0; t < taps; ++t) out[(o * B + i) * taps + t] = acc[(t * B + o) * B + i];
+    }
+  });
+}
+
 // ---- op entry points -----------------------------------------------------------------------------
 
 void check_x(const at::Tensor& x, const char* name) {
@@ -376,12 +803,29 @@ at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_ptr_array(row_ptr, (g.O + B - 1) / B, values.size(0), "row_ptr");
   check_ids_below(col_idx, (g.C + B - 1) / B, "col_idx");
   check_bias(bias, g.O, x);
-  auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto bc = bias ? bias->contiguous() : at::Tensor();
-  auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (y.numel() == 0) return in_format(y, x);
   const int64_t taps = g.kh * g.kw;
   auto panels = at::empty({values.size(0), taps, B, B}, values.options());
+  const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
+  if (mk && g.sh == 1 && g.sw == 1) {
+    const bool cl = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options().memory_format(x.suggest_memory_format()));
+    if (y.numel() == 0) return y;
+    const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+    auto xn = x.contiguous();
+    float* xp = cpu::workspace(0, g.N * g.C * Hp * Wp + kPwSlack);
+    pad_planes<float>(xn.data_ptr<float>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
+    pack_panels<float>(values.contiguous().data_ptr<float>(), values.size(0), B, taps, true, panels.data_ptr<float>());
+    std::vector<int64_t> shift(taps);
+    for (int64_t t = 0; t < taps; ++t) shift[t] = (t / g.kw) * g.dh * Wp + (t % g.kw) * g.dw;
+    pw_block_pass(*mk, xp, g.C * Hp * Wp, Hp * Wp, g.N, g.Ho, g.Wo, Wp, g.O, g.C, B, shift.data(), taps,
+                  panels.data_ptr<float>(), row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), nullptr,
+                  bias ? bc.data_ptr<float>() : nullptr, cl, y.data_ptr<float>());
+    return y;
+  }
+  auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return in_format(y, x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_conv2d_cpu", [&] {
     pack_panels<scalar_t>(values.contiguous().data_ptr<scalar_t>(), values.size(0), B, taps, true,
                           panels.data_ptr<scalar_t>());
@@ -416,11 +860,30 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   check_ptr_array(t_row_ptr, (g.C + B - 1) / B, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, (g.O + B - 1) / B, "t_col_idx");
   check_ids_below(t_perm, values.size(0), "t_perm");
+  const int64_t taps = g.kh * g.kw;
+  auto panels = at::empty({values.size(0), taps, B, B}, values.options());
+  const MicroKernels* mk = dy.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
+  if (mk && g.sh == 1 && g.sw == 1) {  // grad_out padded as in csr_conv2d_dx_cpu, flipped taps
+    const bool cl = dy.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    auto dx = at::empty(x_shape, dy.options().memory_format(dy.suggest_memory_format()));
+    if (dx.numel() == 0) return dx;
+    const int64_t Ah = (g.kh - 1) * g.dh, Aw = (g.kw - 1) * g.dw;
+    const int64_t Hq = std::max(g.H + g.ph + Ah, g.H + 2 * g.ph), Wq = std::max(g.W + g.pw + Aw, g.W + 2 * g.pw);
+    auto gn = dy.contiguous();
+    float* gp = cpu::workspace(0, g.N * g.O * Hq * Wq + kPwSlack);
+    pad_planes<float>(gn.data_ptr<float>(), g.N * g.O, g.Ho, g.Wo, Ah, Aw, Wq, Hq * Wq, gp);
+    pack_panels<float>(values.contiguous().data_ptr<float>(), values.size(0), B, taps, false, panels.data_ptr<float>());
+    std::vector<int64_t> shift(taps);
+    for (int64_t t = 0; t < taps; ++t)
+      shift[t] = (g.ph + (g.kh - 1 - t / g.kw) * g.dh) * Wq + g.pw + (g.kw - 1 - t % g.kw) * g.dw;
+    pw_block_pass(*mk, gp, g.O * Hq * Wq, Hq * Wq, g.N, g.H, g.W, Wq, g.C, g.O, B, shift.data(), taps,
+                  panels.data_ptr<float>(), t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(),
+                  t_perm.data_ptr<int32_t>(), nullptr, cl, dx.data_ptr<float>());
+    return dx;
+  }
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   auto dx = at::empty(x_shape, dy.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (dx.numel() == 0) return in_format(dx, dy);
-  const int64_t taps = g.kh * g.kw;
-  auto panels = at::empty({values.size(0), taps, B, B}, values.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "bsr_conv2d_dx_cpu", [&] {
     pack_panels<scalar_t>(values.contiguous().data_ptr<scalar_t>(), values.size(0), B, taps, false,
                           panels.data_ptr<scalar_t>());
@@ -464,6 +927,21 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto dv = at::empty({col_idx.size(0), B, B, g.kh, g.kw}, x.options());
+  const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
+  if (mk && g.sh == 1 && g.sw == 1 && pw_dw_safe(x)) {
+    const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, len = g.Ho * Wp, taps = g.kh * g.kw;
+    // x read up to (kw-1)*dw positions past its last padded plane by the garbage columns
+    float* xp = cpu::workspace(0, g.N * Hp * Wp * g.C + ((g.kw - 1) * g.dw + 1) * g.C + kPwSlack);
+    pad_planes<float>(xc.data_ptr<float>(), g.N, g.H, g.W * g.C, g.ph, g.pw * g.C, Wp * g.C, Hp * Wp * g.C, xp,
+                      ((g.kw - 1) * g.dw + 1) * g.C + kPwSlack);
+    float* gp = cpu::workspace(1, g.N * len * g.O + kPwSlack);
+    pad_planes<float>(gc.data_ptr<float>(), g.N, g.Ho, g.Wo * g.O, 0, 0, Wp * g.O, len * g.O, gp);
+    std::vector<int64_t> shift(taps);
+    for (int64_t t = 0; t < taps; ++t) shift[t] = (t / g.kw) * g.dh * Wp + (t % g.kw) * g.dw;
+    pw_block_dw(*mk, gp, len, xp, Hp * Wp, g, B, shift.data(), row_idx.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
+                col_idx.size(0), dv.data_ptr<float>());
+    return dv;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_conv2d_dw_cpu", [&] {
     block_dw<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), g, B, row_idx.data_ptr<int32_t>(),
                        col_idx.data_ptr<int32_t>(), col_idx.size(0), dv.data_ptr<scalar_t>());
@@ -495,9 +973,22 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
   auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options());
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.C, Hp * Wp);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_cpu", [&] {
-    csr_forward<scalar_t>(xc.data_ptr<scalar_t>(), g, vc.data_ptr<scalar_t>(), row_ptr.data_ptr<int32_t>(),
-                          col_idx.data_ptr<int32_t>(), bias ? bc.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>());
+    const scalar_t* bp = bias ? bc.data_ptr<scalar_t>() : nullptr;
+    if (!fast) {
+      csr_forward<scalar_t>(xc.data_ptr<scalar_t>(), g, vc.data_ptr<scalar_t>(), row_ptr.data_ptr<int32_t>(),
+                            col_idx.data_ptr<int32_t>(), bp, y.data_ptr<scalar_t>());
+      return;
+    }
+    at::Tensor hold;
+    scalar_t* xp = pw_scratch<scalar_t>(0, g.N * g.C * Hp * Wp + kPwSlack, hold, x.options());
+    pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
+    std::vector<int32_t> off(values.size(0));
+    pw_forward_offsets(col_idx.data_ptr<int32_t>(), nullptr, values.size(0), g, Hp * Wp, Wp, off.data());
+    pw_spmm<scalar_t>(xp, g.C * Hp * Wp, Hp * Wp, g.C, g.N, g.O, row_ptr.data_ptr<int32_t>(), 1, off.data(),
+                      vc.data_ptr<scalar_t>(), bp, g.Ho, g.Wo, Wp, y.data_ptr<scalar_t>());
   });
   return in_format(y, x);
 }
@@ -523,9 +1014,34 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
   auto dx = at::empty(x_shape, dy.options());
+  // grad_out padded by the full kernel extent (Ah, Aw) on the top/left: dx[h, w] reads it at
+  // (h + ph + (kh-1-r)*dh, w + pw + (kw-1-s)*dw), inside the padded planes for every h < H, w < W.
+  const int64_t Ah = (g.kh - 1) * g.dh, Aw = (g.kw - 1) * g.dw, taps = g.kh * g.kw;
+  const int64_t Hq = std::max(g.H + g.ph + Ah, g.H + 2 * g.ph), Wq = std::max(g.W + g.pw + Aw, g.W + 2 * g.pw);
+  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.O, Hq * Wq);
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_conv2d_dx_cpu", [&] {
-    csr_dx<scalar_t>(gc.data_ptr<scalar_t>(), g, vc.data_ptr<scalar_t>(), t_row_ptr.data_ptr<int32_t>(),
-                     t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), dx.data_ptr<scalar_t>());
+    const int32_t *tp = t_row_ptr.data_ptr<int32_t>(), *tc = t_col_idx.data_ptr<int32_t>(),
+                  *tperm = t_perm.data_ptr<int32_t>();
+    if (!fast) {
+      csr_dx<scalar_t>(gc.data_ptr<scalar_t>(), g, vc.data_ptr<scalar_t>(), tp, tc, tperm, dx.data_ptr<scalar_t>());
+      return;
+    }
+    at::Tensor hold;
+    scalar_t* gp = pw_scratch<scalar_t>(0, g.N * g.O * Hq * Wq + kPwSlack, hold, dy.options());
+    pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, Ah, Aw, Wq, Hq * Wq, gp);
+    std::vector<int32_t> off(values.size(0));
+    std::vector<scalar_t> val(values.size(0));
+    const scalar_t* v = vc.data_ptr<scalar_t>();
+    for (int64_t col = 0; col < g.C * taps; ++col) {
+      const int64_t r = (col % taps) / g.kw, s = col % g.kw;
+      const int64_t shift = (g.ph + (g.kh - 1 - r) * g.dh) * Wq + g.pw + (g.kw - 1 - s) * g.dw;
+      for (int32_t j = tp[col]; j < tp[col + 1]; ++j) {
+        off[j] = int32_t(tc[j] * Hq * Wq + shift);
+        val[j] = v[tperm[j]];
+      }
+    }
+    pw_spmm<scalar_t>(gp, g.O * Hq * Wq, Hq * Wq, g.O, g.N, g.C, tp, taps, off.data(), val.data(), nullptr, g.H, g.W,
+                      Wq, dx.data_ptr<scalar_t>());
   });
   return in_format(dx, dy);
 }
@@ -543,9 +1059,35 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto gc = dy.contiguous();
   auto xc = x.contiguous();
   auto dv = at::empty({col_idx.size(0)}, x.options());
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, nnz = col_idx.size(0);
+  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.C, Hp * Wp) && pw_dw_safe(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_dw_cpu", [&] {
-    csr_dw<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), g, row_idx.data_ptr<int32_t>(),
-                     col_idx.data_ptr<int32_t>(), col_idx.size(0), dv.data_ptr<scalar_t>());
+    const int32_t *ri = row_idx.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
+    if (!fast) {
+      csr_dw<scalar_t>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), g, ri, ci, nnz, dv.data_ptr<scalar_t>());
+      return;
+    }
+    // entries grouped by row (a stable counting sort: the identity for a layout's CSR order)
+    std::vector<int32_t> ptr(g.O + 1, 0), order(nnz);
+    for (int64_t k = 0; k < nnz; ++k) ++ptr[ri[k] + 1];
+    for (int64_t o = 0; o < g.O; ++o) ptr[o + 1] += ptr[o];
+    {
+      std::vector<int32_t> next(ptr.begin(), ptr.end() - 1);
+      for (int64_t k = 0; k < nnz; ++k) order[next[ri[k]]++] = int32_t(k);
+    }
+    std::vector<int32_t> off(nnz);
+    pw_forward_offsets(ci, order.data(), nnz, g, Hp * Wp, Wp, off.data());
+    const PwKernels<scalar_t> kk = pick_pw<scalar_t>(g.Ho * Wp);
+    const int64_t tile = int64_t(kk.nt) * kk.lanes, lp = (g.Ho * Wp + tile - 1) / tile * tile;
+    at::Tensor hold_x, hold_g;
+    scalar_t* xp = pw_scratch<scalar_t>(0, g.N * g.C * Hp * Wp + kPwSlack, hold_x, x.options());
+    scalar_t* gp = pw_scratch<scalar_t>(1, g.N * g.O * lp + kPwSlack, hold_g, x.options());
+    pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
+    pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, 0, 0, Wp, lp, gp);
+    std::vector<scalar_t> dvo(nnz);
+    pw_sddmm<scalar_t>(xp, g.C * Hp * Wp, Hp * Wp, g.C, gp, lp, g.N, g.O, ptr.data(), off.data(), kk, dvo.data());
+    scalar_t* d = dv.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < nnz; ++j) d[order[j]] = dvo[j];
   });
   return dv;
 }

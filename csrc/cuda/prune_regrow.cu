@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "prune_keys.h"
 
 namespace sparsecl {
 namespace {
@@ -41,23 +42,15 @@ struct State {  // per layer, per selection
   long long n;                // clipped count
 };
 
-template <typename S>
-__device__ __forceinline__ uint32_t asc_key(S s) {
-  float v = static_cast<float>(s);
-  if (isnan(v)) return 0u;
-  if (v == 0.f) v = 0.f;
-  const uint32_t u = __float_as_uint(v);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
+// keys from prune_keys.h, shared with the CPU kernel; scores are widened to float exactly first
 template <typename S>
 __device__ __forceinline__ unsigned long long drop_rank(const Layer& L, int64_t i) {
-  return (static_cast<unsigned long long>(asc_key(static_cast<const S*>(L.ps)[i])) << 32) | uint64_t(i);
+  return keys::rank32(keys::drop_key(static_cast<float>(static_cast<const S*>(L.ps)[i])), uint64_t(i));
 }
 
 template <typename S>
 __device__ __forceinline__ unsigned long long grow_rank(const Layer& L, int64_t i) {
-  return (static_cast<unsigned long long>(~asc_key(static_cast<const S*>(L.gs)[i])) << 32) | uint64_t(i);
+  return keys::rank32(keys::grow_key(static_cast<float>(static_cast<const S*>(L.gs)[i])), uint64_t(i));
 }
 
 // Is i in D? (requires the drop selection to be final: prefix == the n-th smallest rank)

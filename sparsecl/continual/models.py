@@ -11,11 +11,14 @@ Per-task normalisation (evaluation never depends on batch composition):
     task's running statistics, so a test prediction depends only on the input and the task id.
 
 Layers (``mode``):
-  * ``"sparse"``: ``sparsecl.nn.SparseLinear`` (compact storage, real sparse kernels).
+  * ``"sparse"``: ``SparseTrunkLinear`` (frozen CSR part + a trainable ``sparsecl.nn.SparseLinear``,
+    computed as one ``csr_linear`` kernel call over their union).
   * ``"dense-masked"``: ``DenseMaskedLinear``, the peer-library baseline ``F.linear(x, weight * mask)``.
-  * Convolutions: sparsecl has no sparse conv kernel yet, so conv layers are ``MaskedConv2d`` (dense
-    ``nn.Conv2d`` weight times a mask, same DST protocol) in both modes. This is a documented fallback:
-    CNN runs are correct but compute densely.
+  * Convolutions (``make_conv``): sparse mode uses ``SparseTrunkConv2d`` (frozen CSR part + a trainable
+    ``sparsecl.nn.SparseConv2d``, both on the ``csr_conv2d`` kernel) for every groups=1 conv; dense-masked
+    mode uses ``MaskedConv2d`` (dense ``nn.Conv2d`` weight times a mask, same DST protocol). The sparse conv
+    kernels are groups=1 only, so MobileNetV2's depthwise 3x3 convs stay ``MaskedConv2d`` in both modes
+    (they hold a small share of its weights; its stem, expansion and projection 1x1 convs are sparse).
 
 Trunk layers offer to the trainer: ``dst_module()`` (the module the DST engine updates), ``dst_mask()`` /
 ``dense_weight()`` over all positions (frozen and trainable), ``sparse_parameter`` (trainable values),
@@ -28,6 +31,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..formats import CSRLayout
+from ..nn import SparseConv2d, SparseLinear
+from ..ops import csr_conv2d
+from ..ops.csr_linear import _kernels as _csr_kernels
 
 
 def _identity_src(old_mask, new_mask):
@@ -102,7 +110,7 @@ class DenseMaskedLinear(nn.Module):
 
 
 class MaskedConv2d(nn.Module):
-    """Conv2d with a bool mask over its weight (fallback until a sparse conv kernel exists).
+    """Conv2d with a bool mask over its weight (dense-masked mode; depthwise convs in both modes).
 
     The DST view is 2-D: ``dst_mask()``/``dense_weight()`` are [out, in/groups * kh * kw].
     """
@@ -151,15 +159,6 @@ class MaskedConv2d(nn.Module):
                 f"groups={self.groups}, nnz={int(self._mask.sum())}")
 
 
-def _sparse_linear_cls():
-    try:
-        from ..nn import SparseLinear
-    except ImportError as exc:
-        raise RuntimeError("mode='sparse' needs sparsecl.nn.SparseLinear, which this build lacks; "
-                           "use mode='dense-masked'") from exc
-    return SparseLinear
-
-
 def make_linear(in_features, out_features, mode):
     if mode == "dense-masked":
         return DenseMaskedLinear(in_features, out_features)
@@ -168,14 +167,123 @@ def make_linear(in_features, out_features, mode):
     raise ValueError(f"mode must be 'sparse' or 'dense-masked', got {mode!r}")
 
 
+_INDEX_NAMES = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
+
+
+class _UnionLinear(torch.autograd.Function):
+    """``y = x @ W.T`` for W = frozen + trainable of a ``_Union``; gradient for x and ``trainable`` only.
+
+    One forward SpMM over the union. dX runs the same SpMM kernel over the transposed index with values
+    kept in transposed order (``base_t``), so there is no per-step gather through t_perm. dTrainable is the
+    SDDMM at the trainable positions only. The union's persistent value buffers get the current trainable
+    values scattered in right before each kernel call: a step writes the trainable entries only.
+    """
+
+    # ctx-style forward: Function.apply then skips its per-call inspect.signature binding (setup_context
+    # style pays it on every step, a measurable share of a ~1 ms layer)
+    @staticmethod
+    def forward(ctx, x, trainable, union, out_features):
+        fwd = union.kernels[0]
+        ctx.union = union
+        ctx.save_for_backward(x, trainable)
+        return fwd(x, union.base.scatter_(0, union.index, trainable.detach()), union.tensors[0], union.tensors[1],
+                   out_features, None)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, trainable = ctx.saved_tensors
+        u = ctx.union
+        fwd, _, dw = u.kernels
+        grad_out = grad_out.contiguous()
+        dx = dt = None
+        if ctx.needs_input_grad[0]:
+            dx = fwd(grad_out, u.base_t.scatter_(0, u.index_t, trainable), u.tensors[3], u.tensors[4], x.shape[1],
+                     None)
+        if ctx.needs_input_grad[1]:
+            dt = dw(grad_out, x, u.train_rows, u.train_cols)
+        return dx, dt, None, None
+
+
+class _Union:
+    """The frozen + trainable CSR union of one trunk layer: derived data, built at a task boundary and
+    updated incrementally (one index merge, no sort of the union) when DST repacks the trainable part.
+
+    layout: union CSRLayout; base / base_t: union values in CSR / transposed order (frozen values, the
+    trainable entries are scattered in before each use); index / index_t: positions of the trainable
+    entries (in their own CSR order) in the union's CSR / transposed order."""
+
+    def __init__(self, frozen_layout, frozen_values, train_layout):
+        fk, tk = frozen_layout.keys(), train_layout.keys()
+        keys, order = torch.cat([fk, tk]).sort()
+        is_train = order >= fk.numel()
+        base = torch.zeros(keys.numel(), dtype=frozen_values.dtype, device=frozen_values.device)
+        base[~is_train] = frozen_values
+        self._set(CSRLayout._from_sorted_keys(keys, frozen_layout.shape), base, is_train, train_layout)
+
+    def _set(self, layout, base, is_train, train_layout):
+        self.layout, self.base, self.is_train = layout, base, is_train
+        self.index = is_train.nonzero().squeeze(1)
+        t_perm = layout.t_perm.long()
+        inv = torch.empty_like(t_perm)
+        inv[t_perm] = torch.arange(t_perm.numel(), device=t_perm.device)
+        self.base_t = base.index_select(0, t_perm)
+        self.index_t = inv.index_select(0, self.index)
+        self.tensors = (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx,
+                        layout.t_perm)
+        self.train_rows, self.train_cols = train_layout.row_idx, train_layout.col_idx
+        self.kernels = _csr_kernels(base.device)
+
+    def repacked(self, src, train_layout):
+        """The union after a repack of the trainable part (a new object: autograd may hold this one):
+        ``src`` from its ``set_topology`` (new entry -> old entry or -1), ``train_layout`` its new layout.
+        Frozen entries keep their union values."""
+        kept = torch.zeros(self.index.numel(), dtype=torch.bool, device=src.device)
+        kept[src[src >= 0]] = True
+        keep = torch.ones_like(self.is_train)
+        keep[self.index[~kept]] = False
+        layout, usrc = self.layout.update(keep, train_layout.keys()[src < 0])
+        old = usrc.clamp(min=0)
+        is_train = (usrc < 0) | self.is_train.index_select(0, old)
+        base = torch.where(usrc < 0, 0, self.base.index_select(0, old))
+        new = _Union.__new__(_Union)
+        new._set(layout, base, is_train, train_layout)
+        return new
+
+
+class TrainablePart(SparseLinear):
+    """csr ``SparseLinear`` whose forward can also take its trunk layer's frozen ``_Union``: then the whole
+    layer (frozen + trainable) is ONE kernel call per pass. The DST engine sees this module (its hooks
+    see the layer's full output gradient); ``topology_version`` counts DST repacks."""
+
+    topology_version = 0
+    last_repack = None  # (topology_version, src) of the latest set_topology
+
+    def forward(self, x, union=None):
+        if union is None:
+            return super().forward(x)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has {x.shape[-1]} input features, the layer expects {self.in_features}")
+        lead = x.shape[:-1]
+        y = _UnionLinear.apply(x.reshape(lead.numel(), self.in_features), self.values, union, self.out_features)
+        return y.reshape(*lead, self.out_features)
+
+    def set_topology(self, new_mask):
+        src = super().set_topology(new_mask)
+        self.topology_version += 1
+        self.last_repack = (self.topology_version, src)
+        return src
+
+
 class SparseTrunkLinear(nn.Module):
-    """A trunk layer in two compact parts: ``y = csr_linear(x, frozen) + inner(x)``.
+    """A trunk layer in two compact parts, computed as ONE CSR kernel call over their union.
 
     * frozen part: the weights earlier tasks own, as CSR values + index in buffers (no gradient, no
       optimizer state, so they cannot move: bit-identity is structural, and optimizer memory scales with
       the trainable nnz only);
-    * ``inner``: a bias-free ``sparsecl.nn.SparseLinear`` holding the current task's trainable weights,
-      the only module here the DST engine sees (its mask never contains a frozen position).
+    * ``inner``: a bias-free csr ``SparseLinear`` holding the current task's trainable weights, the only
+      module here the DST engine sees (its mask never contains a frozen position).
+    The forward/backward run over the union (frozen + trainable) CSR index, rebuilt only when the frozen
+    part or the inner topology changes (task boundaries and DST updates), not per step.
     """
 
     def __init__(self, in_features, out_features):
@@ -186,27 +294,42 @@ class SparseTrunkLinear(nn.Module):
         self._set_inner(torch.zeros(out_features, in_features), empty)
 
     def _set_frozen(self, weight, mask):
-        from ..formats import CSRLayout
-
         layout = CSRLayout.from_mask(mask)
-        self.frozen_layout = layout
         self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
         for name, t in layout.index_tensors().items():
             self.register_buffer("frozen_" + name, t)
+        self._union, self._union_key = None, None
 
     def _set_inner(self, weight, mask):
-        lin = nn.Linear(self.in_features, self.out_features, bias=False)
+        lin = nn.Linear(self.in_features, self.out_features, bias=False, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             lin.weight.copy_(weight * mask)
-        self.inner = _sparse_linear_cls().from_dense(lin, mask=mask)
+        self.inner = TrainablePart.from_dense(lin, mask=mask, mode="csr")
+        self._union, self._union_key = None, None
+
+    @property
+    def frozen_layout(self):
+        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
+        return CSRLayout(t[0], t[1], (self.out_features, self.in_features), validate=False, _derived=tuple(t[2:]))
+
+    def _union_state(self):
+        # derived data: built after a task boundary (new buffers) or a device move, updated incrementally
+        # after a single DST repack of the inner layer
+        inner = self.inner
+        key = (id(inner), inner.topology_version, self.frozen_values.data_ptr(), inner.values.data_ptr())
+        if self._union_key != key:
+            old = self._union_key
+            if (old is not None and old[0] == key[0] and old[2:] == key[2:] and inner.last_repack is not None
+                    and old[1] + 1 == inner.topology_version == inner.last_repack[0]):
+                self._union = self._union.repacked(inner.last_repack[1], inner.layout)
+            else:
+                self._union = _Union(self.frozen_layout, self.frozen_values, inner.layout)
+            self._union_key = key
+        return self._union
 
     def forward(self, x):
-        y = self.inner(x)
-        if self.frozen_values.numel():
-            from ..ops import csr_linear
-
-            y = y + csr_linear(x, self.frozen_values, self.frozen_layout)
-        return y
+        # also without frozen weights: the union path's dX needs no per-step gather through t_perm
+        return self.inner(x, self._union_state())
 
     def functional(self, x, w):
         return F.linear(x, w)
@@ -228,7 +351,7 @@ class SparseTrunkLinear(nn.Module):
         return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight()
 
     def set_trainable(self, free):
-        """Masked storage: dW only at the inner layer's active positions (``grad_mask`` = its mask)."""
+        """Nothing to do: only the inner layer's values are trainable."""
 
     def allocate(self, new, values):
         """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``."""
@@ -242,6 +365,87 @@ class SparseTrunkLinear(nn.Module):
         """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable."""
         self._set_frozen(weight, mask & owned)
         self._set_inner(weight, mask & ~owned)
+
+
+class SparseTrunkConv2d(nn.Module):
+    """A groups=1 trunk conv in two compact parts, both on the real sparse conv kernel (``csr_conv2d``):
+    the frozen weights of earlier tasks as CSR values + index in buffers (no gradient, no optimizer
+    state), and ``inner``, a bias-free unstructured ``sparsecl.nn.SparseConv2d`` holding the current
+    task's trainable weights (the module the DST engine sees). The DST view is 2-D,
+    [out, in * kh * kw], as for ``MaskedConv2d``.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_ch, out_ch, 1
+        self.kernel_size, self.stride, self.padding, self.dilation = (kernel_size,) * 2, (stride,) * 2, (padding,) * 2, (1, 1)
+        self._shape2d = (out_ch, in_ch * kernel_size ** 2)
+        empty = torch.zeros(self._shape2d, dtype=torch.bool)
+        self._set_frozen(torch.zeros(self._shape2d), empty)
+        self._set_inner(torch.zeros(self._shape2d), empty)
+
+    def _set_frozen(self, weight, mask):
+        layout = CSRLayout.from_mask(mask)
+        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
+        for name, t in layout.index_tensors().items():
+            self.register_buffer("frozen_" + name, t)
+
+    def _set_inner(self, weight, mask):
+        self.inner = SparseConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                                  bias=False, mask=mask.to(weight.device), device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.inner.values.copy_(self.inner.layout.values_from_dense(weight))
+
+    @property
+    def frozen_layout(self):
+        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
+        return CSRLayout(t[0], t[1], self._shape2d, validate=False, _derived=tuple(t[2:]))
+
+    def forward(self, x):
+        y = self.inner(x)
+        if self.frozen_values.numel():
+            y = y + csr_conv2d(x, self.frozen_values, self.frozen_layout, self.kernel_size, None, self.stride,
+                               self.padding, self.dilation)
+        return y
+
+    def functional(self, x, w):
+        return F.conv2d(x, w.view(self.out_channels, self.in_channels, *self.kernel_size), None, self.stride,
+                        self.padding, self.dilation)
+
+    def dst_module(self):
+        return self.inner
+
+    @property
+    def sparse_parameter(self):
+        return self.inner.sparse_parameter
+
+    def dst_mask(self):
+        """Union of frozen and trainable positions, [out, in * kh * kw]."""
+        return self.frozen_layout.mask() | self.inner.dst_mask()
+
+    mask = dst_mask
+
+    def dense_weight(self):
+        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
+
+    set_trainable = SparseTrunkLinear.set_trainable
+    allocate = SparseTrunkLinear.allocate
+    freeze = SparseTrunkLinear.freeze
+    load_split = SparseTrunkLinear.load_split
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"frozen={self.frozen_values.numel()}, trainable={self.inner.values.numel()}")
+
+
+def make_conv(in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, mode="sparse"):
+    """A trunk conv: ``SparseTrunkConv2d`` in sparse mode for groups=1; ``MaskedConv2d`` in dense-masked
+    mode and for grouped/depthwise convs (sparsecl's sparse conv kernels are groups=1 only)."""
+    if mode not in ("sparse", "dense-masked"):
+        raise ValueError(f"mode must be 'sparse' or 'dense-masked', got {mode!r}")
+    if mode == "sparse" and groups == 1:
+        return SparseTrunkConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding)
+    return MaskedConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups)
 
 
 class TaskBatchNorm2d(nn.Module):
@@ -304,7 +508,7 @@ class SmallCNN(ContinualModel):
     def __init__(self, in_channels, n_classes, n_tasks, width=32, mode="sparse"):
         super().__init__()
         chans = [in_channels, width, 2 * width, 4 * width]
-        self.sparse_layers = nn.ModuleList(MaskedConv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.sparse_layers = nn.ModuleList(make_conv(a, b, 3, padding=1, mode=mode) for a, b in zip(chans[:-1], chans[1:]))
         self.norms = nn.ModuleList(TaskBatchNorm2d(c, n_tasks) for c in chans[1:])
         self.heads = nn.ModuleList(nn.Linear(chans[-1], c) for c in n_classes)
 
@@ -326,7 +530,7 @@ class ResNet18(ContinualModel):
         convs, norms = [], []
 
         def conv(a, b, k, s):
-            convs.append(MaskedConv2d(a, b, k, stride=s, padding=k // 2))
+            convs.append(make_conv(a, b, k, stride=s, padding=k // 2, mode=mode))
             norms.append(TaskBatchNorm2d(b, n_tasks))
             return len(convs) - 1
 
@@ -371,7 +575,7 @@ class MobileNetV2(ContinualModel):
         convs, norms = [], []
 
         def conv(a, b, k, s=1, groups=1):
-            convs.append(MaskedConv2d(a, b, k, stride=s, padding=k // 2, groups=groups))
+            convs.append(make_conv(a, b, k, stride=s, padding=k // 2, groups=groups, mode=mode))
             norms.append(TaskBatchNorm2d(b, n_tasks))
             return len(convs) - 1
 

@@ -130,8 +130,8 @@ def masks_digest(trainer):
 
 def ratios(sparse, dense):
     """Measured sparse/dense-masked ratios from two finished runs of the same configuration."""
-    def tp(r):
-        return sum(t["samples"] for t in r["tasks"]) / sum(t["train_seconds"] for t in r["tasks"])
+    def tp(r, key="train_seconds"):
+        return sum(t["samples"] for t in r["tasks"]) / sum(t[key] for t in r["tasks"])
 
     def wo(st):
         return st["weights"] + st["optimizer"]
@@ -143,6 +143,8 @@ def ratios(sparse, dense):
     mem = [wo(s) / wo(d) for s, d in pairs]
     return {
         "train_speedup": tp(sparse) / tp(dense),
+        # the same ratio in thread CPU time: less disturbed than wall time when other jobs share the cores
+        "train_speedup_cpu_time": tp(sparse, "train_cpu_seconds") / tp(dense, "train_cpu_seconds"),
         "train_speedup_per_task": [a / b for a, b in zip(sparse["throughput_samples_per_s"],
                                                            dense["throughput_samples_per_s"])],
         "weight_optimizer_memory_ratio_per_task": mem,
@@ -151,7 +153,8 @@ def ratios(sparse, dense):
         "weight_optimizer_bytes": {"sparse": [wo(s) for s in sparse["state_bytes_per_task"]],
                                    "dense_masked": [wo(d) for d in dense["state_bytes_per_task"]]},
         "note": "throughput = training samples / training seconds (forward, backward, optimizer, DST updates), "
-                "both runs in this process; memory = weight (trainable + frozen values) + optimizer-state bytes "
+                "both runs in this process (train_speedup: wall clock; train_speedup_cpu_time: this thread's CPU "
+                "time, both runs single-threaded); memory = weight (trainable + frozen values) + optimizer-state bytes "
                 "of the trunk layers at the end of each task; total = also CSR indices and masks",
     }
 
@@ -204,6 +207,7 @@ def main(args):
 def _main(cfg, rank):
     out = cfg["out"]
     result = {}
+    load0 = os.getloadavg()[0]
     if cfg["compare_dense_masked"] and cfg["mode"] == "sparse":
         dcfg = merge_config(cfg, {"mode": "dense-masked", "out": os.path.join(out, "dense-masked"),
                                   "compare_dense_masked": False})
@@ -217,6 +221,7 @@ def _main(cfg, rank):
         sparse_trainer = ContinualTrainer(cfg)
         res = sparse_trainer.run()
     res["mask_sha256"] = masks_digest(sparse_trainer)
+    res["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]  # 1-min load at start and end
     if rank != 0:
         write_json_atomic(os.path.join(out, f"rank{rank}.json"), {"mask_sha256": res["mask_sha256"]})
         return 0
@@ -232,7 +237,8 @@ def _main(cfg, rank):
     if "vs_dense_masked" in res:
         v = res["vs_dense_masked"]
         print(f"measured training speedup over --dense-masked (same config, this run): {v['train_speedup']:.2f}x "
-              f"(per task: {' '.join(f'{s:.2f}' for s in v['train_speedup_per_task'])}); "
+              f"(per task: {' '.join(f'{s:.2f}' for s in v['train_speedup_per_task'])}; "
+              f"in thread CPU time {v['train_speedup_cpu_time']:.2f}x; load average {res['load_average']}); "
               f"weight+optimizer memory vs dense-masked: max {v['weight_optimizer_memory_ratio_max']:.3f}x "
               f"(per task: {' '.join(f'{s:.3f}' for s in v['weight_optimizer_memory_ratio_per_task'])})")
     print(f"wrote {os.path.join(out, 'metrics.json')}, acc_matrix.png, log.csv, checkpoint.pt")

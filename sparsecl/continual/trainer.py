@@ -126,11 +126,12 @@ class FrozenGuard:
                 g.view(-1).index_fill_(0, idx, 0.0)
 
     def step(self, optimizer):
-        saved = [l.sparse_parameter.detach().view(-1)[idx].clone() for l, idx in zip(self.layers, self.index)]
+        saved = [l.sparse_parameter.detach().view(-1)[idx].clone() if idx.numel() else None
+                 for l, idx in zip(self.layers, self.index)]
         optimizer.step()
         with torch.no_grad():
             for l, idx, v in zip(self.layers, self.index, saved):
-                if idx.numel():
+                if v is not None:
                     l.sparse_parameter.view(-1).index_copy_(0, idx, v)
 
 
@@ -289,11 +290,13 @@ class ContinualTrainer:
         guard = FrozenGuard(self.layers, self.own)
         params = [p for g in opt.param_groups for p in g["params"]]
         rec = state["record"] if state is not None else {"task": t, "density": density, "init": init,
-                                                         "growth": growth, "train_seconds": 0.0, "samples": 0,
+                                                         "growth": growth, "train_seconds": 0.0,
+                                                         "train_cpu_seconds": 0.0, "samples": 0,
                                                          "steps": 0}
+        rec.setdefault("train_cpu_seconds", 0.0)  # absent in checkpoints written before it was recorded
         bar = _progress(c, total, start_step, f"task {t + 1}/{self.T}", self.rank)
         for step in range(start_step, total):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             x, y = self._batch(t, step)
             loss = F.cross_entropy(self.model(x, t), y)
             opt.zero_grad(set_to_none=True)
@@ -304,6 +307,7 @@ class ContinualTrainer:
             if dst.step() is not None:
                 guard.refresh()
             rec["train_seconds"] += time.perf_counter() - t0
+            rec["train_cpu_seconds"] += time.thread_time() - c0
             rec["samples"] += len(y) * self.world
             rec["steps"] += 1
             self.global_step += 1

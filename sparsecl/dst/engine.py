@@ -335,13 +335,13 @@ class DST:
             mask = module.dst_mask().clone()
             elig = self._eligible(name, module, mask)
             prune, grow = self._scores(i, name, module, cfg, mask)
-            active = int((mask & elig).sum()) if elig is not None else int(mask.sum())
+            active = int((mask & elig).count_nonzero()) if elig is not None else int(mask.count_nonzero())
             masks.append(mask)
             prunes.append(prune)
             grows.append(grow)
             counts.append(int(round(self.drop_fraction(cfg, self._step) * active)))
             eligible.append(elig)
-            scratch.append(torch.zeros(mask.shape, device=mask.device))  # weights are repacked by the layer
+            scratch.append(torch.empty(mask.shape, device=mask.device))  # never read; the layer repacks weights
         use_elig = any(e is not None for e in eligible)
         eligible = [e if e is not None else torch.ones_like(m) for e, m in zip(eligible, masks)] if use_elig else None
         changed = prune_regrow(scratch, masks, prunes, grows, counts, eligible)

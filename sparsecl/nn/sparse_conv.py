@@ -151,7 +151,7 @@ class SparseConv2d(nn.Module):
         if self.structure == "unstructured":
             layout = self.layout
             new_mask = self._check_mask(new_mask, layout.shape, dev)
-            if int(new_mask.sum()) != layout.nnz:
+            if int(new_mask.count_nonzero()) != layout.nnz:
                 raise ValueError(f"new_mask has {int(new_mask.sum())} active entries, the layer has {layout.nnz}")
             new_layout, src = layout.with_topology(new_mask)
             self._set_layout(new_layout)
@@ -161,7 +161,7 @@ class SparseConv2d(nn.Module):
             layout = self.layout
             grid = (layout.n_block_rows, layout.n_block_cols)
             new_mask = self._check_mask(new_mask, grid, dev)
-            if int(new_mask.sum()) != layout.nnzb:
+            if int(new_mask.count_nonzero()) != layout.nnzb:
                 raise ValueError(f"new_mask has {int(new_mask.sum())} active blocks, the layer has {layout.nnzb}")
             grid_layout, src = CSRLayout(layout.row_ptr, layout.col_idx, grid, validate=False).with_topology(new_mask)
             self._set_layout(BlockSparseLayout(grid_layout.row_ptr, grid_layout.col_idx, layout.shape,

@@ -9,13 +9,14 @@ Two layouts, two public functions:
 Backward: dX through the layout's transposed index, dValues only at active entries, dBias = sum of
 grad_out. groups=1 only (depthwise convs stay dense ``nn.Conv2d``). NCHW and channels_last inputs; the
 output has the input's memory format. CPU kernels in C++; without the extension a reference that
-builds the dense weight and calls F.conv2d.
+builds the dense weight and calls F.conv2d. CUDA tensors: CUDA C++ or Triton kernels, chosen per op
+("bsr_conv2d" / "csr_conv2d") with ``sparsecl.set_backend``.
 """
 import torch
 import torch.nn.functional as F
 
 from ..formats import BlockSparseLayout, CSRLayout
-from ._registry import autocast_args, register_reference
+from ._registry import KernelSet, autocast_args, register_reference
 
 
 def _pair(v, name):
@@ -83,11 +84,19 @@ for _name, _fn in [("bsr_conv2d", _ref_bsr), ("bsr_conv2d_dx", _ref_bsr_dx), ("b
                    ("csr_conv2d", _ref_csr), ("csr_conv2d_dx", _ref_csr_dx), ("csr_conv2d_dw", _ref_csr_dw)]:
     register_reference(_name, _fn)
 
+# (forward, dx, dw) per structure: dispatcher ops, or Triton ops for CUDA tensors when selected
+_bsr_kernels = KernelSet("bsr_conv2d", "sparse_conv2d", [
+    ("bsr_conv2d", "bsr_conv2d_forward", ()), ("bsr_conv2d_dx", "bsr_conv2d_dx", ()),
+    ("bsr_conv2d_dw", "bsr_conv2d_dw", ())])
+_csr_kernels = KernelSet("csr_conv2d", "sparse_conv2d", [
+    ("csr_conv2d", "csr_conv2d_forward", ()), ("csr_conv2d_dx", "csr_conv2d_dx", ()),
+    ("csr_conv2d_dw", "csr_conv2d_dw", ())])
+
 
 class _BsrConv2d(torch.autograd.Function):
     @staticmethod
     def forward(x, values, bias, idx, out_channels, geom):
-        return torch.ops.sparsecl.bsr_conv2d(x, values, idx[0], idx[1], out_channels, bias, *geom)
+        return _bsr_kernels(x.device)[0](x, values, idx[0], idx[1], out_channels, bias, *geom)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -98,13 +107,12 @@ class _BsrConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, values, row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm = ctx.saved_tensors
-        ops = torch.ops.sparsecl
+        _, dx_op, dw_op = _bsr_kernels(x.device)
         dx = dv = db = None
         if ctx.needs_input_grad[0]:
-            dx = ops.bsr_conv2d_dx(grad_out, values, t_row_ptr, t_col_idx, t_perm, list(x.shape), *ctx.geom)
+            dx = dx_op(grad_out, values, t_row_ptr, t_col_idx, t_perm, list(x.shape), *ctx.geom)
         if ctx.needs_input_grad[1]:
-            dv = ops.bsr_conv2d_dw(grad_out, x, row_idx, col_idx, values.shape[1], list(values.shape[3:]),
-                                   *ctx.geom)
+            dv = dw_op(grad_out, x, row_idx, col_idx, values.shape[1], list(values.shape[3:]), *ctx.geom)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad_out.sum((0, 2, 3))
         return dx, dv, db, None, None, None
@@ -113,7 +121,7 @@ class _BsrConv2d(torch.autograd.Function):
 class _CsrConv2d(torch.autograd.Function):
     @staticmethod
     def forward(x, values, bias, idx, out_channels, kernel_size, geom):
-        return torch.ops.sparsecl.csr_conv2d(x, values, idx[0], idx[1], out_channels, kernel_size, bias, *geom)
+        return _csr_kernels(x.device)[0](x, values, idx[0], idx[1], out_channels, kernel_size, bias, *geom)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -124,13 +132,12 @@ class _CsrConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, values, row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm = ctx.saved_tensors
-        ops = torch.ops.sparsecl
+        _, dx_op, dw_op = _csr_kernels(x.device)
         dx = dv = db = None
         if ctx.needs_input_grad[0]:
-            dx = ops.csr_conv2d_dx(grad_out, values, t_row_ptr, t_col_idx, t_perm, list(x.shape), ctx.kernel_size,
-                                   *ctx.geom)
+            dx = dx_op(grad_out, values, t_row_ptr, t_col_idx, t_perm, list(x.shape), ctx.kernel_size, *ctx.geom)
         if ctx.needs_input_grad[1]:
-            dv = ops.csr_conv2d_dw(grad_out, x, row_idx, col_idx, ctx.kernel_size, *ctx.geom)
+            dv = dw_op(grad_out, x, row_idx, col_idx, ctx.kernel_size, *ctx.geom)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad_out.sum((0, 2, 3))
         return dx, dv, db, None, None, None, None

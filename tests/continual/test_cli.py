@@ -56,7 +56,7 @@ def test_config_files_merge_in_order_and_overrides_win(tmp_path):
 
 def test_the_shipped_config_parses():
     cfg = build_config(build_parser().parse_args(["continual", "-c", os.path.join(ROOT, "configs/continual/digits.yaml")]))
-    assert cfg["density"] == 0.1 and cfg["model"]["width"] == 1024
+    assert cfg["density"] == 0.1 and cfg["model"]["width"] >= 1024  # the bar's "layers at least 1024 wide"
 
 
 def test_bad_keys_and_values_are_clear_errors(tmp_path):

@@ -78,12 +78,62 @@ def test_unknown_model_and_input_mismatch():
         build_model("resnet18", split_digits())
 
 
-def test_cnn_continual_run_keeps_frozen_weights_and_bwt_zero(tmp_path):
+@pytest.mark.parametrize("mode,name,width", [("dense-masked", "cnn", 4), ("sparse", "cnn", 4), ("sparse", "resnet18", 2),
+                                             ("sparse", "mobilenetv2", 0.25)])
+def test_cnn_continual_run_keeps_frozen_weights_and_bwt_zero(tmp_path, mode, name, width):
     from .test_trainer import Recording, _check_frozen_bits
 
-    cfg = tiny(tmp_path, mode="dense-masked", model={"name": "cnn", "width": 4}, batch_size=8, epochs=2,
+    cfg = tiny(tmp_path, mode=mode, model={"name": name, "width": width}, batch_size=8, epochs=2,
                optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.05})
     tr = Recording(cfg, _image_tasks(3))
     res = tr.run()
     assert _check_frozen_bits(tr) > 0
     assert res["BWT"] == 0.0
+
+
+def _copy_trunk(src_model, dst_model, p_owned, gen):
+    """Give dst_model's trunk src_model's effective weights; dst's positions with owned=True become frozen."""
+    for a, b in zip(src_model.sparse_layers, dst_model.sparse_layers):
+        w, m = a.dense_weight().detach(), a.dst_mask()
+        if isinstance(b, MaskedConv2d):
+            b.set_weight_and_mask(w, m)
+        else:
+            b.load_split(w, m, m & (torch.rand(m.shape, generator=gen) < p_owned))
+    dst_model.load_state_dict({k: v for k, v in src_model.state_dict().items() if not k.startswith("sparse_layers.")},
+                              strict=False)
+
+
+@pytest.mark.parametrize("name,width", [("cnn", 4), ("resnet18", 4), ("mobilenetv2", 0.25)])
+def test_sparse_cnn_matches_dense_masked_with_the_same_weights(seed, name, width):
+    from sparsecl.continual.models import SparseTrunkConv2d
+
+    tasks = _image_tasks()
+    gen = torch.Generator().manual_seed(seed)
+    dense = build_model(name, tasks, mode="dense-masked", width=width).double()
+    for l in dense.sparse_layers:
+        l.set_weight_and_mask(torch.randn(l.dst_mask().shape, generator=gen, dtype=torch.float64),
+                              torch.rand(l.dst_mask().shape, generator=gen) < 0.4)
+    sparse = build_model(name, tasks, mode="sparse", width=width).double()
+    n_sparse = sum(isinstance(l, SparseTrunkConv2d) for l in sparse.sparse_layers)
+    assert n_sparse >= (3 if name == "cnn" else 10)  # every groups=1 conv runs on the sparse conv kernel
+    assert all(isinstance(l, SparseTrunkConv2d) or l.groups > 1 for l in sparse.sparse_layers)
+    _copy_trunk(dense, sparse, 0.5, gen)
+    for ls, ld in zip(sparse.sparse_layers, dense.sparse_layers):
+        assert torch.equal(ls.dense_weight(), ld.dense_weight())
+    x = tasks[0].prepare(tasks[0].x_train[:4]).double()
+    outs = []
+    for m in (dense, sparse):
+        m.train()
+        xi = x.clone().requires_grad_(True)
+        y = m(xi, 1)
+        y.backward(torch.ones_like(y))
+        grads = [(l.dst_module().sparse_parameter.grad, l) for l in m.sparse_layers]
+        outs.append((y.detach(), xi.grad, grads))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    torch.testing.assert_close(outs[1][1], outs[0][1])
+    for (gd, ld), (gs, ls) in zip(outs[0][2], outs[1][2]):
+        dW = gd.reshape(ld.dst_mask().shape)  # dense-masked: dense grad (masked by weight * mask)
+        if isinstance(ls, MaskedConv2d):
+            torch.testing.assert_close(gs.reshape(dW.shape), dW)
+        else:  # sparse: trainable values only, equal to the dense gradient there
+            torch.testing.assert_close(gs, dW[ls.inner.dst_mask()])

@@ -303,3 +303,93 @@ def test_lone_large_layer_split_over_threads(kind, seed):
         torch.set_num_threads(threads)
     assert got == reference_prune_regrow([w2], [m2], [p], [g], [n], [e])
     assert torch.equal(m1, m2) and bits_equal(w1, w2)
+
+
+@pytest.fixture(params=["generic", "best"])
+def cpu_isa(request, monkeypatch):
+    """Runs the test on the portable scan and on the best one this CPU has (AVX-512 where available)."""
+    if request.param == "generic":
+        monkeypatch.setenv("SPARSECL_CPU_ISA", "generic")
+    else:
+        monkeypatch.delenv("SPARSECL_CPU_ISA", raising=False)
+    return request.param
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["randn", "ties", "nan", "zeros"])
+@pytest.mark.parametrize("with_eligible", [False, True])
+def test_each_isa_matches_reference(cpu_isa, kind, with_eligible, seed):
+    gen = torch.Generator().manual_seed(seed)
+    case = random_layers(gen, 12, kind, False, with_eligible)
+    ws1, ms1, ps, gs, cs, es = clone_all(case)
+    ws2, ms2, *_ = clone_all(case)
+    assert prune_regrow(ws1, ms1, ps, gs, cs, es) == reference_prune_regrow(ws2, ms2, ps, gs, cs, es)
+    for a, b, c, d in zip(ms1, ms2, ws1, ws2):
+        assert torch.equal(a, b) and bits_equal(c, d)
+
+
+def run_both(ws, ms, ps, gs, cs, es=None):
+    """prune_regrow and the reference on copies; asserts identical results."""
+    w1, m1 = [w.clone() for w in ws], [m.clone() for m in ms]
+    w2, m2 = [w.clone() for w in ws], [m.clone() for m in ms]
+    assert prune_regrow(w1, m1, ps, gs, cs, es) == reference_prune_regrow(w2, m2, ps, gs, cs, es)
+    for a, b, c, d in zip(m1, m2, w1, w2):
+        assert torch.equal(a, b) and bits_equal(c, d)
+    return m1
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["drop", "grow"])
+def test_large_layer_short_guess_rescans(cpu_isa, kind, seed):
+    """The sampled bounds read 64 runs of 128 positions at r * (N // 64); putting the extreme scores exactly
+    there makes the guessed bound collect fewer than n candidates, so that set is collected again."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (300, 301)
+    N = shape[0] * shape[1]
+    m = torch.rand(shape, generator=gen) < (0.1 if kind == "drop" else 0.12)
+    w = torch.randn(shape, generator=gen)
+    p, g = torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+    runs = torch.zeros(N, dtype=torch.bool)
+    for r in range(64):
+        runs[r * (N // 64): r * (N // 64) + 128] = True
+    runs = runs.view(shape)
+    if kind == "drop":
+        p[runs] = -100.0  # every sampled active position looks like a drop
+        n = int(0.3 * int(m.sum()))
+        assert n > int((m & runs).sum())  # more than the bound guessed from the sample can collect
+    else:
+        g[runs] = 100.0  # every sampled position looks like a grow
+        n = int(0.9 * int(m.sum()))
+        assert n > int(runs.sum())
+    run_both([w], [m], [p], [g], [n])
+
+
+@needs_ext
+@pytest.mark.parametrize("kind", ["zeros", "ties", "nan"])
+def test_large_layers_heavy_ties_with_eligible(cpu_isa, kind, seed):
+    """Several multi-chunk and sampled layers at once, with ties spanning the threshold (zeros: all
+    scores +-0.0, so both selections go by index alone)."""
+    gen = torch.Generator().manual_seed(seed)
+    ws, ms, ps, gs, cs, es = [], [], [], [], [], []
+    for shape in [(700, 800), (257, 300), (3, 5), (300, 257)]:
+        m = torch.rand(shape, generator=gen) < 0.1
+        ws.append(torch.randn(shape, generator=gen))
+        ms.append(m)
+        ps.append(scores(shape, kind, gen))
+        gs.append(scores(shape, kind, gen))
+        cs.append(int(0.3 * int(m.sum())))
+        es.append(torch.rand(shape, generator=gen) < 0.9)
+    run_both(ws, ms, ps, gs, cs, es)
+
+
+@needs_ext
+def test_large_layer_float64_scores(seed):
+    """float64 scores use 64-bit keys (128-bit ranks) through the sampled and chunked path."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (600, 500)
+    m = torch.rand(shape, generator=gen) < 0.2
+    w = torch.randn(shape, generator=gen)
+    p = torch.randn(shape, generator=gen, dtype=torch.float64)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    g[:, :3] = 1 + 1e-12 * torch.rand(600, 3, generator=gen, dtype=torch.float64)  # differ only beyond float32
+    run_both([w], [m], [p], [g], [int(0.3 * int(m.sum()))])

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sparsecl
 from sparsecl.formats import BlockSparseLayout, CSRLayout
 from sparsecl.ops import bsr_conv2d, csr_conv2d
 from sparsecl.ops import sparse_conv2d as sc
@@ -16,6 +17,18 @@ GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
     (2, 16, 16, 5, 5, 1, 1, 0, 1), (0, 4, 4, 5, 5, 3, 1, 1, 1),
 ]
 DENSITIES = [0.0, 0.3, 1.0]
+
+# CPU kernel paths this machine can run (SPARSECL_CPU_ISA forces one)
+_RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
+CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_RUNTIME_ISA) + 1]
+# Unstructured stride-1 convs run the padded-width kernels (tiles of 1, 2, 4 or 7 vectors, several
+# images per call); these shapes give each tile width, several tiles per plane, batch tails, 1x1,
+# dilation and asymmetric padding/kernels. The stride-2 shapes run the general per-nonzero loops.
+PW_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
+    (9, 6, 5, 3, 2, 3, 1, 1, 1), (7, 5, 9, 5, 5, 3, 1, 1, 1), (3, 7, 6, 19, 23, 3, 1, 2, 2),
+    (5, 4, 3, 9, 8, (3, 5), 1, (0, 3), (2, 1)), (10, 3, 4, 6, 6, 1, 1, 0, 1), (2, 6, 5, 7, 7, 3, 1, 3, 1),
+    (3, 6, 5, 9, 8, 3, (1, 2), 1, 1), (2, 6, 5, 9, 8, 3, 2, 1, 2),
+]
 
 
 def _pair(v):
@@ -184,3 +197,83 @@ def test_bad_input(seed):
         csr_conv2d(xc, vc[1:], lc, 3)
     with pytest.raises(RuntimeError, match="col_idx"):
         torch.ops.sparsecl.csr_conv2d(xc, vc, lc.row_ptr, lc.col_idx + 1000, 7, [3, 3], None, [1, 1], [1, 1], [1, 1])
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("geom", PW_GEOMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_conv2d_every_isa_and_path(seed, isa, geom, dtype, monkeypatch):
+    """Forward, dX, dValues, dBias of each forced CPU path, fast (stride 1) and general, vs float64."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    x, values, layout, w = csr_case(geom, 0.4, dtype, torch.contiguous_format)
+    k = geom[5]
+    fn = lambda x, v, b, s, p, d: csr_conv2d(x, v, layout, k, b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, torch.contiguous_format)
+    assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_csr_conv2d_dw_any_entry_order(seed, stride):
+    """csr_conv2d_dw takes (row, col) pairs in any order: dValues follow the order given."""
+    x, values, layout, _ = csr_case((3, 5, 6, 7, 6, 3, stride, 1, 1), 0.5, torch.float64, torch.contiguous_format)
+    g = torch.randn(3, 6, *F.conv2d(x, x.new_zeros(6, 5, 3, 3), stride=stride, padding=1).shape[2:],
+                    dtype=torch.float64)
+    geom = [stride, stride], [1, 1], [1, 1]
+    ops = torch.ops.sparsecl
+    ref = ops.csr_conv2d_dw(g, x, layout.row_idx, layout.col_idx, [3, 3], *geom)
+    perm = torch.randperm(layout.nnz)
+    dv = ops.csr_conv2d_dw(g, x, layout.row_idx[perm], layout.col_idx[perm], [3, 3], *geom)
+    assert_close(dv, ref[perm], torch.float64)
+
+
+@pytest.mark.parametrize("structure", ["csr", "bsr"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dvalues_with_inf_in_x_match_dense(seed, structure, dtype):
+    """An inf in x's first column is read by the padded-width kernels' garbage columns (times a zero
+    grad_out): dValues must still be finite wherever the dense convolution's weight gradient is."""
+    geom = (2, 5, 6, 6, 7, 3, 1, 1, 1)
+    if structure == "csr":
+        x, values, layout, w = csr_case(geom, 1.0, dtype, torch.contiguous_format)
+    else:
+        x, values, layout, w = bsr_case(geom, 1.0, 16, dtype, torch.contiguous_format)
+    x[:, 1, 3, 0] = float("inf")
+    xr, wr = x.double(), w.double().requires_grad_()
+    g = torch.randn(F.conv2d(xr, wr, padding=1).shape, dtype=torch.float64)
+    F.conv2d(xr, wr, padding=1).backward(g)
+    ops, geo = torch.ops.sparsecl, ([1, 1], [1, 1], [1, 1])
+    if structure == "csr":
+        dv = ops.csr_conv2d_dw(g.to(dtype), x, layout.row_idx, layout.col_idx, [3, 3], *geo)
+        ref = wr.grad.reshape(6, -1)[layout.row_idx.long(), layout.col_idx.long()]
+    else:
+        dv = ops.bsr_conv2d_dw(g.to(dtype), x, layout.row_idx, layout.col_idx, 16, [3, 3], *geo)
+        ref = wr.grad[:, :, :, :].new_zeros(16, 16, 3, 3)
+        ref[:6, :5] = wr.grad
+        ref = ref.unsqueeze(0)
+    assert ref.isfinite().any() and not ref.isfinite().all()
+    torch.testing.assert_close(dv.double(), ref, equal_nan=True, rtol=1e-4, atol=1e-4)
+
+
+# Block-channel fp32 stride-1 convs on AVX2/AVX-512 run the padded-width micro-kernel tiles (14 or 6
+# positions x B channels); other strides, float64 and the generic ISA run the gather-GEMM path.
+BLOCK_PW_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
+    (3, 40, 33, 9, 7, 3, 1, 1, 1), (2, 17, 70, 5, 11, (3, 5), 1, (0, 3), (2, 1)), (5, 33, 16, 4, 4, 1, 1, 0, 1),
+    (2, 20, 20, 6, 6, 3, 1, 3, 2), (2, 33, 20, 7, 6, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("geom", BLOCK_PW_GEOMS)
+@pytest.mark.parametrize("B", [16, 32])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_bsr_conv2d_every_isa_and_path(seed, isa, geom, B, fmt, monkeypatch):
+    """Forward, dX, dValues, dBias of each forced CPU path (fp32), fast and general, vs float64."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    x, values, layout, w = bsr_case(geom, 0.5, B, torch.float32, fmt)
+    fn = lambda x, v, b, s, p, d: bsr_conv2d(x, v, layout, b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, fmt)
+    kh, kw = w.shape[2:]
+    full = dw.new_zeros(layout.n_block_rows * B, layout.n_block_cols * B, kh, kw)
+    full[: w.shape[0], : w.shape[1]] = dw
+    ref = full.view(layout.n_block_rows, B, layout.n_block_cols, B, kh, kw)[layout.row_idx.long(), :,
+                                                                             layout.col_idx.long()]
+    assert_close(dv, ref, torch.float32)
