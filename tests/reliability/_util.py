@@ -10,11 +10,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # wall-clock and memory measurements: legitimately differ between two runs of the same seed
 # (also every key with a "s", "ms" or "seconds" word: train_s, latency_ms_batch1, search_ms_max, ...)
-TIMING_KEYS = {"throughput", "peak_rss_bytes", "peak_device_bytes"}
+TIMING_KEYS = {"throughput", "peak_rss_bytes", "peak_device_bytes", "load_average"}
 
 
 def is_measurement(key):
-    return key in TIMING_KEYS or bool({"s", "ms", "seconds"} & set(key.split("_")))
+    return key in TIMING_KEYS or bool({"s", "ms", "seconds", "time"} & set(key.split("_")))
 
 
 def deterministic_view(obj, drop=("config",)):
