@@ -4,6 +4,7 @@ Environment:
   SPARSECL_CUDA=0|1|auto   build the CUDA kernels (auto: when torch is a CUDA build and nvcc is found)
   TORCH_CUDA_ARCH_LIST     CUDA architectures, e.g. "8.0;9.0" (default here: "8.0;9.0")
   MAX_JOBS                 parallel compile jobs (ninja)
+  SPARSECL_SANITIZE=1      compile the C++ sources with ASan+UBSan (see `make asan`; pair with SPARSECL_CUDA=0)
 """
 import glob
 import os
@@ -49,8 +50,11 @@ def _extension():
     with_cuda = _cuda_requested()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp", "-DNDEBUG"]
-    if os.environ.get("SPARSECL_SANITIZE"):
-        cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    link = ["-fopenmp"]
+    if os.environ.get("SPARSECL_SANITIZE"):  # `make asan`: CPU-only ASan+UBSan build into build-asan/
+        cxx += ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
+                "-O1", "-g"]
+        link += ["-fsanitize=address,undefined"]
     define = []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -62,12 +66,12 @@ def _extension():
             "sparsecl._C", sources, define_macros=define,
             include_dirs=[os.path.join(ROOT, "csrc")] + _nvidia_include_dirs(),
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     return cpp_extension.CppExtension(
         "sparsecl._C", sources, define_macros=define,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+        extra_compile_args={"cxx": cxx}, extra_link_args=link,
     )
 
 

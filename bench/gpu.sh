@@ -4,8 +4,9 @@
 #   machine.json  card, driver, nvcc, torch, triton, CUDA, date      build.log, resources.txt (ptxas)
 #   tests.log / tests.xml                                            bench-cuda.json, bench.log
 # Usage: bench/gpu.sh [--sanitize] [--quick] [--no-build] [--no-tests] [--no-bench] [RESULTS_DIR]
-#   --sanitize  instead of tests + bench: the CUDA C++ tests under compute-sanitizer memcheck and
-#               racecheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the caching allocator hides nothing)
+#   --sanitize  instead of tests + bench: every CUDA C++ op/layer test (tests/ops, tests/nn) and a Triton
+#               subset under compute-sanitizer memcheck and racecheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1,
+#               so the caching allocator hides nothing); logs sanitize-{memcheck,racecheck}.log
 #   --quick     the benchmark's quick mode (d=0.1 only)
 #   --no-build / --no-tests / --no-bench  skip that step (to split the work over several calls)
 # Expects torch (CUDA build), triton, nvcc, pytest already installed (no internet needed).
@@ -87,8 +88,11 @@ if [ "$SANITIZE" = 1 ]; then
       "$PY" -m pytest -q -x -p no:cacheprovider "$@" >> "$RESULTS/sanitize-$tool.log" 2>&1 || status=1
     tail -3 "$RESULTS/sanitize-$tool.log"
   }
+  # every CUDA C++ op and layer test (all op families: bsr/csr/masked linear, prune_regrow, slimmable,
+  # sparse conv), one Triton config per kernel (no autotuning) for the Triton subset
+  export SPARSECL_TRITON_AUTOTUNE=0
   for tool in memcheck racecheck; do
-    sanitize "$tool" tests/ops/test_bsr_linear.py -k "cuda and (opcheck or leading)"
+    sanitize "$tool" tests/ops tests/nn -k cuda --ignore-glob="*_triton*" --ignore-glob="*triton_compile*"
     sanitize "$tool" tests/ops/test_bsr_linear_triton.py -m cuda -k "be_cuda and (T64odd or padding)"
     sanitize "$tool" tests/ops/test_sparse_conv2d_triton.py -m cuda -k "be_cuda and (rect-dil or padding or block_sizes)"
   done

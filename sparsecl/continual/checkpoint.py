@@ -2,7 +2,9 @@
 
 File = ``torch.save({"format", "version", "sha256", "payload"})`` where ``payload`` is a uint8 tensor holding
 the ``torch.save`` bytes of the real state, and ``sha256`` its digest. Both levels load with
-``torch.load(weights_only=True)``. Bool tensors (masks) are bit-packed 8 per byte; the owner index is
+``torch.load(weights_only=True)``. The zip archive's comment (the file's last 80 bytes, which zip readers
+and ``torch.load`` skip) is ``sparsecl-sha256:<hex>``, the digest of every byte before the hex, so any
+truncation or bit flip anywhere in the file is detected, including in zip metadata the reader ignores. Bool tensors (masks) are bit-packed 8 per byte; the owner index is
 stored as it lives (uint8, one byte per weight). Written with ``sparsecl.io.write_bytes_atomic`` (temp
 file, fsync, rename), so a crash leaves either the old or the new checkpoint, never a torn one.
 """
@@ -14,7 +16,9 @@ import torch
 from ..io import write_bytes_atomic
 
 FORMAT = "sparsecl-continual-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: whole-file digest in the zip comment
+_TRAILER = b"sparsecl-sha256:"
+_TRAILER_LEN = len(_TRAILER) + 64
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -64,29 +68,58 @@ def _unpack(x):
     return unpack_bool(x) if isinstance(x, dict) else x
 
 
-def save_checkpoint(path, state):
-    """Atomically write ``state`` (nested dicts/lists of tensors and plain values) to ``path``."""
+def save_checkpoint(path, state, kind=FORMAT):
+    """Atomically write ``state`` (nested dicts/lists of tensors and plain values) to ``path``.
+
+    ``kind`` names the file's format (checked by ``load_checkpoint``), e.g. "sparsecl-multitask-run".
+    """
     buf = io.BytesIO()
     torch.save(_map(state, _pack), buf)
     payload = buf.getvalue()
     outer = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+    torch.save({"format": kind, "version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
                 "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
-    write_bytes_atomic(path, outer.getvalue())
+    write_bytes_atomic(path, seal(outer.getvalue()))
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load and verify a checkpoint; raises CheckpointError on truncation, bit flips or a foreign file."""
+def seal(archive):
+    """Set the zip comment of ``archive`` (torch.save bytes) to the digest of everything before the hex."""
+    if archive[-22:-18] != b"PK\x05\x06" or archive[-2:] != b"\x00\x00":
+        raise RuntimeError("torch.save did not end its archive with a comment-less end-of-central-directory record")
+    body = archive[:-2] + _TRAILER_LEN.to_bytes(2, "little") + _TRAILER
+    return body + hashlib.sha256(body).hexdigest().encode()
+
+
+def unseal(path, data, kind=FORMAT):
+    """Verify the whole-file digest written by ``seal``; returns the bytes (torch.load reads them as they are)."""
+    if len(data) < 22 + _TRAILER_LEN or data[-_TRAILER_LEN:-64] != _TRAILER \
+            or data[-_TRAILER_LEN - 2:-_TRAILER_LEN] != _TRAILER_LEN.to_bytes(2, "little"):
+        raise CheckpointError(f"{path}: no sparsecl checksum at the end of the file ({len(data)} bytes): truncated or "
+                              f"corrupted file, or not a {kind} version {VERSION} file")
+    stored, digest = data[-64:], hashlib.sha256(data[:-64]).hexdigest().encode()
+    if stored != digest:
+        raise CheckpointError(f"{path}: checksum mismatch (stored {stored.decode(errors='replace')}, computed "
+                              f"{digest.decode()}); the file is corrupted")
+    return data
+
+
+def load_checkpoint(path, map_location="cpu", kind=FORMAT):
+    """Load and verify a checkpoint; raises CheckpointError on truncation, bit flips or a foreign file.
+
+    The whole-file digest is checked before any byte is parsed.
+    """
+    with open(path, "rb") as f:
+        data = unseal(path, f.read(), kind)
     try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+        outer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for torn zip archives
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupted file?): {exc}") from exc
-    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    if not isinstance(outer, dict) or outer.get("format") != kind:
+        raise CheckpointError(f"{path}: not a {kind} file")
     if outer.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {outer.get('version')}, this sparsecl reads {VERSION}")
+    if not isinstance(outer.get("payload"), torch.Tensor) or outer["payload"].dtype != torch.uint8:
+        raise CheckpointError(f"{path}: the checkpoint has no uint8 'payload' tensor")
     payload = outer["payload"].numpy().tobytes()
     digest = hashlib.sha256(payload).hexdigest()
     if digest != outer.get("sha256"):

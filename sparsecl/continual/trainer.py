@@ -17,6 +17,7 @@ Evaluation of task j uses the trunk view ``owner in 1..j+1`` (the weights task j
 head j and task j's normalisation, so later tasks cannot change task j's predictions.
 """
 import copy
+import glob
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics as M
+from ..io import write_bytes_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import build_model, init_values
 
@@ -366,6 +368,9 @@ class ContinualTrainer:
         if c["threads"]:
             torch.set_num_threads(int(c["threads"]))
         os.makedirs(self.out, exist_ok=True)
+        if self.rank == 0:  # temp files of writes a kill interrupted (sparsecl.io.write_bytes_atomic)
+            for stale in glob.glob(os.path.join(glob.escape(self.out), ".tmp-*")):
+                os.unlink(stale)
         self.global_step = 0
         t0, step0, state = 0, 0, None
         if c["resume"] and os.path.exists(self.ckpt_path):
@@ -389,9 +394,9 @@ class ContinualTrainer:
                 self.acc[t][j] = self.evaluate(j, min(j, t))
             rec["acc_row"] = self.acc[t]
             self.log.append(rec)
+            if self.rank == 0:  # before the checkpoint: a resume from it finds the row already written
+                _write_csv(os.path.join(self.out, "log.csv"), self.log)
             self.save(t, 0, None)
-            if self.rank == 0:
-                _append_csv(os.path.join(self.out, "log.csv"), rec)
         return self.finish()
 
     def masks(self):
@@ -427,11 +432,12 @@ def _progress(c, total, start, desc, rank):
     return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _append_csv(path, rec):
+def _write_csv(path, log):
+    """Rewrite log.csv from all task records (atomically: a kill never leaves a torn or missing row)."""
     cols = ["task", "density", "init", "growth", "steps", "samples", "train_seconds", "throughput", "peak_rss_bytes"]
-    new = not os.path.exists(path)
-    with open(path, "a") as f:
-        if new:
-            f.write(",".join(cols + ["acc_row", "capacity"]) + "\n")
-        f.write(",".join(str(rec[k]) for k in cols) + ',"' + " ".join(f"{a:.4f}" for a in rec["acc_row"] if a is not None)
-                + '","' + " ".join(f"{x:.4f}" for x in rec["capacity"]) + '"\n')
+    lines = [",".join(cols + ["acc_row", "capacity"])]
+    for rec in log:
+        lines.append(",".join(str(rec[k]) for k in cols) + ',"'
+                     + " ".join(f"{a:.4f}" for a in rec["acc_row"] if a is not None)
+                     + '","' + " ".join(f"{x:.4f}" for x in rec["capacity"]) + '"')
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())

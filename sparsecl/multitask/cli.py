@@ -77,28 +77,27 @@ def fit(cfg, train_data, progress=True):
     return model, train(model, train_data, cfg, progress=progress)
 
 
+RUN_FORMAT = "sparsecl-multitask-run"
+
+
 def save_run(out, model, cfg, history, table_val):
-    import torch
+    """DIR/model.pt: atomic, checksummed, ``torch.load(weights_only=True)``-loadable (sparsecl.continual.checkpoint)."""
+    from ..continual.checkpoint import save_checkpoint
 
-    from ..io import write_bytes_atomic
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"config": cfg, "tasks": {t: (s.kind, s.channels) for t, s in model.tasks.items()},
-                "state_dict": model.state_dict(), "history": history, "val_table": table_val}, buf)
-    write_bytes_atomic(os.path.join(out, "model.pt"), buf.getvalue())
+    save_checkpoint(os.path.join(out, "model.pt"),
+                    {"config": cfg, "tasks": {t: (s.kind, s.channels) for t, s in model.tasks.items()},
+                     "state_dict": model.state_dict(), "history": history, "val_table": table_val}, kind=RUN_FORMAT)
 
 
 def load_run(run):
-    import torch
-
+    from ..continual.checkpoint import load_checkpoint
     from .data import TaskSpec
     from .model import build_model
 
     path = os.path.join(run, "model.pt")
     if not os.path.isfile(path):
         raise SystemExit(f"{path} not found: run `sparsecl multitask train --out {run}` first")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(path, kind=RUN_FORMAT)
     tasks = {t: TaskSpec(t, k, c) for t, (k, c) in ck["tasks"].items()}
     model = build_model(tasks, ck["config"])
     model.load_state_dict(ck["state_dict"])
