@@ -359,6 +359,9 @@ class CSRLayout:
         new_mask = torch.as_tensor(new_mask, device=self.device)
         if new_mask.dtype != torch.bool or tuple(new_mask.shape) != self.shape:
             raise ValueError(f"new_mask must be bool {self.shape}, got {new_mask.dtype} {tuple(new_mask.shape)}")
+        if self.device.type == "cpu" and _extension.AVAILABLE:
+            keep, grow = torch.ops.sparsecl.csr_mask_delta(self.row_ptr, self.col_idx, new_mask)
+            return self.update(keep, grow)
         flat = new_mask.reshape(-1)
         old_keys = self.keys()
         keep = flat.index_select(0, old_keys)

@@ -172,3 +172,35 @@ def test_csr_update_opcheck(seed):
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     with pytest.raises(RuntimeError, match="sorted"):
         torch.ops.sparsecl.csr_update(*args[:6], grow.flip(0).contiguous())
+
+
+@pytest.mark.parametrize("shape,density,n", [((13, 29), 0.3, 10), ((1, 50), 0.1, 5), ((64, 80), 0.05, 200),
+                                              ((30, 30), 0.0, 0), ((30, 30), 1.0, 0), ((7, 1), 0.5, 2),
+                                              ((0, 5), 0.5, 0), ((5, 0), 0.5, 0), ((3, 1000), 0.2, 50)])
+def test_csr_mask_delta_matches_torch(shape, density, n, seed):
+    """The one-pass C++ (keep, grow) equals the torch construction, also for a non-contiguous mask."""
+    layout = CSRLayout.random(shape, density)
+    new_mask = swap_mask(layout.mask(), n)
+    flat = new_mask.flatten()
+    keys = layout.keys()
+    fresh = flat.clone()
+    fresh[keys] = False
+    for m in (new_mask, new_mask.t().contiguous().t()):
+        keep, grow = torch.ops.sparsecl.csr_mask_delta(layout.row_ptr, layout.col_idx, m)
+        assert torch.equal(keep, flat[keys])
+        assert torch.equal(grow, fresh.nonzero().squeeze(1))
+
+
+def test_csr_mask_delta_opcheck_and_bad_input(seed):
+    layout = CSRLayout.random((9, 11), 0.3)
+    new_mask = swap_mask(layout.mask(), 3)
+    args = (layout.row_ptr, layout.col_idx, new_mask)
+    torch.library.opcheck(torch.ops.sparsecl.csr_mask_delta.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    op = torch.ops.sparsecl.csr_mask_delta
+    with pytest.raises(RuntimeError, match="bool"):
+        op(layout.row_ptr, layout.col_idx, new_mask.float())
+    with pytest.raises(RuntimeError, match="rows"):
+        op(layout.row_ptr, layout.col_idx, new_mask[1:])
+    with pytest.raises(RuntimeError, match="col_idx"):
+        op(layout.row_ptr, layout.col_idx, new_mask[:, :3])

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -616,10 +617,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {n_rp, n_ci, n_ri, n_trp, n_tci, n_tp, src};
 }
 
+// (keep, grow) that turn the layout (row_ptr, col_idx) into the bool [out, in] new_mask (see
+// CSRLayout.with_topology): keep[k] = new_mask at entry k; grow = new_mask's set positions that are not
+// entries, sorted flat (row * in + col). One pass over the mask: each row is copied to a scratch row,
+// the current entries are cleared there, and the few set bytes left are found a word at a time.
+std::tuple<at::Tensor, at::Tensor> csr_mask_delta_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                                      const at::Tensor& new_mask) {
+  check_index(row_ptr, "row_ptr", col_idx);
+  check_index(col_idx, "col_idx", col_idx);
+  TORCH_CHECK(new_mask.scalar_type() == at::kBool && new_mask.dim() == 2 && new_mask.device().is_cpu(),
+              "new_mask must be a 2-D bool CPU tensor, got ", new_mask.scalar_type(), " ", new_mask.sizes());
+  const int64_t out_f = new_mask.size(0), in_f = new_mask.size(1), nnz = col_idx.size(0);
+  TORCH_CHECK(row_ptr.size(0) == out_f + 1, "row_ptr has ", row_ptr.size(0), " entries, new_mask has ", out_f,
+              " rows");
+  check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
+  check_ids_below(col_idx, in_f, "col_idx");
+  const auto mask = new_mask.contiguous();
+  auto keep = at::empty({nnz}, new_mask.options());
+  const int32_t *rp = row_ptr.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
+  const uint8_t* mp = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
+  bool* kp = keep.data_ptr<bool>();
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), out_f));
+  std::vector<std::vector<int64_t>> found(parts);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    const int64_t words = (in_f + 7) / 8;
+    std::vector<uint64_t> row(words + 1);  // one spare word: the tail word is zeroed even when in_f == 0
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t r = out_f * p / parts; r < out_f * (p + 1) / parts; ++r) {
+        row[words > 0 ? words - 1 : 0] = 0;
+        std::memcpy(row.data(), mp + r * in_f, size_t(in_f));
+        auto* bytes = reinterpret_cast<uint8_t*>(row.data());
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k) {
+          kp[k] = bytes[ci[k]] != 0;
+          bytes[ci[k]] = 0;
+        }
+        for (int64_t w = 0; w < words; ++w)
+          for (uint64_t v = row[w]; v; v &= v - 1)  // little-endian: byte i of the word is column 8w+i
+            found[p].push_back(r * in_f + w * 8 + __builtin_ctzll(v) / 8);
+      }
+  });
+  int64_t g = 0;
+  for (const auto& f : found) g += int64_t(f.size());
+  auto grow = at::empty({g}, row_ptr.options().dtype(at::kLong));
+  int64_t* gp = grow.data_ptr<int64_t>();
+  for (const auto& f : found) gp = std::copy(f.begin(), f.end(), gp);
+  return {keep, grow};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
   m.impl("csr_update", &csr_update_cpu);
+  m.impl("csr_mask_delta", &csr_mask_delta_cpu);
   m.impl("csr_linear", &csr_linear_cpu);
   m.impl("csr_linear_dx", &csr_linear_dx_cpu);
   m.impl("csr_linear_dw", &csr_linear_dw_cpu);

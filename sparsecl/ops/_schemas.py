@@ -221,6 +221,14 @@ def _(row_ptr, col_idx, t_row_ptr, t_col_idx, t_perm, keep, grow):
     return (*idx, grow.new_empty((n_new,)))
 
 
+@torch.library.register_fake("sparsecl::csr_mask_delta")
+def _(row_ptr, col_idx, new_mask):
+    torch._check(new_mask.dtype == torch.bool and new_mask.dim() == 2, lambda: "new_mask must be a 2-D bool tensor")
+    torch._check(row_ptr.shape[0] == new_mask.shape[0] + 1, lambda: "row_ptr must have out + 1 entries")
+    n_grow = torch.library.get_ctx().new_dynamic_size()
+    return new_mask.new_empty(col_idx.shape), col_idx.new_empty((n_grow,), dtype=torch.int64)
+
+
 # prune_regrow: in place on weights (float) and masks (bool), returns int64 [L] changed positions --------
 
 
