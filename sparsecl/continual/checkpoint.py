@@ -87,7 +87,11 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     if outer.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {outer.get('version')}, this sparsecl reads {VERSION}")
-    payload = outer["payload"].numpy().tobytes()
+    payload = outer.get("payload")
+    if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
+            and isinstance(outer.get("sha256"), str)):
+        raise CheckpointError(f"{path}: malformed {FORMAT} file (payload must be a uint8 [n] tensor, sha256 a string)")
+    payload = payload.numpy().tobytes()
     digest = hashlib.sha256(payload).hexdigest()
     if digest != outer.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch (stored {outer.get('sha256')}, computed {digest}); "
@@ -96,4 +100,7 @@ def load_checkpoint(path, map_location="cpu"):
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: payload passed its checksum but does not load: {exc}") from exc
-    return _map(state, _unpack)
+    try:
+        return _map(state, _unpack)
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a packed mask with a bad shape
+        raise CheckpointError(f"{path}: payload passed its checksum but holds a malformed packed mask: {exc}") from exc
