@@ -99,7 +99,7 @@ def _mutate_tensor(draw, t):
         n0 = max(0, t.shape[0] + d) if t.dim() else 1
         return torch.zeros(n0, *t.shape[1:], dtype=t.dtype) if t.dim() else t.reshape(1)
     if kind == "rank":
-        return t.unsqueeze(0) if draw(st.booleans()) or t.dim() == 0 else t.reshape(-1)[:1].reshape(())
+        return t.unsqueeze(0) if draw(st.booleans()) or t.numel() == 0 else t.reshape(-1)[:1].reshape(())
     if kind == "stride":
         return torch.stack([t, t], -1)[..., 0] if t.dim() else t
     if kind == "empty":
@@ -215,3 +215,11 @@ def test_csr_update_rejects_a_transposed_index_that_is_not_the_transpose():
             torch.ops.sparsecl.csr_update(rp, ci, trp, tci, bad_tp, keep, grow)
     with pytest.raises(RuntimeError, match="col_idx"):
         torch.ops.sparsecl.csr_update(rp, ci.flip(0), trp, tci, tp, keep, grow)
+
+
+def test_repeated_blocks_add_up_in_kernel_and_reference():
+    """Regression (found by the fuzzer): the raw ops accept a repeated (row, col) block, which the C++ kernel
+    adds up while the bsr reference kept only one; both now add up, like csr_linear's reference."""
+    (x, v, rp, ci, out_f, bias), ref = CASES["bsr_linear"]
+    dup = torch.zeros_like(ci)
+    _same(torch.ops.sparsecl.bsr_linear(x, v, rp, dup, out_f, bias), ref(x, v, rp, dup, out_f, bias))
