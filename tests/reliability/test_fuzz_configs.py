@@ -118,10 +118,14 @@ def test_continual_config_and_overrides(data):
 
 @fuzz_settings(200)
 @given(data=st.data())
+@example(data=None)
 def test_multitask_config_and_overrides(data):
     known = sorted(MULTITASK_DEFAULTS)
-    path = _write(data.draw(yaml_doc(known))) if data.draw(st.booleans()) else None
-    overrides = [_override(data.draw, known) for _ in range(data.draw(st.integers(0, 3)))]
+    if data is None:  # explicit: batch_size=null was accepted
+        path, overrides = None, ["batch_size="]
+    else:
+        path = _write(data.draw(yaml_doc(known))) if data.draw(st.booleans()) else None
+        overrides = [_override(data.draw, known) for _ in range(data.draw(st.integers(0, 3)))]
     try:
         cfg = load_config(path, overrides)
     except (ValueError, yaml.YAMLError) as exc:
