@@ -396,7 +396,8 @@ ConvGeom check_conv(const at::Tensor& weight, at::IntArrayRef stride, at::IntArr
 }
 
 int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;  // < 0: the kernel does not fit (division truncates to 0)
+  return span < 0 ? 0 : span / s + 1;
 }
 
 // Whether [i, kh, kw] of t are packed, so W[:o, :i] flattens to a [o, i*kh*kw] view.

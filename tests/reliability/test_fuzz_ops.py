@@ -226,3 +226,20 @@ def test_repeated_blocks_add_up_in_kernel_and_reference():
     (x, v, rp, ci, out_f, bias), ref = CASES["bsr_linear"]
     dup = torch.zeros_like(ci)
     _same(torch.ops.sparsecl.bsr_linear(x, v, rp, dup, out_f, bias), ref(x, v, rp, dup, out_f, bias))
+
+
+@pytest.mark.parametrize("stride", [[1, 1], [2, 1], [3, 3]])
+def test_conv_kernel_larger_than_padded_input_is_rejected_for_every_stride(stride):
+    """Regression (found by the fuzzer): the CPU output-size formula truncated toward zero, so with stride > 1 a
+    kernel larger than the padded input gave a 1-pixel output instead of an error."""
+    x = torch.randn(1, 18, 4, 4)
+    bsr = BlockSparseLayout.random((20, 18), 1.0, 16)
+    with pytest.raises(RuntimeError, match="too small"):
+        torch.ops.sparsecl.bsr_conv2d(x, torch.randn(bsr.nnzb, 16, 16, 7, 3), bsr.row_ptr, bsr.col_idx, 20, None,
+                                      stride, [1, 1], [1, 1])
+    csr = CSRLayout.random((4, 18 * 21), 0.3)
+    with pytest.raises(RuntimeError, match="too small"):
+        torch.ops.sparsecl.csr_conv2d(x, torch.randn(csr.nnz), csr.row_ptr, csr.col_idx, 4, [7, 3], None, stride,
+                                      [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="empty|small"):
+        torch.ops.sparsecl.slimmable_conv2d(x, torch.randn(4, 18, 7, 3), None, None, 4, stride, [1, 1], [1, 1])
