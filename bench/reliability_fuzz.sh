@@ -43,7 +43,7 @@ for log in sorted(f for f in os.listdir(logdir) if f.endswith(".log")):
         m = re.match(r"(tests/reliability/\S+::\S+):\n", block)
         if not m:
             continue
-        runs = lambda kind: sum(int(x) for x in re.findall(rf"(\d+) {kind} examples", block))  # noqa: E731
+        runs = lambda kind: sum(int(x) for x in re.findall(rf"(\d+) {kind}\b", block))  # noqa: E731
         stop = re.findall(r"Stopped because (.*)", block)
         rec["targets"][m.group(1)] = {"passing": runs("passing"), "failing": runs("failing"),
                                       "invalid": runs("invalid"), "stopped_because": stop[-1] if stop else "",
