@@ -162,7 +162,7 @@ def prune_regrow_args(draw):
     gr = [torch.randn(4, 5, generator=g).masked_fill(torch.rand(4, 5, generator=g) < 0.3, draw(SCORES))
           for _ in range(L)]
     counts = [draw(st.integers(0, 25)) for _ in range(L)]
-    elig = None
+    elig, m0 = None, m[0]
     kinds = ["counts", "counts_type", "mask", "score", "eligible", "weight", "lists"]
     for what in sorted(draw(st.lists(st.sampled_from(kinds), max_size=2, unique=True)), key=kinds.index):
         if what == "counts":
@@ -182,7 +182,7 @@ def prune_regrow_args(draw):
             p[0] = draw(st.sampled_from([p[0][:, :4], p[0].to(torch.int64), p[0].to(torch.float16), "x", p[0][None],
                                          torch.full((4, 5), float("nan"))]))
         elif what == "eligible":
-            elig = draw(st.sampled_from([[m[0]] * (L + 1), [m[0].float()] * L, [m[0][:2]] * L, [~m[0]] * L, m[0]]))
+            elig = draw(st.sampled_from([[m0] * (L + 1), [m0.float()] * L, [m0[:2]] * L, [~m0] * L, m0]))
         else:
             w[0] = draw(st.sampled_from([w[0].to(torch.int64), w[0][:, :3], w[0].double(), "w"]))
     return w, m, p, gr, counts, elig
