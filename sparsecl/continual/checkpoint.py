@@ -102,5 +102,5 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path}: payload passed its checksum but does not load: {exc}") from exc
     try:
         return _map(state, _unpack)
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # a packed mask with a bad shape
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:  # a malformed packed mask
         raise CheckpointError(f"{path}: payload passed its checksum but holds a malformed packed mask: {exc}") from exc
