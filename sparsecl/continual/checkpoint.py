@@ -83,9 +83,9 @@ def load_checkpoint(path, map_location="cpu"):
         raise
     except Exception as exc:  # torch raises several types for torn zip archives
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupted file?): {exc}") from exc
-    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+    if not isinstance(outer, dict) or not isinstance(outer.get("format"), str) or outer["format"] != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
-    if outer.get("version") != VERSION:
+    if not isinstance(outer.get("version"), int) or outer["version"] != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {outer.get('version')}, this sparsecl reads {VERSION}")
     payload = outer.get("payload")
     if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1

@@ -91,6 +91,7 @@ def _inner_file(inner):
 @given(tree=trees, wrap=st.sampled_from(["outer", "inner", "outer_fields"]))
 @example(tree={"packed_bool": torch.zeros(1, dtype=torch.uint8), "shape": "x"}, wrap="inner")
 @example(tree={"format": FORMAT, "version": VERSION, "payload": 5}, wrap="outer")
+@example(tree={"version": torch.zeros(3, dtype=torch.uint8), "format": FORMAT}, wrap="outer")  # ambiguous bool
 @example(tree={"shape": torch.zeros(3, dtype=torch.uint8), "packed_bool": None}, wrap="inner")  # AttributeError
 def test_valid_torch_file_wrong_structure(tree, wrap):
     buf = io.BytesIO()
