@@ -117,6 +117,8 @@ class BlockSparseLayout:
     @classmethod
     def from_dense(cls, weight, block_size=32):
         """Layout of the blocks of ``weight`` that hold any nonzero."""
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
         return cls.from_block_mask(block_reduce(weight != 0, block_size, "any"), tuple(weight.shape), block_size)
 
     @classmethod

@@ -19,3 +19,55 @@ def noncontiguous(t):
     view.copy_(t)
     assert not view.is_contiguous() or t.numel() <= 1
     return view
+
+
+def float64_leaves(*tensors):
+    """Detached float64 copies of ``tensors`` that require grad (None stays None): the reference's inputs."""
+    return tuple(None if t is None else t.detach().double().requires_grad_(True) for t in tensors)
+
+
+def ref_linear(x, w, bias=None):
+    """float64 ``x @ w.T + bias`` for x [..., in], w [out, in]."""
+    y = x.double() @ w.double().T
+    return y + bias.double() if bias is not None else y
+
+
+def ref_conv2d(x, w, bias=None, stride=1, padding=0, dilation=1):
+    """float64 dense conv2d (groups=1); empty batch or channels give bias-only output of the conv's shape."""
+    if 0 in (x.shape[0], x.shape[1], w.shape[0]):  # F.conv2d mis-shapes or rejects these
+        s, p, d = (torch.nn.modules.utils._pair(v) for v in (stride, padding, dilation))
+        size = [(x.shape[2 + i] + 2 * p[i] - d[i] * (w.shape[2 + i] - 1) - 1) // s[i] + 1 for i in range(2)]
+        y = torch.zeros(x.shape[0], w.shape[0], *size, dtype=torch.float64) + (x.sum() + w.sum()).double() * 0
+        return y + bias.double().view(1, -1, 1, 1) if bias is not None else y
+    return torch.nn.functional.conv2d(x.double(), w.double(), None if bias is None else bias.double(), stride,
+                                      padding, dilation)
+
+
+def assert_grads_close(actual, expected, dtype):
+    """Pairwise assert_close of gradients; a None on either side must be None (or all-zero) on the other."""
+    for a, e in zip(actual, expected):
+        if a is None or e is None:
+            other = e if a is None else a
+            assert other is None or not other.any(), "one side has a nonzero gradient, the other none"
+            continue
+        assert_close(a, e, dtype)
+
+
+def prune_regrow_oracle(mask, prune, grow, n, eligible=None):
+    """design.md §3 for one layer, by plain Python sorting: returns (new_mask, zeroed) as flat bool lists.
+
+    Drop: the n smallest prune scores of A ∩ E by (not NaN, score, index); grow: the n largest grow scores of
+    E \\ (A \\ D) by (NaN, -score, index); n clipped to |A ∩ E|; zeroed = (G \\ A) ∪ (D \\ G)."""
+    import math
+
+    A = mask.flatten().tolist()
+    E = eligible.flatten().tolist() if eligible is not None else [True] * len(A)
+    p, g = prune.flatten().double().tolist(), grow.flatten().double().tolist()
+    cand = [i for i in range(len(A)) if A[i] and E[i]]
+    n = min(n, len(cand))
+    D = set(sorted(cand, key=lambda i: (not math.isnan(p[i]), 0.0 if math.isnan(p[i]) else p[i] + 0.0, i))[:n])
+    gcand = [i for i in range(len(A)) if E[i] and (not A[i] or i in D)]
+    G = set(sorted(gcand, key=lambda i: (math.isnan(g[i]), 0.0 if math.isnan(g[i]) else -g[i] + 0.0, i))[:n])
+    new = [(A[i] and i not in D) or i in G for i in range(len(A))]
+    zeroed = [(i in G and not A[i]) or (i in D and i not in G) for i in range(len(A))]
+    return new, zeroed

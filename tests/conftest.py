@@ -35,3 +35,14 @@ def seed(request):
     request.node.user_properties.append(("seed", s))
     print(f"seed={s}")
     return s
+
+
+# Hypothesis profiles (tests/reliability): "ci" is the default, reproducible (derandomize) and about 100
+# examples per property; SPARSECL_HYPOTHESIS_PROFILE=long runs 10,000 fresh random examples per test.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=10_000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("SPARSECL_HYPOTHESIS_PROFILE", "ci"))

@@ -543,12 +543,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               "grow must be a contiguous int64 1-D tensor");
   check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
   check_ptr_array(t_row_ptr, in_f, nnz, "t_row_ptr");
+  check_ids_below(col_idx, in_f, "col_idx");
+  check_ids_below(t_col_idx, out_f, "t_col_idx");
+  check_ids_below(t_perm, nnz, "t_perm");
   const int32_t *rp = row_ptr.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
   const int32_t *trp = t_row_ptr.data_ptr<int32_t>(), *tci = t_col_idx.data_ptr<int32_t>();
   const int32_t* tp = t_perm.data_ptr<int32_t>();
   const bool* kp = keep.data_ptr<bool>();
   const int64_t* gp = grow.data_ptr<int64_t>();
   const int64_t g = grow.size(0);
+  for (int64_t r = 0; r < out_f; ++r)
+    for (int64_t k = rp[r] + 1; k < rp[r + 1]; ++k)
+      TORCH_CHECK(ci[k] > ci[k - 1], "col_idx must be strictly increasing within a row (row ", r, ")");
   for (int64_t j = 0; j < g; ++j) {
     TORCH_CHECK(gp[j] >= 0 && gp[j] < out_f * in_f, "grow position ", gp[j], " outside [0, ", out_f * in_f, ")");
     TORCH_CHECK(j == 0 || gp[j] > gp[j - 1], "grow must be sorted without duplicates");
@@ -595,18 +601,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     std::vector<int64_t> fill(g_off.begin(), g_off.end() - 1);
     for (int64_t q = 0; q < g; ++q) g_order[fill[gp[q] % in_f]++] = q;
   }
-  // column-major merge by row
+  // column-major merge by row. The transposed input is trusted only as far as it agrees with the (checked)
+  // row-major one: each kept entry must land in its own column and row, rows strictly increasing per column,
+  // and exactly n_new entries in all; otherwise (e.g. t_perm not a permutation) the writes would overrun.
+  const char* bad_t = "t_row_ptr/t_col_idx/t_perm do not match row_ptr/col_idx (not the transposed index)";
   n = 0;
   o_trp[0] = 0;
   for (int64_t c = 0; c < in_f; ++c) {
     int64_t t = trp[c], q = g_off[c];
-    const int64_t t_end = trp[c + 1], q_end = g_off[c + 1];
+    const int64_t t_end = trp[c + 1], q_end = g_off[c + 1], col_start = n;
     while (true) {
       while (t < t_end && !kp[tp[t]]) ++t;
       if (t >= t_end && q >= q_end) break;
       const int64_t g_row = q < q_end ? gp[g_order[q]] / in_f : std::numeric_limits<int64_t>::max();
-      if (t < t_end && tci[t] < g_row) {
-        o_tci[n] = tci[t], o_tp[n] = new_of_old[tp[t]], ++t;
+      const bool old = t < t_end && tci[t] < g_row;
+      const int64_t row = old ? tci[t] : g_row;
+      TORCH_CHECK(n < n_new && (n == col_start || o_tci[n - 1] < row), bad_t);
+      if (old) {
+        const int32_t nk = new_of_old[tp[t]];
+        TORCH_CHECK(o_ci[nk] == c && o_ri[nk] == row, bad_t);
+        o_tci[n] = tci[t], o_tp[n] = nk, ++t;
       } else {
         o_tci[n] = int32_t(g_row), o_tp[n] = new_of_grow[g_order[q]], ++q;
       }
@@ -614,6 +628,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
     o_trp[c + 1] = int32_t(n);
   }
+  TORCH_CHECK(n == n_new, bad_t);
   return {n_rp, n_ci, n_ri, n_trp, n_tci, n_tp, src};
 }
 

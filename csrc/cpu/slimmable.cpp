@@ -396,7 +396,8 @@ ConvGeom check_conv(const at::Tensor& weight, at::IntArrayRef stride, at::IntArr
 }
 
 int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;  // < 0: the kernel does not fit (division truncates to 0)
+  return span < 0 ? 0 : span / s + 1;
 }
 
 // Whether [i, kh, kw] of t are packed, so W[:o, :i] flattens to a [o, i*kh*kw] view.
@@ -435,7 +436,8 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   at::Tensor w2 = flat(weight, o, i);
   at::Tensor m2 = mask ? flat(*mask, o, i) : at::Tensor();
   if (bias) y.copy_(bias->narrow(0, 0, o).view({1, o, 1, 1}).expand({N, o, Ho, Wo}));
-  if (N > 0 && o > 0) {
+  else if (i == 0) y.zero_();  // no input channels: im2col rejects the empty input, the sum is empty
+  if (N > 0 && o > 0 && i > 0) {
     at::Tensor cols = at::im2col(x.contiguous(), {g.kh, g.kw}, g.dilation, g.padding, g.stride);  // [N, i*k, L]
     at::Tensor y3 = y.view({N, o, L});
     for (int64_t n = 0; n < N; ++n) mm_nt(y3[n].t(), cols[n].t(), w2, m2, bias.has_value());
@@ -458,6 +460,7 @@ at::Tensor conv2d_dx(const at::Tensor& grad_out, const at::Tensor& weight, const
   TORCH_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
               " does not match the convolution of x_shape ", x_shape);
   const int64_t L = Ho * Wo, K = i * g.kh * g.kw;
+  if (N == 0 || i == 0) return at::zeros(x_shape, grad_out.options()).contiguous(format_of(grad_out));  // col2im rejects empty
   at::Tensor dcols = at::empty({N, K, L}, grad_out.options());
   at::Tensor w2 = flat(weight, o, i);
   at::Tensor m2 = mask ? flat(*mask, o, i) : at::Tensor();

@@ -34,7 +34,12 @@ struct Geom {
   int64_t N, C, H, W, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+// 0 when the dilated kernel does not fit the padded input (C++ division truncates toward zero, so the plain
+// formula would give 1 for a span in (-s, 0) and accept an invalid convolution)
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;
+}
 
 void check_conv_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,

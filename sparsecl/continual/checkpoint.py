@@ -114,13 +114,15 @@ def load_checkpoint(path, map_location="cpu", kind=FORMAT):
         outer = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for torn zip archives
         raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupted file?): {exc}") from exc
-    if not isinstance(outer, dict) or outer.get("format") != kind:
+    if not isinstance(outer, dict) or not isinstance(outer.get("format"), str) or outer["format"] != kind:
         raise CheckpointError(f"{path}: not a {kind} file")
-    if outer.get("version") != VERSION:
+    if not isinstance(outer.get("version"), int) or outer["version"] != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {outer.get('version')}, this sparsecl reads {VERSION}")
-    if not isinstance(outer.get("payload"), torch.Tensor) or outer["payload"].dtype != torch.uint8:
-        raise CheckpointError(f"{path}: the checkpoint has no uint8 'payload' tensor")
-    payload = outer["payload"].numpy().tobytes()
+    payload = outer.get("payload")
+    if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
+            and isinstance(outer.get("sha256"), str)):
+        raise CheckpointError(f"{path}: malformed {kind} file (payload must be a uint8 [n] tensor, sha256 a string)")
+    payload = payload.numpy().tobytes()
     digest = hashlib.sha256(payload).hexdigest()
     if digest != outer.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch (stored {outer.get('sha256')}, computed {digest}); "
@@ -129,4 +131,7 @@ def load_checkpoint(path, map_location="cpu", kind=FORMAT):
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: payload passed its checksum but does not load: {exc}") from exc
-    return _map(state, _unpack)
+    try:
+        return _map(state, _unpack)
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:  # a malformed packed mask
+        raise CheckpointError(f"{path}: payload passed its checksum but holds a malformed packed mask: {exc}") from exc

@@ -6,6 +6,7 @@ import os
 
 import yaml
 
+from .._config import check_types
 from ..io import write_json_atomic
 from .trainer import DEFAULTS, ContinualTrainer, merge_config
 
@@ -18,6 +19,9 @@ FLAGS = {
     "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum", "seed": "seed",
     "threads": "threads", "checkpoint_every": "checkpoint_every", "device": "device",
 }
+
+# keys whose values may have another type than their default
+CONFIG_TYPES = {"density": ((int, float, str), "a number or 'adaptive'"), "model.width": ((int, float), "a number")}
 
 
 def set_dotted(cfg, key, value):
@@ -68,6 +72,9 @@ def build_config(args):
             raise ValueError(f"override {item!r} must be key=value (e.g. model.width=512)")
         k, v = item.split("=", 1)
         set_dotted(cfg, k.strip(), yaml.safe_load(v))
+    check_types(cfg, DEFAULTS, CONFIG_TYPES)
+    if isinstance(cfg["density"], str) and cfg["density"] != "adaptive":
+        raise ValueError(f"config key 'density' must be a number or 'adaptive', got {cfg['density']!r}")
     return cfg
 
 

@@ -49,6 +49,12 @@ def load_config(path=None, overrides=()):
         if unknown:
             raise SystemExit(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(DEFAULTS)}")
         cfg.update(layer)
+    from .._config import check_types
+
+    try:
+        check_types(cfg, DEFAULTS, {"task_weights": ((dict, type(None)), "a mapping of task weights or null")})
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     return cfg
 
 

@@ -15,9 +15,9 @@ OP = "bsr_linear"
 def _dense_from_blocks(values, row_idx, col_idx, out_f, in_f):
     B = values.shape[1]
     nbr, nbc = -(-out_f // B), -(-in_f // B)
-    full = values.new_zeros(nbr, B, nbc, B)
-    full[row_idx.long(), :, col_idx.long(), :] = values
-    return full.reshape(nbr * B, nbc * B)[:out_f, :in_f]
+    # accumulate: repeated (row, col) blocks add up, as in the compiled kernels (and csr_linear's reference)
+    full = values.new_zeros(nbr, nbc, B, B).index_put_((row_idx.long(), col_idx.long()), values, accumulate=True)
+    return full.permute(0, 2, 1, 3).reshape(nbr * B, nbc * B)[:out_f, :in_f]
 
 
 def _rows_of(row_ptr, nnz):

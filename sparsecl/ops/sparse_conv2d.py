@@ -30,9 +30,10 @@ def _pair(v, name):
 def _block_dense(values, row_idx, col_idx, out_c, in_c):
     B, kh, kw = values.shape[1], values.shape[3], values.shape[4]
     nbr, nbc = -(-out_c // B), -(-in_c // B)
-    full = values.new_zeros(nbr, B, nbc, B, kh, kw)
-    full[row_idx.long(), :, col_idx.long()] = values
-    return full.reshape(nbr * B, nbc * B, kh, kw)[:out_c, :in_c]
+    # accumulate: repeated (row, col) blocks add up, as in the compiled kernels
+    full = values.new_zeros(nbr, nbc, B, B, kh, kw).index_put_((row_idx.long(), col_idx.long()), values,
+                                                               accumulate=True)
+    return full.permute(0, 2, 1, 3, 4, 5).reshape(nbr * B, nbc * B, kh, kw)[:out_c, :in_c]
 
 
 def _rows_of(ptr, nnz):
@@ -63,13 +64,13 @@ def _ref_bsr_dw(grad_out, x, row_idx, col_idx, block_size, kernel_size, stride, 
 
 def _ref_csr(x, values, row_ptr, col_idx, out_channels, kernel_size, bias, stride, padding, dilation):
     w = values.new_zeros(out_channels, x.shape[1] * kernel_size[0] * kernel_size[1])
-    w[_rows_of(row_ptr, col_idx.numel()), col_idx.long()] = values
+    w.index_put_((_rows_of(row_ptr, col_idx.numel()), col_idx.long()), values, accumulate=True)
     return F.conv2d(x, w.view(out_channels, x.shape[1], *kernel_size), bias, stride, padding, dilation)
 
 
 def _ref_csr_dx(grad_out, values, t_row_ptr, t_col_idx, t_perm, x_shape, kernel_size, stride, padding, dilation):
     w = values.new_zeros(grad_out.shape[1], x_shape[1] * kernel_size[0] * kernel_size[1])
-    w[t_col_idx.long(), _rows_of(t_row_ptr, t_perm.numel())] = values[t_perm.long()]
+    w.index_put_((t_col_idx.long(), _rows_of(t_row_ptr, t_perm.numel())), values[t_perm.long()], accumulate=True)
     w = w.view(grad_out.shape[1], x_shape[1], *kernel_size)
     return torch.nn.grad.conv2d_input(list(x_shape), w, grad_out, stride, padding, dilation)
 
