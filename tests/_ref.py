@@ -71,3 +71,10 @@ def prune_regrow_oracle(mask, prune, grow, n, eligible=None):
     new = [(A[i] and i not in D) or i in G for i in range(len(A))]
     zeroed = [(i in G and not A[i]) or (i in D and i not in G) for i in range(len(A))]
     return new, zeroed
+
+
+def address_sanitized():
+    """True when the tests run under `make asan` (ASan reserves terabytes of address space, so an
+    RLIMIT_AS cap cannot be used; ASAN_OPTIONS max_allocation_size_mb caps allocations instead)."""
+    import os
+    return "libasan" in os.environ.get("LD_PRELOAD", "")

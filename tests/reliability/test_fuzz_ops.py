@@ -22,6 +22,7 @@ from sparsecl.formats import BlockSparseLayout, CSRLayout
 bl, cl, ml, sl, sc = (importlib.import_module(f"sparsecl.ops.{m}") for m in
                       ("bsr_linear", "csr_linear", "masked_linear", "slimmable", "sparse_conv2d"))
 
+from .._ref import address_sanitized
 from ._strategies import fuzz_settings
 
 pytestmark = pytest.mark.skipif(not sparsecl.build_info()["sparsecl_extension"], reason="fuzzes the C++ kernels")
@@ -141,6 +142,9 @@ def mutated_call(draw, name):
 @pytest.fixture(autouse=True)
 def memory_cap():
     """An accepted absurd size must fail as an allocation error, never take the machine's memory."""
+    if address_sanitized():
+        yield
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (min(hard, 24 * 2**30) if hard != resource.RLIM_INFINITY else 24 * 2**30,
                                             hard))
