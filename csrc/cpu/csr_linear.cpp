@@ -660,7 +660,7 @@ std::tuple<at::Tensor, at::Tensor> csr_mask_delta_cpu(const at::Tensor& row_ptr,
     for (int64_t p = p0; p < p1; ++p)
       for (int64_t r = out_f * p / parts; r < out_f * (p + 1) / parts; ++r) {
         row[words > 0 ? words - 1 : 0] = 0;
-        std::memcpy(row.data(), mp + r * in_f, size_t(in_f));
+        if (in_f > 0) std::memcpy(row.data(), mp + r * in_f, size_t(in_f));  // an empty mask's data is null
         auto* bytes = reinterpret_cast<uint8_t*>(row.data());
         for (int64_t k = rp[r]; k < rp[r + 1]; ++k) {
           kp[k] = bytes[ci[k]] != 0;
