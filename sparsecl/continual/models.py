@@ -274,7 +274,56 @@ class TrainablePart(SparseLinear):
         return src
 
 
-class SparseTrunkLinear(nn.Module):
+class _FrozenPlusTrainable(nn.Module):
+    """Shared by the trunk layers: earlier tasks' weights as frozen CSR values + index in buffers over the
+    2-D view ``self._shape2d`` (no gradient, no optimizer state), and ``self.inner``, the sparse layer
+    holding the current task's trainable weights (the only module the DST engine sees)."""
+
+    def _set_frozen(self, weight, mask):
+        layout = CSRLayout.from_mask(mask)
+        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
+        for name, t in layout.index_tensors().items():
+            self.register_buffer("frozen_" + name, t)
+
+    @property
+    def frozen_layout(self):
+        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
+        return CSRLayout(t[0], t[1], self._shape2d, validate=False, _derived=tuple(t[2:]))
+
+    def dst_module(self):
+        return self.inner
+
+    @property
+    def sparse_parameter(self):
+        return self.inner.sparse_parameter
+
+    def dst_mask(self):
+        """Union of frozen and trainable positions over the 2-D view."""
+        return self.frozen_layout.mask() | self.inner.dst_mask()
+
+    mask = dst_mask
+
+    def dense_weight(self):
+        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
+
+    def set_trainable(self, free):
+        """Nothing to do: only the inner layer's values are trainable."""
+
+    def allocate(self, new, values):
+        """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``."""
+        self._set_inner(values, new)
+
+    def freeze(self):
+        """End a task: merge the trainable part into the frozen CSR part."""
+        self.load_split(self.dense_weight().detach(), self.dst_mask(), self.dst_mask())
+
+    def load_split(self, weight, mask, owned):
+        """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable."""
+        self._set_frozen(weight, mask & owned)
+        self._set_inner(weight, mask & ~owned)
+
+
+class SparseTrunkLinear(_FrozenPlusTrainable):
     """A trunk layer in two compact parts, computed as ONE CSR kernel call over their union.
 
     * frozen part: the weights earlier tasks own, as CSR values + index in buffers (no gradient, no
@@ -289,15 +338,13 @@ class SparseTrunkLinear(nn.Module):
     def __init__(self, in_features, out_features):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self._shape2d = (out_features, in_features)
         empty = torch.zeros(out_features, in_features, dtype=torch.bool)
         self._set_frozen(torch.zeros(out_features, in_features), empty)
         self._set_inner(torch.zeros(out_features, in_features), empty)
 
     def _set_frozen(self, weight, mask):
-        layout = CSRLayout.from_mask(mask)
-        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
-        for name, t in layout.index_tensors().items():
-            self.register_buffer("frozen_" + name, t)
+        super()._set_frozen(weight, mask)
         self._union, self._union_key = None, None
 
     def _set_inner(self, weight, mask):
@@ -306,11 +353,6 @@ class SparseTrunkLinear(nn.Module):
             lin.weight.copy_(weight * mask)
         self.inner = TrainablePart.from_dense(lin, mask=mask, mode="csr")
         self._union, self._union_key = None, None
-
-    @property
-    def frozen_layout(self):
-        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
-        return CSRLayout(t[0], t[1], (self.out_features, self.in_features), validate=False, _derived=tuple(t[2:]))
 
     def _union_state(self):
         # derived data: built after a task boundary (new buffers) or a device move, updated incrementally
@@ -334,40 +376,7 @@ class SparseTrunkLinear(nn.Module):
     def functional(self, x, w):
         return F.linear(x, w)
 
-    def dst_module(self):
-        return self.inner
-
-    @property
-    def sparse_parameter(self):
-        return self.inner.sparse_parameter
-
-    def dst_mask(self):
-        """Union of frozen and trainable positions."""
-        return self.frozen_layout.mask() | self.inner.mask()
-
-    mask = dst_mask
-
-    def dense_weight(self):
-        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight()
-
-    def set_trainable(self, free):
-        """Nothing to do: only the inner layer's values are trainable."""
-
-    def allocate(self, new, values):
-        """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``."""
-        self._set_inner(values, new)
-
-    def freeze(self):
-        """End a task: merge the trainable part into the frozen CSR part."""
-        self.load_split(self.dense_weight().detach(), self.dst_mask(), self.dst_mask())
-
-    def load_split(self, weight, mask, owned):
-        """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable."""
-        self._set_frozen(weight, mask & owned)
-        self._set_inner(weight, mask & ~owned)
-
-
-class SparseTrunkConv2d(nn.Module):
+class SparseTrunkConv2d(_FrozenPlusTrainable):
     """A groups=1 trunk conv in two compact parts, both on the real sparse conv kernel (``csr_conv2d``):
     the frozen weights of earlier tasks as CSR values + index in buffers (no gradient, no optimizer
     state), and ``inner``, a bias-free unstructured ``sparsecl.nn.SparseConv2d`` holding the current
@@ -384,22 +393,11 @@ class SparseTrunkConv2d(nn.Module):
         self._set_frozen(torch.zeros(self._shape2d), empty)
         self._set_inner(torch.zeros(self._shape2d), empty)
 
-    def _set_frozen(self, weight, mask):
-        layout = CSRLayout.from_mask(mask)
-        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
-        for name, t in layout.index_tensors().items():
-            self.register_buffer("frozen_" + name, t)
-
     def _set_inner(self, weight, mask):
         self.inner = SparseConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                                   bias=False, mask=mask.to(weight.device), device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             self.inner.values.copy_(self.inner.layout.values_from_dense(weight))
-
-    @property
-    def frozen_layout(self):
-        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
-        return CSRLayout(t[0], t[1], self._shape2d, validate=False, _derived=tuple(t[2:]))
 
     def forward(self, x):
         y = self.inner(x)
@@ -411,27 +409,6 @@ class SparseTrunkConv2d(nn.Module):
     def functional(self, x, w):
         return F.conv2d(x, w.view(self.out_channels, self.in_channels, *self.kernel_size), None, self.stride,
                         self.padding, self.dilation)
-
-    def dst_module(self):
-        return self.inner
-
-    @property
-    def sparse_parameter(self):
-        return self.inner.sparse_parameter
-
-    def dst_mask(self):
-        """Union of frozen and trainable positions, [out, in * kh * kw]."""
-        return self.frozen_layout.mask() | self.inner.dst_mask()
-
-    mask = dst_mask
-
-    def dense_weight(self):
-        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
-
-    set_trainable = SparseTrunkLinear.set_trainable
-    allocate = SparseTrunkLinear.allocate
-    freeze = SparseTrunkLinear.freeze
-    load_split = SparseTrunkLinear.load_split
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
