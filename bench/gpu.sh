@@ -3,6 +3,7 @@
 # GPU benchmarks. Everything lands in RESULTS_DIR (argument, else $OUT, else bench/results/gpu-<date>):
 #   machine.json  card, driver, nvcc, torch, triton, CUDA, date      build.log, resources.txt (ptxas)
 #   tests.log / tests.xml                                            bench-cuda.json, bench.log
+#   <op>/bench-cuda*.json for csr_linear_gpu, prune_regrow, masked_linear, slimmable
 # Usage: bench/gpu.sh [--sanitize] [--quick] [--no-build] [--no-tests] [--no-bench] [RESULTS_DIR]
 #   --sanitize  instead of tests + bench: every CUDA C++ op/layer test (tests/ops, tests/nn) and a Triton
 #               subset under compute-sanitizer memcheck and racecheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1,
@@ -104,7 +105,9 @@ if [ "$TESTS" = 1 ]; then
   step "CUDA tests"
   # every test marked `cuda` or parametrized over the cuda device; one config per Triton kernel
   # here (eight would be compiled per variant), the benchmark autotunes
-  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests -k "cuda" \
+  # xdist workers compile the Triton variants in parallel (compilation, not the GPU, bounds this step)
+  workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n ${PYTEST_WORKERS:-8}")
+  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider $workers tests -k "cuda" --durations=15 \
     --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
@@ -136,6 +139,14 @@ for r in json.load(open(sys.argv[1]))["rows"]:
         print(f'{r["method"]:34s} {r["layer"]:6s} {r["dtype"]:8s} d={r["density"]:<4} {r["pass_"]:7s} {r["ms"]:.4f} ms '
               f'dense {r["dense_ms"]:.4f} floor {r["floor_ms"]:.4f} meets_bar={r["meets_bar"]} rel_err={r["rel_err"]:.1e}')
 EOF
+  # the remaining GPU benchmarks, each in its own folder (each writes bench-cuda*.json)
+  for op in csr_linear_gpu prune_regrow masked_linear slimmable; do
+    step "$op GPU benchmark"
+    mkdir -p "$RESULTS/$op"
+    "$PY" -m sparsecl.cli bench "$op" --device cuda $QUICK --out "$RESULTS/$op" -v 2>&1 \
+      | tee "$RESULTS/bench-$op.log" | tail -20
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  done
 fi
 echo "results in $RESULTS (status $status)"
 exit $status
