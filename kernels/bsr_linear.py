@@ -94,9 +94,9 @@ def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
         else:  # edge block: its padding entries are never read
             w = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if SWAP:
-            acc = tl.dot(tl.trans(w), tl.trans(a), acc, input_precision=PRECISION)
+            acc = tl.dot(tl.trans(w), tl.trans(a), acc, input_precision=PRECISION, out_dtype=ACC)
         else:
-            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC)
     if SWAP:
         acc = tl.trans(acc)
     if HAS_BIAS:
@@ -117,7 +117,8 @@ def _sddmm(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr, n_tokens, out_f, in_
     offs_t = tl.arange(0, BLOCK_T)
     mask_o = (o0 + offs_b) < out_f
     mask_i = (i0 + offs_b) < in_f
-    acc = tl.zeros((B, B), dtype=tl.float64 if FP64 else tl.float32)
+    ACC = tl.float64 if FP64 else tl.float32
+    acc = tl.zeros((B, B), dtype=ACC)
     for t0 in range(0, n_tokens, BLOCK_T):
         t = (t0 + offs_t).to(tl.int64)
         mt = t < n_tokens
@@ -125,7 +126,7 @@ def _sddmm(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr, n_tokens, out_f, in_
                     mask=mt[:, None] & mask_o[None, :], other=0.0)
         xx = tl.load(x_ptr + t[:, None] * stride_xt + (i0 + offs_b)[None, :] * stride_xi,
                      mask=mt[:, None] & mask_i[None, :], other=0.0)
-        acc = tl.dot(tl.trans(g), xx, acc, input_precision=PRECISION)
+        acc = tl.dot(tl.trans(g), xx, acc, input_precision=PRECISION, out_dtype=ACC)
     out = out_ptr + k.to(tl.int64) * (B * B) + offs_b[:, None] * B + offs_b[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty))
 

@@ -99,7 +99,7 @@ def _block_gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr
             else:
                 w_ptrs = wb + t * (B * B) + offs_b[None, :] * B + offs_b[:, None]
             w = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n0 + offs_b, mask=mask_n, other=0.0).to(acc.dtype)[None, :]
     out = (out_ptr + (n * so_n + hd * so_h + wd * so_w)[:, None] + (n0 + offs_b).to(tl.int64)[None, :] * so_c)
@@ -126,7 +126,8 @@ def _block_dw(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr,
     mask_i = (i0 + offs_b) < C
     g_chan = (o0 + offs_b).to(tl.int64)[None, :] * sg_c
     x_chan = (i0 + offs_b).to(tl.int64)[None, :] * sx_c
-    acc = tl.zeros((B, B), dtype=tl.float64 if FP64 else tl.float32)
+    ACC = tl.float64 if FP64 else tl.float32
+    acc = tl.zeros((B, B), dtype=ACC)
     for p0 in range(0, n_pix, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < n_pix
@@ -140,7 +141,7 @@ def _block_dw(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr,
                     mask=mask_p[:, None] & mask_o[None, :], other=0.0)
         xx = tl.load(x_ptr + (n * sx_n + h * sx_h + w * sx_w)[:, None] + x_chan,
                      mask=ok[:, None] & mask_i[None, :], other=0.0)
-        acc = tl.dot(tl.trans(g), xx, acc, input_precision=PRECISION)
+        acc = tl.dot(tl.trans(g), xx, acc, input_precision=PRECISION, out_dtype=ACC)
     out = out_ptr + k.to(tl.int64) * (B * B * KH * KW) + (offs_b[:, None] * B + offs_b[None, :]) * (KH * KW) + t
     tl.store(out, acc.to(out_ptr.dtype.element_ty))
 

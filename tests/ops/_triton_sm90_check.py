@@ -43,8 +43,13 @@ def main():
     cfg = k.GATHER_CONFIGS[0]
     variants.append(("gather fp32 ieee edges", k._gather_mm, dict(common, EVEN_K=False, EVEN_N=False, W_T=True,
                      HAS_PERM=False, HAS_BIAS=True, PRECISION="ieee", **cfg.kwargs), "*fp32", cfg))
-    variants.append(("gather fp64", k._gather_mm, dict(common, FP64=True, W_T=False, HAS_PERM=True, HAS_BIAS=False,
-                     PRECISION="ieee", **cfg.kwargs), "*fp64", cfg))
+    # fp64: both tile orientations and the SDDMM (triton 3.6 asserts unless tl.dot gets out_dtype=fp64)
+    for c in (k.GATHER_CONFIGS[0], k.GATHER_CONFIGS[5]):
+        variants.append((f"gather fp64 {c.kwargs}", k._gather_mm, dict(common, FP64=True, W_T=False, HAS_PERM=True,
+                         HAS_BIAS=False, PRECISION="ieee", **c.kwargs), "*fp64", c))
+    cfg = k.SDDMM_CONFIGS[1]
+    variants.append(("sddmm fp64", k._sddmm, dict(stride_go=1, stride_xi=1, B=64, FP64=True, PRECISION="ieee",
+                                                  **cfg.kwargs), "*fp64", cfg))
     for name, kernel, consts, dtype, cfg in variants:
         ttgir = compile_sm90(kernel, consts, dtype, cfg.num_warps, cfg.num_stages).asm["ttgir"]
         print(f"{name} wgmma={'warp_group_dot' in ttgir} pipelined={'async_copy_global_to_local' in ttgir}")

@@ -150,7 +150,7 @@ def test_triton_kernels_compile_for_sm90_with_wgmma():
     run = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
-    assert len(lines) == 7, run.stdout
+    assert len(lines) == 9, run.stdout
     for line in lines:
         assert "pipelined=True" in line, line
         if "bf16" in line:

@@ -233,14 +233,14 @@ SM90_SCRIPT = textwrap.dedent('''
     INTS = dict(SH=2, SW=2, PH=1, PW=1, DH=1, DW=1)  # geometry stays a runtime int in real launches
     types = {{n: "i32" for n in INTS}}
     m = K.BLOCK_META_CUDA
-    for dt in ("bf16", "fp32"):
+    for dt in ("bf16", "fp32", "fp64"):  # fp64: tl.dot needs out_dtype=fp64 (triton 3.6 asserts otherwise)
         prec = "tf32" if dt == "bf16" else "ieee"
         for dx in (False, True):
             k = compile_sm90(K._block_gather_mm, dict(KH=3, KW=3, B=32, DX=dx, HAS_PERM=dx, HAS_BIAS=not dx,
-                             FP64=False, PRECISION=prec, BLOCK_P=m["BLOCK_P"]), "*" + dt, m["num_warps"],
+                             FP64=dt == "fp64", PRECISION=prec, BLOCK_P=m["BLOCK_P"]), "*" + dt, m["num_warps"],
                              m["num_stages"], types=dict(types, ptr_ptr="*i32", idx_ptr="*i32", perm_ptr="*i32"))
             print(f"gather {{dt}} dx={{dx}} mma={{'mma' in k.asm['ttgir']}}")
-        k = compile_sm90(K._block_dw, dict(KH=3, KW=3, B=32, FP64=False, PRECISION=prec, BLOCK_P=m["BLOCK_P"]),
+        k = compile_sm90(K._block_dw, dict(KH=3, KW=3, B=32, FP64=dt == "fp64", PRECISION=prec, BLOCK_P=m["BLOCK_P"]),
                          "*" + dt, m["num_warps"], m["num_stages"], types=types)
         print(f"block_dw {{dt}} mma={{'mma' in k.asm['ttgir']}}")
     c = K.CSR_META_CUDA
@@ -264,7 +264,7 @@ def test_triton_kernels_compile_for_sm90():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
-    assert len(lines) == 8, run.stdout
+    assert len(lines) == 11, run.stdout
     for line in lines:
         if "bf16" in line:  # fp32 runs IEEE products (FMA) unless TF32 is allowed
             assert "mma=True" in line, line
