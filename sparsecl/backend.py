@@ -12,8 +12,10 @@ import threading
 
 BACKENDS = ("auto", "cuda", "triton")
 
-# GPU default per op under "auto", from the GPU benchmark in bench/results; "cuda" where unmeasured.
-AUTO_DEFAULTS = {}
+# GPU default per op under "auto": "cuda" unless the Triton kernels were faster in most rows of the
+# GPU benchmark (bench/results/gpu-h100-2026-11-25: masked_linear 9.2 vs 103 ms summed over its rows,
+# unstructured conv 384 vs 431 ms). bsr_linear, csr_linear and block conv measured faster on "cuda".
+AUTO_DEFAULTS = {"masked_linear": "triton", "csr_conv2d": "triton"}
 
 _state = threading.local()
 
