@@ -21,11 +21,11 @@ namespace {
 constexpr int64_t kTokenTile = 16;
 
 void check_layout(const at::Tensor& values, const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor& like) {
-  TORCH_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, B, B], got ", values.sizes());
+  SPARSECL_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, B, B], got ", values.sizes());
   check_index(ptr, "row_ptr", like);
   check_index(idx, "col_idx", like);
-  TORCH_CHECK(idx.size(0) == values.size(0), "col_idx has ", idx.size(0), " entries but values has ", values.size(0),
-              " blocks");
+  SPARSECL_CHECK(idx.size(0) == values.size(0), "col_idx has ", idx.size(0), " entries but values has ", values.size(0),
+                 " blocks");
 }
 
 // Pack block V ([ob x ib] of a B x B row-major block) transposed into vt[i * B + o].
@@ -250,21 +250,21 @@ void dw_simd(const MicroKernels& mk, const float* dy, const float* x, int64_t T,
 
 at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_float(x, "x", false);
-  TORCH_CHECK(values.scalar_type() == x.scalar_type(), "values dtype ", values.scalar_type(), " != x dtype ",
-              x.scalar_type());
+  SPARSECL_CHECK(values.scalar_type() == x.scalar_type(), "values dtype ", values.scalar_type(), " != x dtype ",
+                 x.scalar_type());
   check_same_device(values, "values", x);
   check_layout(values, row_ptr, col_idx, x);
   const int64_t B = values.size(1), in_f = x.size(1);
-  TORCH_CHECK(out_features >= 0, "out_features must be >= 0");
+  SPARSECL_CHECK(out_features >= 0, "out_features must be >= 0");
   const int64_t n_rb = (out_features + B - 1) / B, n_cb = (in_f + B - 1) / B;
   check_ptr_array(row_ptr, n_rb, values.size(0), "row_ptr");
   check_ids_below(col_idx, n_cb, "col_idx");
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
-                bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
+    SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
+                   bias->sizes());
+    SPARSECL_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
     check_same_device(*bias, "bias", x);
   }
   auto xc = x.contiguous();
@@ -288,15 +288,15 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
 
 at::Tensor bsr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, int64_t in_features) {
-  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  SPARSECL_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
   check_float(dy, "grad_out", false);
-  TORCH_CHECK(values.scalar_type() == dy.scalar_type(), "values dtype must match grad_out");
+  SPARSECL_CHECK(values.scalar_type() == dy.scalar_type(), "values dtype must match grad_out");
   check_same_device(values, "values", dy);
   check_layout(values, t_row_ptr, t_col_idx, dy);
   check_index(t_perm, "t_perm", dy);
-  TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnzb entries");
+  SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnzb entries");
   const int64_t B = values.size(1), out_f = dy.size(1);
-  TORCH_CHECK(in_features >= 0, "in_features must be >= 0");
+  SPARSECL_CHECK(in_features >= 0, "in_features must be >= 0");
   const int64_t n_cb = (in_features + B - 1) / B, n_rb = (out_f + B - 1) / B;
   check_ptr_array(t_row_ptr, n_cb, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, n_rb, "t_col_idx");
@@ -320,15 +320,15 @@ at::Tensor bsr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
 
 at::Tensor bsr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx, int64_t block_size) {
-  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
-              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+                 "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
   check_float(x, "x", false);
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  SPARSECL_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
   check_same_device(dy, "grad_out", x);
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
-  TORCH_CHECK(block_size > 0, "block_size must be positive");
+  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
+  SPARSECL_CHECK(block_size > 0, "block_size must be positive");
   const int64_t B = block_size, nnzb = col_idx.size(0);
   check_ids_below(row_idx, (dy.size(1) + B - 1) / B, "row_idx");
   check_ids_below(col_idx, (x.size(1) + B - 1) / B, "col_idx");

@@ -416,29 +416,29 @@ void sddmm(const Tokens<T>& g, const Tokens<T>& x, const int32_t* rp, const int3
 // ---- input checks ------------------------------------------------------------------------------
 
 void check_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx, const char* idx_name) {
-  TORCH_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
-  TORCH_CHECK(values.scalar_type() == like.scalar_type(), "values dtype ", values.scalar_type(), " != ",
-              like.scalar_type());
+  SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
+  SPARSECL_CHECK(values.scalar_type() == like.scalar_type(), "values dtype ", values.scalar_type(), " != ",
+                 like.scalar_type());
   check_same_device(values, "values", like);
-  TORCH_CHECK(idx.size(0) == values.size(0), idx_name, " has ", idx.size(0), " entries but values has ",
-              values.size(0));
+  SPARSECL_CHECK(idx.size(0) == values.size(0), idx_name, " has ", idx.size(0), " entries but values has ",
+                 values.size(0));
 }
 
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_float(x, "x", false);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
   check_values(values, x, col_idx, "col_idx");
-  TORCH_CHECK(out_features >= 0, "out_features must be >= 0, got ", out_features);
+  SPARSECL_CHECK(out_features >= 0, "out_features must be >= 0, got ", out_features);
   check_ptr_array(row_ptr, out_features, values.size(0), "row_ptr");
   check_ids_below(col_idx, x.size(1), "col_idx");
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
-                bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must match x dtype ",
-                x.scalar_type());
+    SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
+                   bias->sizes());
+    SPARSECL_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must match x dtype ",
+                   x.scalar_type());
     check_same_device(*bias, "bias", x);
   }
   auto y = at::empty({x.size(0), out_features}, x.options());
@@ -455,15 +455,15 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
 
 at::Tensor csr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, int64_t in_features) {
-  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  SPARSECL_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
   check_float(dy, "grad_out", false);
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
   check_values(values, dy, t_col_idx, "t_col_idx");
-  TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm has ", t_perm.size(0), " entries but values has ",
-              values.size(0));
-  TORCH_CHECK(in_features >= 0, "in_features must be >= 0, got ", in_features);
+  SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm has ", t_perm.size(0), " entries but values has ",
+                 values.size(0));
+  SPARSECL_CHECK(in_features >= 0, "in_features must be >= 0, got ", in_features);
   check_ptr_array(t_row_ptr, in_features, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, dy.size(1), "t_col_idx");
   check_ids_below(t_perm, values.size(0), "t_perm");
@@ -487,16 +487,16 @@ at::Tensor csr_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
 
 at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx) {
-  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
-              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+                 "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
   check_float(x, "x", false);
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype ", dy.scalar_type(), " must match x dtype ",
-              x.scalar_type());
+  SPARSECL_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype ", dy.scalar_type(), " must match x dtype ",
+                 x.scalar_type());
   check_same_device(dy, "grad_out", x);
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx (", row_idx.size(0), ") and col_idx (", col_idx.size(0),
-              ") lengths differ");
+  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx (", row_idx.size(0), ") and col_idx (", col_idx.size(0),
+                 ") lengths differ");
   const int64_t nnz = col_idx.size(0), out_f = dy.size(1);
   check_ids_below(row_idx, out_f, "row_idx");
   check_ids_below(col_idx, x.size(1), "col_idx");
@@ -508,7 +508,7 @@ at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
     const int32_t* ri = row_idx.data_ptr<int32_t>();
     int64_t r = 0;
     for (int64_t k = 0; k < nnz; ++k) {
-      TORCH_CHECK(ri[k] >= r, "row_idx must be non-decreasing (CSR order), at entry ", k);
+      SPARSECL_CHECK(ri[k] >= r, "row_idx must be non-decreasing (CSR order), at entry ", k);
       for (; r < ri[k]; ++r) rp[r + 1] = int32_t(k);
     }
     for (; r < out_f; ++r) rp[r + 1] = int32_t(nnz);
@@ -535,12 +535,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_index(t_col_idx, "t_col_idx", col_idx);
   check_index(t_perm, "t_perm", col_idx);
   const int64_t out_f = row_ptr.size(0) - 1, in_f = t_row_ptr.size(0) - 1, nnz = col_idx.size(0);
-  TORCH_CHECK(out_f >= 0 && in_f >= 0, "row_ptr and t_row_ptr must have at least one entry");
-  TORCH_CHECK(t_col_idx.size(0) == nnz && t_perm.size(0) == nnz, "transposed index must have nnz entries");
-  TORCH_CHECK(keep.scalar_type() == at::kBool && keep.dim() == 1 && keep.size(0) == nnz && keep.is_contiguous(),
-              "keep must be a contiguous bool [nnz] tensor");
-  TORCH_CHECK(grow.scalar_type() == at::kLong && grow.dim() == 1 && grow.is_contiguous(),
-              "grow must be a contiguous int64 1-D tensor");
+  SPARSECL_CHECK(out_f >= 0 && in_f >= 0, "row_ptr and t_row_ptr must have at least one entry");
+  SPARSECL_CHECK(t_col_idx.size(0) == nnz && t_perm.size(0) == nnz, "transposed index must have nnz entries");
+  SPARSECL_CHECK(keep.scalar_type() == at::kBool && keep.dim() == 1 && keep.size(0) == nnz && keep.is_contiguous(),
+                 "keep must be a contiguous bool [nnz] tensor");
+  SPARSECL_CHECK(grow.scalar_type() == at::kLong && grow.dim() == 1 && grow.is_contiguous(),
+                 "grow must be a contiguous int64 1-D tensor");
   check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
   check_ptr_array(t_row_ptr, in_f, nnz, "t_row_ptr");
   check_ids_below(col_idx, in_f, "col_idx");
@@ -554,15 +554,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t g = grow.size(0);
   for (int64_t r = 0; r < out_f; ++r)
     for (int64_t k = rp[r] + 1; k < rp[r + 1]; ++k)
-      TORCH_CHECK(ci[k] > ci[k - 1], "col_idx must be strictly increasing within a row (row ", r, ")");
+      SPARSECL_CHECK(ci[k] > ci[k - 1], "col_idx must be strictly increasing within a row (row ", r, ")");
   for (int64_t j = 0; j < g; ++j) {
-    TORCH_CHECK(gp[j] >= 0 && gp[j] < out_f * in_f, "grow position ", gp[j], " outside [0, ", out_f * in_f, ")");
-    TORCH_CHECK(j == 0 || gp[j] > gp[j - 1], "grow must be sorted without duplicates");
+    SPARSECL_CHECK(gp[j] >= 0 && gp[j] < out_f * in_f, "grow position ", gp[j], " outside [0, ", out_f * in_f, ")");
+    SPARSECL_CHECK(j == 0 || gp[j] > gp[j - 1], "grow must be sorted without duplicates");
   }
   int64_t kept = 0;
   for (int64_t k = 0; k < nnz; ++k) kept += kp[k];
   const int64_t n_new = kept + g;
-  TORCH_CHECK(n_new <= std::numeric_limits<int32_t>::max(), "too many nonzeros for int32 indices");
+  SPARSECL_CHECK(n_new <= std::numeric_limits<int32_t>::max(), "too many nonzeros for int32 indices");
   auto i32 = row_ptr.options();
   auto n_rp = at::empty({out_f + 1}, i32), n_ci = at::empty({n_new}, i32), n_ri = at::empty({n_new}, i32);
   auto n_trp = at::empty({in_f + 1}, i32), n_tci = at::empty({n_new}, i32), n_tp = at::empty({n_new}, i32);
@@ -583,10 +583,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       if (k >= k_end && !has_g) break;
       const int64_t gc = has_g ? gp[j] % in_f : std::numeric_limits<int64_t>::max();
       if (k < k_end && ci[k] < gc) {
-        TORCH_CHECK(!has_g || ci[k] != gc, "grow position ", gp[j], " is already active");
+        SPARSECL_CHECK(!has_g || ci[k] != gc, "grow position ", gp[j], " is already active");
         o_ci[n] = ci[k], o_src[n] = k, new_of_old[k] = int32_t(n), ++k;
       } else {
-        TORCH_CHECK(k >= k_end || ci[k] != gc, "grow position ", gp[j], " is already active");
+        SPARSECL_CHECK(k >= k_end || ci[k] != gc, "grow position ", gp[j], " is already active");
         o_ci[n] = int32_t(gc), o_src[n] = -1, new_of_grow[j] = int32_t(n), ++j;
       }
       o_ri[n++] = int32_t(r);
@@ -616,10 +616,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t g_row = q < q_end ? gp[g_order[q]] / in_f : std::numeric_limits<int64_t>::max();
       const bool old = t < t_end && tci[t] < g_row;
       const int64_t row = old ? tci[t] : g_row;
-      TORCH_CHECK(n < n_new && (n == col_start || o_tci[n - 1] < row), bad_t);
+      SPARSECL_CHECK(n < n_new && (n == col_start || o_tci[n - 1] < row), bad_t);
       if (old) {
         const int32_t nk = new_of_old[tp[t]];
-        TORCH_CHECK(o_ci[nk] == c && o_ri[nk] == row, bad_t);
+        SPARSECL_CHECK(o_ci[nk] == c && o_ri[nk] == row, bad_t);
         o_tci[n] = tci[t], o_tp[n] = nk, ++t;
       } else {
         o_tci[n] = int32_t(g_row), o_tp[n] = new_of_grow[g_order[q]], ++q;
@@ -628,7 +628,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
     o_trp[c + 1] = int32_t(n);
   }
-  TORCH_CHECK(n == n_new, bad_t);
+  SPARSECL_CHECK(n == n_new, bad_t);
   return {n_rp, n_ci, n_ri, n_trp, n_tci, n_tp, src};
 }
 
@@ -640,11 +640,11 @@ std::tuple<at::Tensor, at::Tensor> csr_mask_delta_cpu(const at::Tensor& row_ptr,
                                                       const at::Tensor& new_mask) {
   check_index(row_ptr, "row_ptr", col_idx);
   check_index(col_idx, "col_idx", col_idx);
-  TORCH_CHECK(new_mask.scalar_type() == at::kBool && new_mask.dim() == 2 && new_mask.device().is_cpu(),
-              "new_mask must be a 2-D bool CPU tensor, got ", new_mask.scalar_type(), " ", new_mask.sizes());
+  SPARSECL_CHECK(new_mask.scalar_type() == at::kBool && new_mask.dim() == 2 && new_mask.device().is_cpu(),
+                 "new_mask must be a 2-D bool CPU tensor, got ", new_mask.scalar_type(), " ", new_mask.sizes());
   const int64_t out_f = new_mask.size(0), in_f = new_mask.size(1), nnz = col_idx.size(0);
-  TORCH_CHECK(row_ptr.size(0) == out_f + 1, "row_ptr has ", row_ptr.size(0), " entries, new_mask has ", out_f,
-              " rows");
+  SPARSECL_CHECK(row_ptr.size(0) == out_f + 1, "row_ptr has ", row_ptr.size(0), " entries, new_mask has ", out_f,
+                 " rows");
   check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
   check_ids_below(col_idx, in_f, "col_idx");
   const auto mask = new_mask.contiguous();

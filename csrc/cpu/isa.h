@@ -3,7 +3,7 @@
 // SPARSECL_CPU_ISA=generic|avx2|avx512, read at every dispatch, forces a lower path (tests run
 // every path on one machine); asking for more than the CPU supports is an error.
 #pragma once
-#include <c10/util/Exception.h>
+#include "checks.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -49,9 +49,9 @@ inline Isa active_isa() {
   if (std::strcmp(env, "generic") == 0) want = Isa::kGeneric;
   else if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
   else if (std::strcmp(env, "avx512") == 0) want = Isa::kAvx512;
-  else TORCH_CHECK(false, "SPARSECL_CPU_ISA must be generic, avx2 or avx512, got '", env, "'");
-  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "SPARSECL_CPU_ISA=", env,
-              " but this CPU supports at most ", isa_name(best));
+  else SPARSECL_CHECK(false, "SPARSECL_CPU_ISA must be generic, avx2 or avx512, got '", env, "'");
+  SPARSECL_CHECK(static_cast<int>(want) <= static_cast<int>(best), "SPARSECL_CPU_ISA=", env,
+                 " but this CPU supports at most ", isa_name(best));
   return want;
 }
 

@@ -77,26 +77,26 @@ int64_t panel_rows(const at::Tensor& weight) {
 }
 
 void check_weight_mask(const at::Tensor& weight, const at::Tensor& mask, const at::Tensor& like, const char* mname) {
-  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out, in], got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == like.scalar_type(), "weight dtype ", weight.scalar_type(), " != ",
-              like.scalar_type());
+  SPARSECL_CHECK(weight.dim() == 2, "weight must be 2-D [out, in], got ", weight.sizes());
+  SPARSECL_CHECK(weight.scalar_type() == like.scalar_type(), "weight dtype ", weight.scalar_type(), " != ",
+                 like.scalar_type());
   check_same_device(weight, "weight", like);
-  TORCH_CHECK(mask.scalar_type() == at::kBool, mname, " must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(mask.sizes() == weight.sizes(), mname, " shape ", mask.sizes(), " != weight shape ", weight.sizes());
+  SPARSECL_CHECK(mask.scalar_type() == at::kBool, mname, " must be bool, got ", mask.scalar_type());
+  SPARSECL_CHECK(mask.sizes() == weight.sizes(), mname, " shape ", mask.sizes(), " != weight shape ", weight.sizes());
   check_same_device(mask, mname, like);
 }
 
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_float(x, "x", false);
   check_weight_mask(weight, mask, x, "mask");
-  TORCH_CHECK(x.size(1) == weight.size(1), "x has ", x.size(1), " features but weight is ", weight.sizes());
+  SPARSECL_CHECK(x.size(1) == weight.size(1), "x has ", x.size(1), " features but weight is ", weight.sizes());
   const int64_t out_f = weight.size(0);
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_f, "bias must be [", out_f, "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must match x dtype ",
-                x.scalar_type());
+    SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == out_f, "bias must be [", out_f, "], got ", bias->sizes());
+    SPARSECL_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(), " must match x dtype ",
+                   x.scalar_type());
     check_same_device(*bias, "bias", x);
   }
   auto y = at::empty({x.size(0), out_f}, x.options());
@@ -119,10 +119,10 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
 }
 
 at::Tensor masked_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& weight, const at::Tensor& mask) {
-  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  SPARSECL_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
   check_float(dy, "grad_out", false);
   check_weight_mask(weight, mask, dy, "mask");
-  TORCH_CHECK(dy.size(1) == weight.size(0), "grad_out has ", dy.size(1), " features but weight is ", weight.sizes());
+  SPARSECL_CHECK(dy.size(1) == weight.size(0), "grad_out has ", dy.size(1), " features but weight is ", weight.sizes());
   const int64_t out_f = weight.size(0);
   auto dx = at::zeros({dy.size(0), weight.size(1)}, dy.options());
   if (dy.size(0) == 0 || out_f == 0 || weight.size(1) == 0) return dx;
@@ -140,15 +140,15 @@ at::Tensor masked_linear_dx_cpu(const at::Tensor& dy, const at::Tensor& weight, 
 }
 
 at::Tensor masked_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& grad_mask) {
-  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
-              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+                 "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
   check_float(x, "x", false);
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype ", dy.scalar_type(), " must match x dtype ",
-              x.scalar_type());
+  SPARSECL_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype ", dy.scalar_type(), " must match x dtype ",
+                 x.scalar_type());
   check_same_device(dy, "grad_out", x);
-  TORCH_CHECK(grad_mask.scalar_type() == at::kBool, "grad_mask must be bool, got ", grad_mask.scalar_type());
-  TORCH_CHECK(grad_mask.dim() == 2 && grad_mask.size(0) == dy.size(1) && grad_mask.size(1) == x.size(1),
-              "grad_mask must be [", dy.size(1), ", ", x.size(1), "], got ", grad_mask.sizes());
+  SPARSECL_CHECK(grad_mask.scalar_type() == at::kBool, "grad_mask must be bool, got ", grad_mask.scalar_type());
+  SPARSECL_CHECK(grad_mask.dim() == 2 && grad_mask.size(0) == dy.size(1) && grad_mask.size(1) == x.size(1),
+                 "grad_mask must be [", dy.size(1), ", ", x.size(1), "], got ", grad_mask.sizes());
   check_same_device(grad_mask, "grad_mask", x);
   auto dw = at::mm(dy.t(), x);
   dw.masked_fill_(grad_mask.logical_not(), 0);

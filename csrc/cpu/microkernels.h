@@ -11,6 +11,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "checks.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -145,7 +147,7 @@ inline T* workspace(int slot, int64_t n) {
     constexpr size_t kHuge = size_t(2) << 20;
     const size_t bytes = (want + kHuge - 1) / kHuge * kHuge;
     void* p = std::aligned_alloc(kHuge, bytes);
-    TORCH_CHECK(p != nullptr, "could not allocate ", bytes, " bytes of kernel scratch memory");
+    SPARSECL_CHECK(p != nullptr, "could not allocate ", bytes, " bytes of kernel scratch memory");
 #ifdef MADV_HUGEPAGE
     madvise(p, bytes, MADV_HUGEPAGE);
 #endif

@@ -487,52 +487,52 @@ void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>&
 
 int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {
   if (w.sizes() == m.sizes()) return 1;
-  TORCH_CHECK(w.dim() == 2 && m.dim() == 2, "layer ", l, ": mask shape ", m.sizes(),
-              " must equal the weight shape ", w.sizes(), " (element granularity) or its 2-D block grid");
+  SPARSECL_CHECK(w.dim() == 2 && m.dim() == 2, "layer ", l, ": mask shape ", m.sizes(),
+                 " must equal the weight shape ", w.sizes(), " (element granularity) or its 2-D block grid");
   for (int64_t B = 2; B <= 2 * std::max<int64_t>(1, std::max(w.size(0), w.size(1))); B *= 2)
     if ((w.size(0) + B - 1) / B == m.size(0) && (w.size(1) + B - 1) / B == m.size(1)) return B;
-  TORCH_CHECK(false, "layer ", l, ": mask shape ", m.sizes(), " is neither the weight shape ", w.sizes(),
-              " nor its block grid (ceil(out/B), ceil(in/B)) for a power-of-two B");
+  SPARSECL_CHECK(false, "layer ", l, ": mask shape ", m.sizes(), " is neither the weight shape ", w.sizes(),
+                 " nor its block grid (ceil(out/B), ceil(in/B)) for a power-of-two B");
 }
 
 at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::TensorList prune_scores,
                             at::TensorList grow_scores, const at::Tensor& counts, at::TensorList eligible) {
   const int64_t L = int64_t(weights.size());
-  TORCH_CHECK(int64_t(masks.size()) == L && int64_t(prune_scores.size()) == L && int64_t(grow_scores.size()) == L,
-              "weights, masks, prune_scores and grow_scores must have one entry per layer, got ", L, ", ",
-              masks.size(), ", ", prune_scores.size(), ", ", grow_scores.size());
-  TORCH_CHECK(eligible.empty() || int64_t(eligible.size()) == L, "eligible must be empty or have one entry per layer (",
-              L, "), got ", eligible.size());
-  TORCH_CHECK(counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == L,
-              "counts must be int64 [", L, "], got ", counts.scalar_type(), " ", counts.sizes());
-  TORCH_CHECK(counts.device().is_cpu(), "counts must be on the CPU for the CPU kernel, got ", counts.device());
+  SPARSECL_CHECK(int64_t(masks.size()) == L && int64_t(prune_scores.size()) == L && int64_t(grow_scores.size()) == L,
+                 "weights, masks, prune_scores and grow_scores must have one entry per layer, got ", L, ", ",
+                 masks.size(), ", ", prune_scores.size(), ", ", grow_scores.size());
+  SPARSECL_CHECK(eligible.empty() || int64_t(eligible.size()) == L, "eligible must be empty or have one entry per layer (",
+                 L, "), got ", eligible.size());
+  SPARSECL_CHECK(counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == L,
+                 "counts must be int64 [", L, "], got ", counts.scalar_type(), " ", counts.sizes());
+  SPARSECL_CHECK(counts.device().is_cpu(), "counts must be on the CPU for the CPU kernel, got ", counts.device());
   auto counts_c = counts.contiguous();
   const int64_t* cnt = counts_c.data_ptr<int64_t>();
-  for (int64_t l = 0; l < L; ++l) TORCH_CHECK(cnt[l] >= 0, "counts must be >= 0, got ", cnt[l], " for layer ", l);
+  for (int64_t l = 0; l < L; ++l) SPARSECL_CHECK(cnt[l] >= 0, "counts must be >= 0, got ", cnt[l], " for layer ", l);
 
   std::vector<at::Tensor> w_work(L), m_work(L), keep;
   std::vector<LayerView> views(L);
   at::ScalarType wtype = L ? weights[0].scalar_type() : at::kFloat, stype = L ? prune_scores[0].scalar_type() : at::kFloat;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor &w = weights[l], &m = masks[l], &p = prune_scores[l], &g = grow_scores[l];
-    TORCH_CHECK(w.device().is_cpu() && m.device().is_cpu() && p.device().is_cpu() && g.device().is_cpu(),
-                "layer ", l, ": all tensors must be on the CPU");
-    TORCH_CHECK(w.is_floating_point(), "layer ", l, ": weight must be floating point, got ", w.scalar_type());
-    TORCH_CHECK(w.scalar_type() == wtype, "all weights must share one dtype: layer ", l, " is ", w.scalar_type(),
-                ", layer 0 is ", wtype);
-    TORCH_CHECK(m.scalar_type() == at::kBool, "layer ", l, ": mask must be bool, got ", m.scalar_type());
+    SPARSECL_CHECK(w.device().is_cpu() && m.device().is_cpu() && p.device().is_cpu() && g.device().is_cpu(),
+                   "layer ", l, ": all tensors must be on the CPU");
+    SPARSECL_CHECK(w.is_floating_point(), "layer ", l, ": weight must be floating point, got ", w.scalar_type());
+    SPARSECL_CHECK(w.scalar_type() == wtype, "all weights must share one dtype: layer ", l, " is ", w.scalar_type(),
+                   ", layer 0 is ", wtype);
+    SPARSECL_CHECK(m.scalar_type() == at::kBool, "layer ", l, ": mask must be bool, got ", m.scalar_type());
     check_float(p, "prune_score", false);
-    TORCH_CHECK(p.scalar_type() == stype && g.scalar_type() == stype, "all scores must share one dtype (layer ", l,
-                ": ", p.scalar_type(), ", ", g.scalar_type(), "; layer 0: ", stype, ")");
-    TORCH_CHECK(p.sizes() == m.sizes() && g.sizes() == m.sizes(), "layer ", l, ": scores ", p.sizes(), " and ",
-                g.sizes(), " must have the mask's shape ", m.sizes());
+    SPARSECL_CHECK(p.scalar_type() == stype && g.scalar_type() == stype, "all scores must share one dtype (layer ", l,
+                   ": ", p.scalar_type(), ", ", g.scalar_type(), "; layer 0: ", stype, ")");
+    SPARSECL_CHECK(p.sizes() == m.sizes() && g.sizes() == m.sizes(), "layer ", l, ": scores ", p.sizes(), " and ",
+                   g.sizes(), " must have the mask's shape ", m.sizes());
     const int64_t B = block_size_of(w, m, l);
     const bool* e = nullptr;
     if (!eligible.empty()) {
       const at::Tensor& el = eligible[l];
-      TORCH_CHECK(el.scalar_type() == at::kBool, "layer ", l, ": eligible must be bool, got ", el.scalar_type());
-      TORCH_CHECK(el.sizes() == m.sizes(), "layer ", l, ": eligible shape ", el.sizes(), " != mask shape ", m.sizes());
-      TORCH_CHECK(el.device().is_cpu(), "layer ", l, ": eligible must be on the CPU");
+      SPARSECL_CHECK(el.scalar_type() == at::kBool, "layer ", l, ": eligible must be bool, got ", el.scalar_type());
+      SPARSECL_CHECK(el.sizes() == m.sizes(), "layer ", l, ": eligible shape ", el.sizes(), " != mask shape ", m.sizes());
+      SPARSECL_CHECK(el.device().is_cpu(), "layer ", l, ": eligible must be on the CPU");
       keep.push_back(el.contiguous());
       e = keep.back().data_ptr<bool>();
     }
@@ -546,7 +546,7 @@ at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::Te
                 w.dim() == 2 ? w.size(0) : 1, w.dim() == 2 ? w.size(1) : w.numel(), m.dim() == 2 ? m.size(1) : 1, B};
   }
   for (int64_t l = 0; l < L; ++l)
-    TORCH_CHECK(m_work[l].numel() < (int64_t(1) << 62), "layer ", l, " is too large");
+    SPARSECL_CHECK(m_work[l].numel() < (int64_t(1) << 62), "layer ", l, " is too large");
 
   auto changed = at::zeros({L}, counts.options());
   int64_t* out = changed.data_ptr<int64_t>();

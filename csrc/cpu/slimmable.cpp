@@ -138,34 +138,34 @@ void mm_tn_acc(const at::Tensor& gw, const at::Tensor& g, const at::Tensor& a, c
 
 void check_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& mask, const at::Tensor& like,
                   int64_t dim, bool cuda) {
-  TORCH_CHECK(weight.dim() == dim, "weight must be ", dim, "-D, got shape ", weight.sizes());
+  SPARSECL_CHECK(weight.dim() == dim, "weight must be ", dim, "-D, got shape ", weight.sizes());
   check_float(like, "input", cuda);
-  TORCH_CHECK(weight.scalar_type() == like.scalar_type(), "weight dtype ", weight.scalar_type(), " != input dtype ",
-              like.scalar_type());
+  SPARSECL_CHECK(weight.scalar_type() == like.scalar_type(), "weight dtype ", weight.scalar_type(), " != input dtype ",
+                 like.scalar_type());
   check_same_device(weight, "weight", like);
   if (mask) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool, "mask must be bool, got ", mask->scalar_type());
-    TORCH_CHECK(mask->sizes() == weight.sizes(), "mask shape ", mask->sizes(), " != weight shape ", weight.sizes());
+    SPARSECL_CHECK(mask->scalar_type() == at::kBool, "mask must be bool, got ", mask->scalar_type());
+    SPARSECL_CHECK(mask->sizes() == weight.sizes(), "mask shape ", mask->sizes(), " != weight shape ", weight.sizes());
     check_same_device(*mask, "mask", like);
   }
 }
 
 void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& weight, const at::Tensor& like) {
   if (!bias) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be [", weight.size(0),
-              "] (the full-width bias), got ", bias->sizes());
-  TORCH_CHECK(bias->scalar_type() == like.scalar_type(), "bias dtype must match input");
+  SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be [", weight.size(0),
+                 "] (the full-width bias), got ", bias->sizes());
+  SPARSECL_CHECK(bias->scalar_type() == like.scalar_type(), "bias dtype must match input");
   check_same_device(*bias, "bias", like);
 }
 
 void check_width(int64_t w, int64_t full, const char* what) {
-  TORCH_CHECK(w >= 0 && w <= full, what, " ", w, " outside [0, ", full, "]");
+  SPARSECL_CHECK(w >= 0 && w <= full, what, " ", w, " outside [0, ", full, "]");
 }
 
 void check_grad_weight(const at::Tensor& gw, const at::Tensor& like, int64_t dim) {
-  TORCH_CHECK(gw.dim() == dim, "grad_weight must be ", dim, "-D, got shape ", gw.sizes());
-  TORCH_CHECK(gw.scalar_type() == like.scalar_type(), "grad_weight dtype ", gw.scalar_type(), " != ",
-              like.scalar_type());
+  SPARSECL_CHECK(gw.dim() == dim, "grad_weight must be ", dim, "-D, got shape ", gw.sizes());
+  SPARSECL_CHECK(gw.scalar_type() == like.scalar_type(), "grad_weight dtype ", gw.scalar_type(), " != ",
+                 like.scalar_type());
   check_same_device(gw, "grad_weight", like);
 }
 
@@ -176,9 +176,9 @@ struct Widths {
 };
 
 Widths check_widths(at::IntArrayRef in_widths, at::IntArrayRef out_widths, int64_t in_limit, int64_t out_limit) {
-  TORCH_CHECK(in_widths.size() == out_widths.size(), "in_widths has ", in_widths.size(), " entries but out_widths has ",
-              out_widths.size());
-  TORCH_CHECK(!in_widths.empty(), "give at least one width");
+  SPARSECL_CHECK(in_widths.size() == out_widths.size(), "in_widths has ", in_widths.size(), " entries but out_widths has ",
+                 out_widths.size());
+  SPARSECL_CHECK(!in_widths.empty(), "give at least one width");
   for (size_t k = 0; k < in_widths.size(); ++k) {
     check_width(in_widths[k], in_limit, "in width");
     check_width(out_widths[k], out_limit, "out width");
@@ -233,7 +233,7 @@ at::Tensor sum_grads(at::TensorList g, const std::vector<size_t>& ks, int64_t r0
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& mask, int64_t out_features, bool cuda) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_width], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_width], got ", x.sizes());
   check_weight(weight, mask, x, 2, cuda);
   check_bias(bias, weight, x);
   check_width(x.size(1), weight.size(1), "x's in width");
@@ -247,7 +247,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
 
 at::Tensor linear_dx(const at::Tensor& grad_out, const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
                      int64_t in_features, bool cuda) {
-  TORCH_CHECK(grad_out.dim() == 2, "grad_out must be 2-D [tokens, out_width], got ", grad_out.sizes());
+  SPARSECL_CHECK(grad_out.dim() == 2, "grad_out must be 2-D [tokens, out_width], got ", grad_out.sizes());
   check_weight(weight, mask, grad_out, 2, cuda);
   check_width(grad_out.size(1), weight.size(0), "grad_out's out width");
   check_width(in_features, weight.size(1), "in_features");
@@ -259,11 +259,11 @@ at::Tensor linear_dx(const at::Tensor& grad_out, const at::Tensor& weight, const
 
 void linear_dw_(const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& mask,
                 const at::Tensor& grad_weight, bool cuda) {
-  TORCH_CHECK(grad_out.dim() == 2 && x.dim() == 2 && grad_out.size(0) == x.size(0),
-              "grad_out [T, o] and x [T, i] must be 2-D with equal T, got ", grad_out.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(grad_out.dim() == 2 && x.dim() == 2 && grad_out.size(0) == x.size(0),
+                 "grad_out [T, o] and x [T, i] must be 2-D with equal T, got ", grad_out.sizes(), " and ", x.sizes());
   check_weight(grad_weight, mask, x, 2, cuda);
   check_grad_weight(grad_weight, x, 2);
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  SPARSECL_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
   check_width(grad_out.size(1), grad_weight.size(0), "grad_out's out width");
   check_width(x.size(1), grad_weight.size(1), "x's in width");
   const int64_t o = grad_out.size(1), i = x.size(1);
@@ -273,7 +273,7 @@ void linear_dw_(const at::Tensor& grad_out, const at::Tensor& x, const c10::opti
 std::vector<at::Tensor> linear_multi(const at::Tensor& x, const at::Tensor& weight,
                                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& mask,
                                      at::IntArrayRef in_widths, at::IntArrayRef out_widths, bool cuda) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_weight(weight, mask, x, 2, cuda);
   check_bias(bias, weight, x);
   const Widths w = check_widths(in_widths, out_widths, std::min(x.size(1), weight.size(1)), weight.size(0));
@@ -312,16 +312,16 @@ std::vector<at::Tensor> linear_multi(const at::Tensor& x, const at::Tensor& weig
 
 at::Tensor linear_multi_dx(at::TensorList grad_outs, const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
                            at::IntArrayRef in_widths, int64_t in_features, bool cuda) {
-  TORCH_CHECK(grad_outs.size() == in_widths.size(), "got ", grad_outs.size(), " grad_outs for ", in_widths.size(),
-              " widths");
-  TORCH_CHECK(!grad_outs.empty(), "give at least one width");
+  SPARSECL_CHECK(grad_outs.size() == in_widths.size(), "got ", grad_outs.size(), " grad_outs for ", in_widths.size(),
+                 " widths");
+  SPARSECL_CHECK(!grad_outs.empty(), "give at least one width");
   const at::Tensor& g0 = grad_outs[0];
   check_weight(weight, mask, g0, 2, cuda);
   check_width(in_features, weight.size(1), "in_features");
   std::vector<int64_t> outs;
   for (const auto& g : grad_outs) {
-    TORCH_CHECK(g.dim() == 2 && g.size(0) == g0.size(0), "every grad_out must be [T, o_k] with one T");
-    TORCH_CHECK(g.scalar_type() == g0.scalar_type(), "grad_outs must share one dtype");
+    SPARSECL_CHECK(g.dim() == 2 && g.size(0) == g0.size(0), "every grad_out must be [T, o_k] with one T");
+    SPARSECL_CHECK(g.scalar_type() == g0.scalar_type(), "grad_outs must share one dtype");
     check_same_device(g, "grad_out", g0);
     outs.push_back(g.size(1));
   }
@@ -348,16 +348,16 @@ at::Tensor linear_multi_dx(at::TensorList grad_outs, const at::Tensor& weight, c
 
 void linear_multi_dw_(at::TensorList grad_outs, const at::Tensor& x, const c10::optional<at::Tensor>& mask,
                       at::IntArrayRef in_widths, const at::Tensor& grad_weight, bool cuda) {
-  TORCH_CHECK(grad_outs.size() == in_widths.size(), "got ", grad_outs.size(), " grad_outs for ", in_widths.size(),
-              " widths");
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D, got ", x.sizes());
+  SPARSECL_CHECK(grad_outs.size() == in_widths.size(), "got ", grad_outs.size(), " grad_outs for ", in_widths.size(),
+                 " widths");
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D, got ", x.sizes());
   check_weight(grad_weight, mask, x, 2, cuda);
   check_grad_weight(grad_weight, x, 2);
   std::vector<int64_t> outs;
   for (const auto& g : grad_outs) {
-    TORCH_CHECK(g.dim() == 2 && g.size(0) == x.size(0), "every grad_out must be [T, o_k] with x's T=", x.size(0),
-                ", got ", g.sizes());
-    TORCH_CHECK(g.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+    SPARSECL_CHECK(g.dim() == 2 && g.size(0) == x.size(0), "every grad_out must be [T, o_k] with x's T=", x.size(0),
+                   ", got ", g.sizes());
+    SPARSECL_CHECK(g.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
     check_same_device(g, "grad_out", x);
     outs.push_back(g.size(1));
   }
@@ -385,12 +385,12 @@ struct ConvGeom {
 
 ConvGeom check_conv(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                     at::IntArrayRef dilation) {
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "stride, padding and dilation must have 2 entries each");
+  SPARSECL_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                 "stride, padding and dilation must have 2 entries each");
   for (int d = 0; d < 2; ++d) {
-    TORCH_CHECK(stride[d] >= 1, "stride must be >= 1, got ", stride);
-    TORCH_CHECK(padding[d] >= 0, "padding must be >= 0, got ", padding);
-    TORCH_CHECK(dilation[d] >= 1, "dilation must be >= 1, got ", dilation);
+    SPARSECL_CHECK(stride[d] >= 1, "stride must be >= 1, got ", stride);
+    SPARSECL_CHECK(padding[d] >= 0, "padding must be >= 0, got ", padding);
+    SPARSECL_CHECK(dilation[d] >= 1, "dilation must be >= 1, got ", dilation);
   }
   return {weight.size(2), weight.size(3), stride.vec(), padding.vec(), dilation.vec()};
 }
@@ -421,7 +421,7 @@ at::MemoryFormat format_of(const at::Tensor& t) { return t.suggest_memory_format
 at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& mask, int64_t out_channels, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, bool cuda) {
-  TORCH_CHECK(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 4, "x must be 4-D [N, C, H, W], got ", x.sizes());
   check_weight(weight, mask, x, 4, cuda);
   check_bias(bias, weight, x);
   check_width(x.size(1), weight.size(1), "x's channels");
@@ -430,7 +430,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   const int64_t N = x.size(0), i = x.size(1), o = out_channels;
   const int64_t Ho = out_size(x.size(2), g.kh, g.stride[0], g.padding[0], g.dilation[0]);
   const int64_t Wo = out_size(x.size(3), g.kw, g.stride[1], g.padding[1], g.dilation[1]);
-  TORCH_CHECK(Ho > 0 && Wo > 0, "output would be empty: input ", x.sizes(), " is smaller than the dilated kernel");
+  SPARSECL_CHECK(Ho > 0 && Wo > 0, "output would be empty: input ", x.sizes(), " is smaller than the dilated kernel");
   const int64_t L = Ho * Wo;
   at::Tensor y = at::empty({N, o, Ho, Wo}, x.options());
   at::Tensor w2 = flat(weight, o, i);
@@ -448,8 +448,8 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const c10::opti
 at::Tensor conv2d_dx(const at::Tensor& grad_out, const at::Tensor& weight, const c10::optional<at::Tensor>& mask,
                      at::IntArrayRef x_shape, at::IntArrayRef stride, at::IntArrayRef padding,
                      at::IntArrayRef dilation, bool cuda) {
-  TORCH_CHECK(grad_out.dim() == 4, "grad_out must be 4-D, got ", grad_out.sizes());
-  TORCH_CHECK(x_shape.size() == 4 && x_shape[0] == grad_out.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
+  SPARSECL_CHECK(grad_out.dim() == 4, "grad_out must be 4-D, got ", grad_out.sizes());
+  SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == grad_out.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
   check_weight(weight, mask, grad_out, 4, cuda);
   check_width(grad_out.size(1), weight.size(0), "grad_out's channels");
   check_width(x_shape[1], weight.size(1), "x's channels");
@@ -457,8 +457,8 @@ at::Tensor conv2d_dx(const at::Tensor& grad_out, const at::Tensor& weight, const
   const int64_t N = x_shape[0], i = x_shape[1], o = grad_out.size(1);
   const int64_t Ho = out_size(x_shape[2], g.kh, g.stride[0], g.padding[0], g.dilation[0]);
   const int64_t Wo = out_size(x_shape[3], g.kw, g.stride[1], g.padding[1], g.dilation[1]);
-  TORCH_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
-              " does not match the convolution of x_shape ", x_shape);
+  SPARSECL_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
+                 " does not match the convolution of x_shape ", x_shape);
   const int64_t L = Ho * Wo, K = i * g.kh * g.kw;
   if (N == 0 || i == 0) return at::zeros(x_shape, grad_out.options()).contiguous(format_of(grad_out));  // col2im rejects empty
   at::Tensor dcols = at::empty({N, K, L}, grad_out.options());
@@ -473,19 +473,19 @@ at::Tensor conv2d_dx(const at::Tensor& grad_out, const at::Tensor& weight, const
 void conv2d_dw_(const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& mask,
                 const at::Tensor& grad_weight, at::IntArrayRef stride, at::IntArrayRef padding,
                 at::IntArrayRef dilation, bool cuda) {
-  TORCH_CHECK(x.dim() == 4 && grad_out.dim() == 4 && x.size(0) == grad_out.size(0),
-              "x and grad_out must be 4-D with one batch size, got ", x.sizes(), " and ", grad_out.sizes());
+  SPARSECL_CHECK(x.dim() == 4 && grad_out.dim() == 4 && x.size(0) == grad_out.size(0),
+                 "x and grad_out must be 4-D with one batch size, got ", x.sizes(), " and ", grad_out.sizes());
   check_weight(grad_weight, mask, x, 4, cuda);
   check_grad_weight(grad_weight, x, 4);
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  SPARSECL_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
   check_width(grad_out.size(1), grad_weight.size(0), "grad_out's channels");
   check_width(x.size(1), grad_weight.size(1), "x's channels");
   const ConvGeom g = check_conv(grad_weight, stride, padding, dilation);
   const int64_t N = x.size(0), i = x.size(1), o = grad_out.size(1);
   const int64_t Ho = out_size(x.size(2), g.kh, g.stride[0], g.padding[0], g.dilation[0]);
   const int64_t Wo = out_size(x.size(3), g.kw, g.stride[1], g.padding[1], g.dilation[1]);
-  TORCH_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
-              " does not match the convolution of x ", x.sizes());
+  SPARSECL_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
+                 " does not match the convolution of x ", x.sizes());
   if (N == 0 || o == 0 || i == 0) return;
   const int64_t L = Ho * Wo;
   at::Tensor cols = at::im2col(x.contiguous(), {g.kh, g.kw}, g.dilation, g.padding, g.stride);

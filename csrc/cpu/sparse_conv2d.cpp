@@ -42,23 +42,23 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 }
 
 void check_conv_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "stride, padding and dilation must have 2 entries each");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ", padding);
+  SPARSECL_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                 "stride, padding and dilation must have 2 entries each");
+  SPARSECL_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
+  SPARSECL_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
+  SPARSECL_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ", padding);
 }
 
 Geom make_geom(at::IntArrayRef x_shape, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
                at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_conv_args(stride, padding, dilation);
-  TORCH_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got ", kh, "x", kw);
+  SPARSECL_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got ", kh, "x", kw);
   Geom g{x_shape[0], x_shape[1], x_shape[2], x_shape[3], O, 0, 0, kh, kw, stride[0], stride[1], padding[0],
          padding[1], dilation[0], dilation[1]};
   g.Ho = out_size(g.H, kh, g.sh, g.ph, g.dh);
   g.Wo = out_size(g.W, kw, g.sw, g.pw, g.dw);
-  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "input ", x_shape, " is too small for kernel ", kh, "x", kw, " with padding ",
-              padding, " and dilation ", dilation);
+  SPARSECL_CHECK(g.Ho > 0 && g.Wo > 0, "input ", x_shape, " is too small for kernel ", kh, "x", kw, " with padding ",
+                 padding, " and dilation ", dilation);
   return g;
 }
 
@@ -71,13 +71,13 @@ inline void valid_range(int64_t n_out, int64_t n_in, int64_t s, int64_t p, int64
 }
 
 void check_float_like(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " dtype ", t.scalar_type(), " != ", like.scalar_type());
+  SPARSECL_CHECK(t.scalar_type() == like.scalar_type(), name, " dtype ", t.scalar_type(), " != ", like.scalar_type());
   check_same_device(t, name, like);
 }
 
 void check_bias(const c10::optional<at::Tensor>& bias, int64_t O, const at::Tensor& x) {
   if (!bias) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == O, "bias must be [", O, "], got ", bias->sizes());
+  SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == O, "bias must be [", O, "], got ", bias->sizes());
   check_float_like(*bias, "bias", x);
 }
 
@@ -160,7 +160,7 @@ GemmFn<T> gemm_for(int64_t B) {
     case 32: return pick_gemm<T, 32>();
     case 64: return pick_gemm<T, 64>();
   }
-  TORCH_CHECK(false, "block size must be 16, 32 or 64, got ", B);
+  SPARSECL_CHECK(false, "block size must be 16, 32 or 64, got ", B);
 }
 
 // One gather-GEMM pass shared by forward and dX. `dst` is [N*Hd*Wd, Cd] channels-last; `panels` hold
@@ -783,13 +783,13 @@ void pw_block_dw(const MicroKernels& mk, const float* gw, int64_t len, const flo
 // ---- op entry points -----------------------------------------------------------------------------
 
 void check_x(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, " must be 4-D [N, C, H, W], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 4, name, " must be 4-D [N, C, H, W], got ", x.sizes());
   check_float(x, name, false);
 }
 
 void check_block_values(const at::Tensor& values, const at::Tensor& like) {
-  TORCH_CHECK(values.dim() == 5 && values.size(1) == values.size(2),
-              "values must be [nnzb, B, B, kh, kw], got ", values.sizes());
+  SPARSECL_CHECK(values.dim() == 5 && values.size(1) == values.size(2),
+                 "values must be [nnzb, B, B, kh, kw], got ", values.sizes());
   check_float_like(values, "values", like);
 }
 
@@ -800,9 +800,9 @@ at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_block_values(values, x);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
-              values.size(0), " blocks");
-  TORCH_CHECK(out_channels >= 0, "out_channels must be >= 0");
+  SPARSECL_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
+                 values.size(0), " blocks");
+  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
   const int64_t B = values.size(1);
   const Geom g = make_geom(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
   check_ptr_array(row_ptr, (g.O + B - 1) / B, values.size(0), "row_ptr");
@@ -855,13 +855,13 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
-  TORCH_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
-              "t_col_idx and t_perm must have nnzb entries");
-  TORCH_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
+  SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
+                 "t_col_idx and t_perm must have nnzb entries");
+  SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
   const int64_t B = values.size(1);
   const Geom g = make_geom(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
-  TORCH_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
-              " does not match the convolution of x_shape ", x_shape);
+  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
+                 " does not match the convolution of x_shape ", x_shape);
   check_ptr_array(t_row_ptr, (g.C + B - 1) / B, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, (g.O + B - 1) / B, "t_col_idx");
   check_ids_below(t_perm, values.size(0), "t_perm");
@@ -911,22 +911,22 @@ void check_dw_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   check_x(x, "x");
   check_x(dy, "grad_out");
   check_float_like(dy, "grad_out", x);
-  TORCH_CHECK(dy.size(0) == x.size(0), "grad_out and x must have the same batch size");
+  SPARSECL_CHECK(dy.size(0) == x.size(0), "grad_out and x must have the same batch size");
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
+  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
 }
 
 at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_dw_inputs(dy, x, row_idx, col_idx);
-  TORCH_CHECK(block_size > 0, "block_size must be positive");
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(block_size > 0, "block_size must be positive");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const int64_t B = block_size;
   const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  TORCH_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
-              x.sizes());
+  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
+                 x.sizes());
   check_ids_below(row_idx, (g.O + B - 1) / B, "row_idx");
   check_ids_below(col_idx, (g.C + B - 1) / B, "col_idx");
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
@@ -955,9 +955,9 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
 }
 
 void check_csr_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx) {
-  TORCH_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
+  SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
   check_float_like(values, "values", like);
-  TORCH_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ", idx.size(0));
+  SPARSECL_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ", idx.size(0));
 }
 
 at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
@@ -968,8 +968,8 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
   check_csr_values(values, x, col_idx);
-  TORCH_CHECK(out_channels >= 0, "out_channels must be >= 0");
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_geom(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_ptr_array(row_ptr, g.O, values.size(0), "row_ptr");
   check_ids_below(col_idx, g.C * g.kh * g.kw, "col_idx");
@@ -1007,12 +1007,12 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
   check_csr_values(values, dy, t_col_idx);
-  TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
-  TORCH_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
+  SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_geom(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  TORCH_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
-              " does not match the convolution of x_shape ", x_shape);
+  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
+                 " does not match the convolution of x_shape ", x_shape);
   check_ptr_array(t_row_ptr, g.C * g.kh * g.kw, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, g.O, "t_col_idx");
   check_ids_below(t_perm, values.size(0), "t_perm");
@@ -1055,10 +1055,10 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
                              const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_dw_inputs(dy, x, row_idx, col_idx);
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  TORCH_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
-              x.sizes());
+  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
+                 x.sizes());
   check_ids_below(row_idx, g.O, "row_idx");
   check_ids_below(col_idx, g.C * g.kh * g.kw, "col_idx");
   auto gc = dy.contiguous();

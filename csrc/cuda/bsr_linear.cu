@@ -470,10 +470,10 @@ void launch_sddmm(SddmmArgs p, int B, int64_t nnzb, cudaStream_t stream) {
 }
 
 void check_block_size(const at::Tensor& values) {
-  TORCH_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, B, B], got ",
-              values.sizes());
+  SPARSECL_CHECK(values.dim() == 3 && values.size(1) == values.size(2), "values must be [nnzb, B, B], got ",
+                 values.sizes());
   const int64_t B = values.size(1);
-  TORCH_CHECK(B == 16 || B == 32 || B == 64, "block size must be 16, 32 or 64, got ", B);
+  SPARSECL_CHECK(B == 16 || B == 32 || B == 64, "block size must be 16, 32 or 64, got ", B);
 }
 
 void run_gather(const at::Tensor& a, const at::Tensor& values, const at::Tensor& bias, at::Tensor& out,
@@ -502,24 +502,24 @@ void run_gather(const at::Tensor& a, const at::Tensor& values, const at::Tensor&
 
 at::Tensor bsr_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                            const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_float(x, "x", true);
-  TORCH_CHECK(values.scalar_type() == x.scalar_type(), "values dtype ", values.scalar_type(), " != x dtype ",
-              x.scalar_type());
+  SPARSECL_CHECK(values.scalar_type() == x.scalar_type(), "values dtype ", values.scalar_type(), " != x dtype ",
+                 x.scalar_type());
   check_same_device(values, "values", x);
   check_block_size(values);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(out_features >= 0, "out_features must be >= 0");
+  SPARSECL_CHECK(out_features >= 0, "out_features must be >= 0");
   const int64_t B = values.size(1);
   const int64_t n_rb = (out_features + B - 1) / B;
-  TORCH_CHECK(row_ptr.size(0) == n_rb + 1, "row_ptr must have ", n_rb + 1, " entries, got ", row_ptr.size(0));
-  TORCH_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
-              values.size(0), " blocks");
+  SPARSECL_CHECK(row_ptr.size(0) == n_rb + 1, "row_ptr must have ", n_rb + 1, " entries, got ", row_ptr.size(0));
+  SPARSECL_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
+                 values.size(0), " blocks");
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
-                bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
+    SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [", out_features, "], got ",
+                   bias->sizes());
+    SPARSECL_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
     check_same_device(*bias, "bias", x);
   }
   c10::cuda::CUDAGuard guard(x.device());
@@ -534,20 +534,20 @@ at::Tensor bsr_linear_cuda(const at::Tensor& x, const at::Tensor& values, const 
 
 at::Tensor bsr_linear_dx_cuda(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                               const at::Tensor& t_col_idx, const at::Tensor& t_perm, int64_t in_features) {
-  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  SPARSECL_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
   check_float(dy, "grad_out", true);
-  TORCH_CHECK(values.scalar_type() == dy.scalar_type(), "values dtype must match grad_out");
+  SPARSECL_CHECK(values.scalar_type() == dy.scalar_type(), "values dtype must match grad_out");
   check_same_device(values, "values", dy);
   check_block_size(values);
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
-  TORCH_CHECK(in_features >= 0, "in_features must be >= 0");
+  SPARSECL_CHECK(in_features >= 0, "in_features must be >= 0");
   const int64_t B = values.size(1);
   const int64_t n_cb = (in_features + B - 1) / B;
-  TORCH_CHECK(t_row_ptr.size(0) == n_cb + 1, "t_row_ptr must have ", n_cb + 1, " entries, got ", t_row_ptr.size(0));
-  TORCH_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
-              "t_col_idx and t_perm must have nnzb=", values.size(0), " entries");
+  SPARSECL_CHECK(t_row_ptr.size(0) == n_cb + 1, "t_row_ptr must have ", n_cb + 1, " entries, got ", t_row_ptr.size(0));
+  SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
+                 "t_col_idx and t_perm must have nnzb=", values.size(0), " entries");
   c10::cuda::CUDAGuard guard(dy.device());
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
@@ -559,16 +559,16 @@ at::Tensor bsr_linear_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
 
 at::Tensor bsr_linear_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx, int64_t block_size) {
-  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
-              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+                 "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
   check_float(x, "x", true);
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  SPARSECL_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
   check_same_device(dy, "grad_out", x);
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
-  TORCH_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "block_size must be 16, 32 or 64, got ",
-              block_size);
+  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
+  SPARSECL_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "block_size must be 16, 32 or 64, got ",
+                 block_size);
   c10::cuda::CUDAGuard guard(x.device());
   auto gc = dy.contiguous();
   auto xc = x.contiguous();

@@ -214,27 +214,27 @@ void launch_spmm(const at::Tensor& a, const at::Tensor& values, const at::Tensor
 }
 
 void check_values(const at::Tensor& values, const at::Tensor& like, const char* like_name) {
-  TORCH_CHECK(values.dim() == 1, "values must be 1-D [nnz], got shape ", values.sizes());
-  TORCH_CHECK(values.scalar_type() == like.scalar_type(), "values dtype ", values.scalar_type(), " must match ",
-              like_name, " dtype ", like.scalar_type());
+  SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got shape ", values.sizes());
+  SPARSECL_CHECK(values.scalar_type() == like.scalar_type(), "values dtype ", values.scalar_type(), " must match ",
+                 like_name, " dtype ", like.scalar_type());
   check_same_device(values, "values", like);
 }
 
 at::Tensor csr_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                            const at::Tensor& col_idx, int64_t out_features, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_float(x, "x", true);
   check_values(values, x, "x");
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(out_features >= 0, "out_features must be >= 0");
-  TORCH_CHECK(row_ptr.size(0) == out_features + 1, "row_ptr must have out_features + 1 = ", out_features + 1,
-              " entries, got ", row_ptr.size(0));
-  TORCH_CHECK(col_idx.size(0) == values.size(0), "col_idx must have nnz = ", values.size(0), " entries, got ",
-              col_idx.size(0));
+  SPARSECL_CHECK(out_features >= 0, "out_features must be >= 0");
+  SPARSECL_CHECK(row_ptr.size(0) == out_features + 1, "row_ptr must have out_features + 1 = ", out_features + 1,
+                 " entries, got ", row_ptr.size(0));
+  SPARSECL_CHECK(col_idx.size(0) == values.size(0), "col_idx must have nnz = ", values.size(0), " entries, got ",
+                 col_idx.size(0));
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [out_features]");
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
+    SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "bias must be [out_features]");
+    SPARSECL_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
     check_same_device(*bias, "bias", x);
   }
   c10::cuda::CUDAGuard guard(x.device());
@@ -248,17 +248,17 @@ at::Tensor csr_linear_cuda(const at::Tensor& x, const at::Tensor& values, const 
 
 at::Tensor csr_linear_dx_cuda(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                               const at::Tensor& t_col_idx, const at::Tensor& t_perm, int64_t in_features) {
-  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  SPARSECL_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
   check_float(dy, "grad_out", true);
   check_values(values, dy, "grad_out");
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
-  TORCH_CHECK(in_features >= 0, "in_features must be >= 0");
-  TORCH_CHECK(t_row_ptr.size(0) == in_features + 1, "t_row_ptr must have in_features + 1 = ", in_features + 1,
-              " entries, got ", t_row_ptr.size(0));
-  TORCH_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
-              "t_col_idx and t_perm must have nnz = ", values.size(0), " entries");
+  SPARSECL_CHECK(in_features >= 0, "in_features must be >= 0");
+  SPARSECL_CHECK(t_row_ptr.size(0) == in_features + 1, "t_row_ptr must have in_features + 1 = ", in_features + 1,
+                 " entries, got ", t_row_ptr.size(0));
+  SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
+                 "t_col_idx and t_perm must have nnz = ", values.size(0), " entries");
   c10::cuda::CUDAGuard guard(dy.device());
   auto dx = at::empty({dy.size(0), in_features}, dy.options());
   if (dx.numel() == 0) return dx;
@@ -269,14 +269,14 @@ at::Tensor csr_linear_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
 
 at::Tensor csr_linear_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx) {
-  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
-              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+                 "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
   check_float(x, "x", true);
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  SPARSECL_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
   check_same_device(dy, "grad_out", x);
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
+  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t nnz = col_idx.size(0);
   if (nnz == 0 || x.size(0) == 0) return at::zeros({nnz}, x.options());

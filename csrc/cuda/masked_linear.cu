@@ -177,7 +177,7 @@ void masked_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor* bmask
                const at::Tensor* bias, at::Tensor& c) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const dim3 grid(unsigned((N + BN - 1) / BN), unsigned((M + BM - 1) / BM));
-  TORCH_CHECK(grid.y <= 65535, "too many rows for one launch: ", M);
+  SPARSECL_CHECK(grid.y <= 65535, "too many rows for one launch: ", M);
   auto stream = at::cuda::getCurrentCUDAStream();
   const MaskMat bm = bmask ? MaskMat{bmask->data_ptr<bool>(), bmask->stride(0), bmask->stride(1)} : MaskMat{nullptr, 0, 0};
   const MaskMat cm = cmask ? MaskMat{cmask->data_ptr<bool>(), cmask->stride(0), cmask->stride(1)} : MaskMat{nullptr, 0, 0};
@@ -190,25 +190,25 @@ void masked_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor* bmask
 }
 
 void check_weight_mask(const at::Tensor& w, const at::Tensor& mask, const at::Tensor& like, const char* mask_name) {
-  TORCH_CHECK(w.dim() == 2, "weight must be 2-D [out, in], got ", w.sizes());
-  TORCH_CHECK(w.scalar_type() == like.scalar_type(), "weight dtype ", w.scalar_type(), " must match ",
-              like.scalar_type());
+  SPARSECL_CHECK(w.dim() == 2, "weight must be 2-D [out, in], got ", w.sizes());
+  SPARSECL_CHECK(w.scalar_type() == like.scalar_type(), "weight dtype ", w.scalar_type(), " must match ",
+                 like.scalar_type());
   check_same_device(w, "weight", like);
-  TORCH_CHECK(mask.scalar_type() == at::kBool, mask_name, " must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(mask.sizes() == w.sizes(), mask_name, " shape ", mask.sizes(), " must equal weight shape ", w.sizes());
+  SPARSECL_CHECK(mask.scalar_type() == at::kBool, mask_name, " must be bool, got ", mask.scalar_type());
+  SPARSECL_CHECK(mask.sizes() == w.sizes(), mask_name, " shape ", mask.sizes(), " must equal weight shape ", w.sizes());
   check_same_device(mask, mask_name, like);
 }
 
 at::Tensor masked_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                               const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 2, "x must be 2-D [tokens, in_features], got ", x.sizes());
   check_float(x, "x", true);
   check_weight_mask(weight, mask, x, "mask");
-  TORCH_CHECK(x.size(1) == weight.size(1), "x has ", x.size(1), " input features but weight expects ",
-              weight.size(1));
+  SPARSECL_CHECK(x.size(1) == weight.size(1), "x has ", x.size(1), " input features but weight expects ",
+                 weight.size(1));
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be [out_features]");
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
+    SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be [out_features]");
+    SPARSECL_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype must match x");
     check_same_device(*bias, "bias", x);
   }
   c10::cuda::CUDAGuard guard(x.device());
@@ -222,11 +222,11 @@ at::Tensor masked_linear_cuda(const at::Tensor& x, const at::Tensor& weight, con
 }
 
 at::Tensor masked_linear_dx_cuda(const at::Tensor& dy, const at::Tensor& weight, const at::Tensor& mask) {
-  TORCH_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
+  SPARSECL_CHECK(dy.dim() == 2, "grad_out must be 2-D [tokens, out_features], got ", dy.sizes());
   check_float(dy, "grad_out", true);
   check_weight_mask(weight, mask, dy, "mask");
-  TORCH_CHECK(dy.size(1) == weight.size(0), "grad_out has ", dy.size(1), " features but weight has ",
-              weight.size(0), " outputs");
+  SPARSECL_CHECK(dy.size(1) == weight.size(0), "grad_out has ", dy.size(1), " features but weight has ",
+                 weight.size(0), " outputs");
   c10::cuda::CUDAGuard guard(dy.device());
   auto dx = at::empty({dy.size(0), weight.size(1)}, dy.options());
   if (dx.numel() == 0) return dx;
@@ -235,14 +235,14 @@ at::Tensor masked_linear_dx_cuda(const at::Tensor& dy, const at::Tensor& weight,
 }
 
 at::Tensor masked_linear_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& grad_mask) {
-  TORCH_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
-              "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
+  SPARSECL_CHECK(dy.dim() == 2 && x.dim() == 2 && dy.size(0) == x.size(0),
+                 "grad_out [T, out] and x [T, in] must be 2-D with equal T, got ", dy.sizes(), " and ", x.sizes());
   check_float(x, "x", true);
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
+  SPARSECL_CHECK(dy.scalar_type() == x.scalar_type(), "grad_out dtype must match x");
   check_same_device(dy, "grad_out", x);
-  TORCH_CHECK(grad_mask.scalar_type() == at::kBool, "grad_mask must be bool, got ", grad_mask.scalar_type());
-  TORCH_CHECK(grad_mask.dim() == 2 && grad_mask.size(0) == dy.size(1) && grad_mask.size(1) == x.size(1),
-              "grad_mask must be [out, in] = [", dy.size(1), ", ", x.size(1), "], got ", grad_mask.sizes());
+  SPARSECL_CHECK(grad_mask.scalar_type() == at::kBool, "grad_mask must be bool, got ", grad_mask.scalar_type());
+  SPARSECL_CHECK(grad_mask.dim() == 2 && grad_mask.size(0) == dy.size(1) && grad_mask.size(1) == x.size(1),
+                 "grad_mask must be [out, in] = [", dy.size(1), ", ", x.size(1), "], got ", grad_mask.sizes());
   check_same_device(grad_mask, "grad_mask", x);
   c10::cuda::CUDAGuard guard(x.device());
   auto dw = at::empty({dy.size(1), x.size(1)}, x.options());

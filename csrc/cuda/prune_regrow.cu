@@ -155,29 +155,29 @@ __global__ void apply_kernel(const Layer* layers, const State* drop, const State
 
 int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {
   if (w.sizes() == m.sizes()) return 1;
-  TORCH_CHECK(w.dim() == 2 && m.dim() == 2, "layer ", l, ": mask shape ", m.sizes(),
-              " must equal the weight shape ", w.sizes(), " (element granularity) or its 2-D block grid");
+  SPARSECL_CHECK(w.dim() == 2 && m.dim() == 2, "layer ", l, ": mask shape ", m.sizes(),
+                 " must equal the weight shape ", w.sizes(), " (element granularity) or its 2-D block grid");
   for (int64_t B = 2; B <= 2 * std::max<int64_t>(1, std::max(w.size(0), w.size(1))); B *= 2)
     if ((w.size(0) + B - 1) / B == m.size(0) && (w.size(1) + B - 1) / B == m.size(1)) return B;
-  TORCH_CHECK(false, "layer ", l, ": mask shape ", m.sizes(), " is neither the weight shape ", w.sizes(),
-              " nor its block grid (ceil(out/B), ceil(in/B)) for a power-of-two B");
+  SPARSECL_CHECK(false, "layer ", l, ": mask shape ", m.sizes(), " is neither the weight shape ", w.sizes(),
+                 " nor its block grid (ceil(out/B), ceil(in/B)) for a power-of-two B");
 }
 
 at::Tensor prune_regrow_cuda(at::TensorList weights, at::TensorList masks, at::TensorList prune_scores,
                              at::TensorList grow_scores, const at::Tensor& counts, at::TensorList eligible) {
   const int64_t L = int64_t(weights.size());
-  TORCH_CHECK(int64_t(masks.size()) == L && int64_t(prune_scores.size()) == L && int64_t(grow_scores.size()) == L,
-              "weights, masks, prune_scores and grow_scores must have one entry per layer");
-  TORCH_CHECK(eligible.empty() || int64_t(eligible.size()) == L, "eligible must be empty or have one entry per layer");
-  TORCH_CHECK(counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == L,
-              "counts must be int64 [", L, "], got ", counts.scalar_type(), " ", counts.sizes());
-  TORCH_CHECK(L <= 65535, "at most 65535 layers per call");
+  SPARSECL_CHECK(int64_t(masks.size()) == L && int64_t(prune_scores.size()) == L && int64_t(grow_scores.size()) == L,
+                 "weights, masks, prune_scores and grow_scores must have one entry per layer");
+  SPARSECL_CHECK(eligible.empty() || int64_t(eligible.size()) == L, "eligible must be empty or have one entry per layer");
+  SPARSECL_CHECK(counts.scalar_type() == at::kLong && counts.dim() == 1 && counts.size(0) == L,
+                 "counts must be int64 [", L, "], got ", counts.scalar_type(), " ", counts.sizes());
+  SPARSECL_CHECK(L <= 65535, "at most 65535 layers per call");
   if (L == 0) return at::zeros({0}, counts.options());
   const at::Device dev = weights[0].device();
-  TORCH_CHECK(counts.device().is_cpu() || counts.device() == dev, "counts must be on the CPU or on ", dev);
+  SPARSECL_CHECK(counts.device().is_cpu() || counts.device() == dev, "counts must be on the CPU or on ", dev);
   auto counts_cpu = counts.to(at::kCPU).contiguous();
   for (int64_t l = 0; l < L; ++l)
-    TORCH_CHECK(counts_cpu.data_ptr<int64_t>()[l] >= 0, "counts must be >= 0 (layer ", l, ")");
+    SPARSECL_CHECK(counts_cpu.data_ptr<int64_t>()[l] >= 0, "counts must be >= 0 (layer ", l, ")");
   c10::cuda::CUDAGuard guard(dev);
   const at::ScalarType wtype = weights[0].scalar_type(), stype = prune_scores[0].scalar_type();
   std::vector<at::Tensor> w_work(L), m_work(L), keep;
@@ -185,19 +185,19 @@ at::Tensor prune_regrow_cuda(at::TensorList weights, at::TensorList masks, at::T
   int64_t max_numel = 1;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor &w = weights[l], &m = masks[l], &p = prune_scores[l], &g = grow_scores[l];
-    TORCH_CHECK(w.device() == dev && m.device() == dev && p.device() == dev && g.device() == dev, "layer ", l,
-                ": all tensors must be on ", dev);
-    TORCH_CHECK(w.scalar_type() == wtype && w.is_floating_point(), "weights must be floating point and share one dtype");
-    TORCH_CHECK(m.scalar_type() == at::kBool, "layer ", l, ": mask must be bool, got ", m.scalar_type());
-    TORCH_CHECK(p.scalar_type() == stype && g.scalar_type() == stype, "all scores must share one dtype");
-    TORCH_CHECK(stype == at::kFloat || stype == at::kHalf || stype == at::kBFloat16,
-                "CUDA prune_regrow supports float32/float16/bfloat16 scores, got ", stype);
-    TORCH_CHECK(p.sizes() == m.sizes() && g.sizes() == m.sizes(), "layer ", l, ": scores must have the mask's shape");
-    TORCH_CHECK(m.numel() < (int64_t(1) << 32), "layer ", l, " has 2^32 or more positions");
+    SPARSECL_CHECK(w.device() == dev && m.device() == dev && p.device() == dev && g.device() == dev, "layer ", l,
+                   ": all tensors must be on ", dev);
+    SPARSECL_CHECK(w.scalar_type() == wtype && w.is_floating_point(), "weights must be floating point and share one dtype");
+    SPARSECL_CHECK(m.scalar_type() == at::kBool, "layer ", l, ": mask must be bool, got ", m.scalar_type());
+    SPARSECL_CHECK(p.scalar_type() == stype && g.scalar_type() == stype, "all scores must share one dtype");
+    SPARSECL_CHECK(stype == at::kFloat || stype == at::kHalf || stype == at::kBFloat16,
+                   "CUDA prune_regrow supports float32/float16/bfloat16 scores, got ", stype);
+    SPARSECL_CHECK(p.sizes() == m.sizes() && g.sizes() == m.sizes(), "layer ", l, ": scores must have the mask's shape");
+    SPARSECL_CHECK(m.numel() < (int64_t(1) << 32), "layer ", l, " has 2^32 or more positions");
     const int64_t B = block_size_of(w, m, l);
     const bool* e = nullptr;
     if (!eligible.empty()) {
-      TORCH_CHECK(eligible[l].scalar_type() == at::kBool && eligible[l].sizes() == m.sizes() &&
+      SPARSECL_CHECK(eligible[l].scalar_type() == at::kBool && eligible[l].sizes() == m.sizes() &&
                       eligible[l].device() == dev, "layer ", l, ": eligible must be bool of the mask shape on ", dev);
       keep.push_back(eligible[l].contiguous());
       e = keep.back().data_ptr<bool>();

@@ -48,19 +48,19 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 
 Geom make_geom(at::IntArrayRef x_shape, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
                at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK(x_shape.size() == 4, "x_shape must be [N, C, H, W], got ", x_shape);
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "stride, padding and dilation must have 2 entries each");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ", padding);
-  TORCH_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got ", kh, "x", kw);
+  SPARSECL_CHECK(x_shape.size() == 4, "x_shape must be [N, C, H, W], got ", x_shape);
+  SPARSECL_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                 "stride, padding and dilation must have 2 entries each");
+  SPARSECL_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
+  SPARSECL_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
+  SPARSECL_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ", padding);
+  SPARSECL_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got ", kh, "x", kw);
   Geom g{x_shape[0], x_shape[1], x_shape[2], x_shape[3], O, 0, 0, kh, kw, stride[0], stride[1], padding[0],
          padding[1], dilation[0], dilation[1]};
   g.Ho = out_size(g.H, kh, g.sh, g.ph, g.dh);
   g.Wo = out_size(g.W, kw, g.sw, g.pw, g.dw);
-  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "input ", x_shape, " is too small for kernel ", kh, "x", kw, " with padding ",
-              padding, " and dilation ", dilation);
+  SPARSECL_CHECK(g.Ho > 0 && g.Wo > 0, "input ", x_shape, " is too small for kernel ", kh, "x", kw, " with padding ",
+                 padding, " and dilation ", dilation);
   return g;
 }
 
@@ -318,32 +318,32 @@ __global__ void __launch_bounds__(kThreads) csr_dw(const T* __restrict__ dy, con
 // ---- op entry points -------------------------------------------------------------------------------
 
 void check_x(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, " must be 4-D [N, C, H, W], got ", x.sizes());
+  SPARSECL_CHECK(x.dim() == 4, name, " must be 4-D [N, C, H, W], got ", x.sizes());
   check_float(x, name, true);
 }
 
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " dtype ", t.scalar_type(), " != ", like.scalar_type());
+  SPARSECL_CHECK(t.scalar_type() == like.scalar_type(), name, " dtype ", t.scalar_type(), " != ", like.scalar_type());
   check_same_device(t, name, like);
 }
 
 void check_bias(const c10::optional<at::Tensor>& bias, int64_t O, const at::Tensor& x) {
   if (!bias) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == O, "bias must be [", O, "], got ", bias->sizes());
+  SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == O, "bias must be [", O, "], got ", bias->sizes());
   check_like(*bias, "bias", x);
 }
 
 void check_block_values(const at::Tensor& values, const at::Tensor& like) {
-  TORCH_CHECK(values.dim() == 5 && values.size(1) == values.size(2), "values must be [nnzb, B, B, kh, kw], got ",
-              values.sizes());
+  SPARSECL_CHECK(values.dim() == 5 && values.size(1) == values.size(2), "values must be [nnzb, B, B, kh, kw], got ",
+                 values.sizes());
   const int64_t B = values.size(1);
-  TORCH_CHECK(B == 16 || B == 32 || B == 64, "block size must be 16, 32 or 64, got ", B);
+  SPARSECL_CHECK(B == 16 || B == 32 || B == 64, "block size must be 16, 32 or 64, got ", B);
   check_like(values, "values", like);
 }
 
 void check_grad_out(const at::Tensor& dy, const Geom& g, at::IntArrayRef x_shape) {
-  TORCH_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
-              " does not match the convolution of x ", x_shape);
+  SPARSECL_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
+                 " does not match the convolution of x ", x_shape);
 }
 
 at::Tensor empty_like_format(at::IntArrayRef shape, const at::Tensor& like) {
@@ -368,7 +368,7 @@ void launch_gather(const at::Tensor& src_cl, const at::Tensor& values, const at:
   a.sd_n = dst.stride(0), a.sd_c = dst.stride(1), a.sd_h = dst.stride(2), a.sd_w = dst.stride(3);
   a.kh = g.kh, a.kw = g.kw, a.sh = g.sh, a.sw = g.sw, a.ph = g.ph, a.pw = g.pw, a.dh = g.dh, a.dw = g.dw;
   const int64_t n_cb = (a.Cd + B - 1) / B;
-  TORCH_CHECK(n_cb <= 65535, "too many channel blocks (", n_cb, ") for one launch");
+  SPARSECL_CHECK(n_cb <= 65535, "too many channel blocks (", n_cb, ") for one launch");
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src_cl.scalar_type(), "bsr_conv2d_cuda", [&] {
     // fp64 tiles have fewer pixels so the shared tiles stay within 48 KiB
@@ -393,13 +393,13 @@ at::Tensor bsr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
   check_block_values(values, x);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
-              values.size(0), " blocks");
-  TORCH_CHECK(out_channels >= 0, "out_channels must be >= 0");
+  SPARSECL_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
+                 values.size(0), " blocks");
+  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
   const int64_t B = values.size(1);
   const Geom g = make_geom(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
-  TORCH_CHECK(row_ptr.size(0) == (g.O + B - 1) / B + 1, "row_ptr must have ", (g.O + B - 1) / B + 1,
-              " entries, got ", row_ptr.size(0));
+  SPARSECL_CHECK(row_ptr.size(0) == (g.O + B - 1) / B + 1, "row_ptr must have ", (g.O + B - 1) / B + 1,
+                 " entries, got ", row_ptr.size(0));
   check_bias(bias, g.O, x);
   c10::cuda::CUDAGuard guard(x.device());
   auto y = empty_like_format({g.N, g.O, g.Ho, g.Wo}, x);
@@ -418,13 +418,13 @@ at::Tensor bsr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
-  TORCH_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
-              "t_col_idx and t_perm must have nnzb entries");
+  SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
+                 "t_col_idx and t_perm must have nnzb entries");
   const int64_t B = values.size(1);
   const Geom g = make_geom(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
   check_grad_out(dy, g, x_shape);
-  TORCH_CHECK(t_row_ptr.size(0) == (g.C + B - 1) / B + 1, "t_row_ptr must have ", (g.C + B - 1) / B + 1,
-              " entries, got ", t_row_ptr.size(0));
+  SPARSECL_CHECK(t_row_ptr.size(0) == (g.C + B - 1) / B + 1, "t_row_ptr must have ", (g.C + B - 1) / B + 1,
+                 " entries, got ", t_row_ptr.size(0));
   c10::cuda::CUDAGuard guard(dy.device());
   auto dx = empty_like_format(x_shape, dy);
   if (dx.numel() == 0) return dx;
@@ -439,23 +439,23 @@ void check_dw_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   check_like(dy, "grad_out", x);
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
-  TORCH_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
+  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
 }
 
 at::Tensor bsr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_dw_inputs(dy, x, row_idx, col_idx);
-  TORCH_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "block_size must be 16, 32 or 64, got ",
-              block_size);
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "block_size must be 16, 32 or 64, got ",
+                 block_size);
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const int64_t B = block_size;
   const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x.sizes());
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t nnzb = col_idx.size(0);
   if (nnzb == 0 || g.N * g.Ho * g.Wo == 0) return at::zeros({nnzb, B, B, g.kh, g.kw}, x.options());
-  TORCH_CHECK(g.kh * g.kw <= 65535, "kernel has too many taps for one launch");
+  SPARSECL_CHECK(g.kh * g.kw <= 65535, "kernel has too many taps for one launch");
   auto dv = at::empty({nnzb, B, B, g.kh, g.kw}, x.options());
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -478,14 +478,14 @@ at::Tensor bsr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const a
 }
 
 void check_csr_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx) {
-  TORCH_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
+  SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
   check_like(values, "values", like);
-  TORCH_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ",
-              idx.size(0));
+  SPARSECL_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ",
+                 idx.size(0));
 }
 
 dim3 pixel_grid(int64_t n_pix, int64_t channels) {
-  TORCH_CHECK(channels <= 65535, "too many channels (", channels, ") for one launch");
+  SPARSECL_CHECK(channels <= 65535, "too many channels (", channels, ") for one launch");
   return dim3(unsigned((n_pix + kThreads - 1) / kThreads), unsigned(channels));
 }
 
@@ -497,10 +497,10 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
   check_csr_values(values, x, col_idx);
-  TORCH_CHECK(out_channels >= 0, "out_channels must be >= 0");
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_geom(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
-  TORCH_CHECK(row_ptr.size(0) == g.O + 1, "row_ptr must have ", g.O + 1, " entries, got ", row_ptr.size(0));
+  SPARSECL_CHECK(row_ptr.size(0) == g.O + 1, "row_ptr must have ", g.O + 1, " entries, got ", row_ptr.size(0));
   check_bias(bias, g.O, x);
   c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options());
@@ -526,12 +526,12 @@ at::Tensor csr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
   check_csr_values(values, dy, t_col_idx);
-  TORCH_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_geom(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x_shape);
-  TORCH_CHECK(t_row_ptr.size(0) == g.C * g.kh * g.kw + 1, "t_row_ptr must have ", g.C * g.kh * g.kw + 1,
-              " entries, got ", t_row_ptr.size(0));
+  SPARSECL_CHECK(t_row_ptr.size(0) == g.C * g.kh * g.kw + 1, "t_row_ptr must have ", g.C * g.kh * g.kw + 1,
+                 " entries, got ", t_row_ptr.size(0));
   c10::cuda::CUDAGuard guard(dy.device());
   auto dx = at::empty(x_shape, dy.options());
   if (dx.numel() == 0) return dx.contiguous(dy.suggest_memory_format());
@@ -550,7 +550,7 @@ at::Tensor csr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const a
                               const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_dw_inputs(dy, x, row_idx, col_idx);
-  TORCH_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x.sizes());
   c10::cuda::CUDAGuard guard(x.device());
