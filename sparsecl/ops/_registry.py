@@ -50,3 +50,71 @@ def autocast_args(x, *tensors):
         dtype = torch.get_autocast_dtype("cuda")
         return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in (x, *tensors))
     return (x, *tensors)
+
+
+# op name -> KernelSet of the indexed-linear Functions: reached through a module global, not a closure,
+# so torch.compile can trace it
+_INDEXED_KERNELS = {}
+
+
+def indexed_linear_function(kernels, name, pass_block_size):
+    """The autograd Function of ``x @ W.T + bias`` over an indexed sparse layout (CSR or BSR).
+
+    ``kernels(device)`` gives (forward, dx, dw). Inputs: x [T, in], values, bias or None, the layout's six
+    index tensors (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm) and out_features. dX runs over
+    the transposed index, dValues only at the active entries (dw also gets the block size, values.shape[1],
+    when ``pass_block_size``), dBias is grad_out summed over tokens.
+    """
+
+    op = kernels.op
+    _INDEXED_KERNELS[op] = kernels
+
+    class IndexedLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(x, values, bias, layout_tensors, out_features):
+            row_ptr, col_idx = layout_tensors[0], layout_tensors[1]
+            return _INDEXED_KERNELS[op](x.device)[0](x, values, row_ptr, col_idx, out_features, bias)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            x, values, bias, layout_tensors, _ = inputs
+            ctx.save_for_backward(x, values, *layout_tensors)
+            ctx.has_bias = bias is not None
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            x, values, row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm = ctx.saved_tensors
+            _, dx_op, dw_op = _INDEXED_KERNELS[op](x.device)
+            grad_out = grad_out.contiguous()
+            dx = dv = db = None
+            if ctx.needs_input_grad[0]:
+                dx = dx_op(grad_out, values, t_row_ptr, t_col_idx, t_perm, x.shape[1])
+            if ctx.needs_input_grad[1]:
+                extra = (values.shape[1],) if pass_block_size else ()
+                dv = dw_op(grad_out, x, row_idx, col_idx, *extra)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                db = grad_out.sum(0)
+            return dx, dv, db, None, None
+
+    IndexedLinear.__name__ = IndexedLinear.__qualname__ = name
+    return IndexedLinear
+
+
+def indexed_linear(function, layout_type, x, values, layout, bias):
+    """Shared body of bsr_linear / csr_linear: validate, autocast, flatten the leading dims of x, apply."""
+    if not isinstance(layout, layout_type):
+        raise TypeError(f"layout must be a {layout_type.__name__}, got {type(layout).__name__}")
+    out_f, in_f = layout.shape
+    if x.shape[-1] != in_f:
+        raise ValueError(f"x has {x.shape[-1]} input features but the layout expects {in_f}")
+    if not torch.compiler.is_compiling():
+        layout.check_values(values)
+        if values.device != x.device or layout.device != x.device:
+            raise ValueError(f"x ({x.device}), values ({values.device}) and layout ({layout.device}) "
+                             "must be on one device")
+    x, values, bias = autocast_args(x, values, bias)
+    lead = x.shape[:-1]
+    x2 = x.reshape(lead.numel(), in_f)  # explicit rows: in_features may be 0
+    idx = (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm)
+    y = function.apply(x2, values, bias, idx, out_f)
+    return y.reshape(*lead, out_f)

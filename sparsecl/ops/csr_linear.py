@@ -6,7 +6,7 @@ copy); dValues is an SDDMM at the nonzeros only; dBias = dY summed over tokens.
 import torch
 
 from ..formats import CSRLayout
-from ._registry import KernelSet, autocast_args, register_reference
+from ._registry import KernelSet, indexed_linear, indexed_linear_function, register_reference
 
 OP = "csr_linear"
 
@@ -50,31 +50,7 @@ _kernels = KernelSet(OP, "csr_linear", [
 ])
 
 
-class _CsrLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(x, values, bias, layout_tensors, out_features):
-        row_ptr, col_idx = layout_tensors[0], layout_tensors[1]
-        return _kernels(x.device)[0](x, values, row_ptr, col_idx, out_features, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, values, bias, layout_tensors, _ = inputs
-        ctx.save_for_backward(x, values, *layout_tensors)
-        ctx.has_bias = bias is not None
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, values, row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm = ctx.saved_tensors
-        _, dx_op, dw_op = _kernels(x.device)
-        grad_out = grad_out.contiguous()
-        dx = dv = db = None
-        if ctx.needs_input_grad[0]:
-            dx = dx_op(grad_out, values, t_row_ptr, t_col_idx, t_perm, x.shape[1])
-        if ctx.needs_input_grad[1]:
-            dv = dw_op(grad_out, x, row_idx, col_idx)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad_out.sum(0)
-        return dx, dv, db, None, None
+_CsrLinear = indexed_linear_function(_kernels, "_CsrLinear", pass_block_size=False)
 
 
 def csr_linear(x, values, layout, bias=None):
@@ -83,19 +59,4 @@ def csr_linear(x, values, layout, bias=None):
     x: [..., in_features]; values: [layout.nnz] of x's dtype and device; bias: [out] or None.
     Returns [..., out_features]. Differentiable in x, values and bias. Nothing is mutated.
     """
-    if not isinstance(layout, CSRLayout):
-        raise TypeError(f"layout must be a CSRLayout, got {type(layout).__name__}")
-    out_f, in_f = layout.shape
-    if x.shape[-1] != in_f:
-        raise ValueError(f"x has {x.shape[-1]} input features but the layout expects {in_f}")
-    if not torch.compiler.is_compiling():
-        layout.check_values(values)
-        if values.device != x.device or layout.device != x.device:
-            raise ValueError(f"x ({x.device}), values ({values.device}) and layout ({layout.device}) "
-                             "must be on one device")
-    x, values, bias = autocast_args(x, values, bias)
-    lead = x.shape[:-1]
-    x2 = x.reshape(lead.numel(), in_f)  # explicit rows: in_features may be 0
-    idx = (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm)
-    y = _CsrLinear.apply(x2, values, bias, idx, out_f)
-    return y.reshape(*lead, out_f)
+    return indexed_linear(_CsrLinear, CSRLayout, x, values, layout, bias)
