@@ -119,16 +119,57 @@ void dw_generic(const T* dy, const T* x, int64_t n_tokens, int64_t out_f, int64_
 using cpu::MicroKernels;
 using cpu::TileArgs;
 
-// x is packed once into token panels (the micro-kernel's A operand) and W.T once, block by block
-// (wt[k][i][o] = V_k[o][i], so one vector load reads a row of W.T); each (block row, token chunk)
-// item sweeps its panels in strips of the widest tile, accumulating over all the row's blocks in
-// registers before one store. Items run in the order of cpu::make_panel_schedule.
+// The gather-GEMM pass shared by forward and dX. `src_panels` is the source [T, src_f] packed into
+// token panels (the micro-kernel's A operand); destination block row r has the active blocks
+// ptr[r]..ptr[r+1], on source block idx[j], with weight rows `block(j)` ([B source][B destination],
+// row-major). Each (block row, token chunk) item sweeps its panels in strips of the widest tile,
+// accumulating over all the row's blocks in registers before one store into dst [T, dst_f] (+ bias).
+// Items run in the order of cpu::make_panel_schedule.
+template <typename BlockFn>
+void gather_gemm_pass(const MicroKernels& mk, const float* src_panels, int64_t T, int64_t src_f, int64_t dst_f,
+                      int64_t B, const int32_t* ptr, const int32_t* idx, int64_t n_dst_blocks, BlockFn block,
+                      const float* bias, float* dst) {
+  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
+  const int64_t nnzb = ptr[n_dst_blocks], n_src_blocks = (src_f + B - 1) / B;
+  const auto sched = cpu::make_panel_schedule(n_dst_blocks, n_panels, nnzb, n_src_blocks, MR * src_f * 4,
+                                                nnzb * B * B * 4, T * dst_f * 4);
+  cpu::balanced_parallel_for(
+      sched.items(), [&](int64_t i) { return sched.cost_before(ptr, i); },
+      [&](int64_t begin, int64_t end) {
+        std::vector<const float*> a, b;
+        std::vector<int> depth;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t r = sched.row(item), chunk = sched.chunk(item);
+          const int64_t k0 = ptr[r], nk = ptr[r + 1] - k0;
+          const int64_t d0 = r * B, db = std::min(B, dst_f - d0);
+          a.resize(nk);
+          b.resize(nk);
+          depth.resize(nk);
+          for (int64_t p = 0; p < nk; ++p) depth[p] = int(std::min(B, src_f - int64_t(idx[k0 + p]) * B));
+          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
+          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
+            const float* spp = src_panels + panel * MR * src_f;
+            for (int64_t p = 0; p < nk; ++p) a[p] = spp + int64_t(idx[k0 + p]) * B * MR;
+            for (int64_t s = 0; s < db; s += strip) {
+              const int nc = int(std::min(strip, db - s));
+              for (int64_t p = 0; p < nk; ++p) b[p] = block(k0 + p) + s;
+              const TileArgs t{a.data(), b.data(), depth.data(), int(nk), MR, B, bias ? bias + d0 + s : nullptr,
+                               false, dst + panel * MR * dst_f + d0 + s, dst_f, int(std::min(MR, T - panel * MR)), nc};
+              mk.tile(t, (nc + mk.width - 1) / mk.width);
+            }
+          }
+        }
+      });
+}
+
+// Forward: x packed once into token panels and W.T once, block by block (wt[k][i][o] = V_k[o][i], so one
+// vector load reads a row of W.T), then the shared gather-GEMM pass over the block rows.
 void forward_simd(const MicroKernels& mk, const float* x, int64_t T, int64_t in_f, const float* values, int64_t B,
                   const int32_t* row_ptr, const int32_t* col_idx, int64_t n_rb, int64_t out_f, const float* bias,
                   float* y) {
   if (T == 0 || n_rb == 0) return;
-  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
-  const int64_t nnzb = row_ptr[n_rb], n_cb = (in_f + B - 1) / B;
+  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR;
+  const int64_t nnzb = row_ptr[n_rb];
   float* xp = cpu::workspace(0, n_panels * MR * in_f);
   float* wt = cpu::workspace(1, nnzb * B * B);
   cpu::pack_panels(x, T, in_f, in_f, MR, xp);
@@ -139,76 +180,21 @@ void forward_simd(const MicroKernels& mk, const float* x, int64_t T, int64_t in_
         pack_transposed(values + k * B * B, B, ob, std::min(B, in_f - int64_t(col_idx[k]) * B), wt + k * B * B);
     }
   });
-  const auto sched = cpu::make_panel_schedule(n_rb, n_panels, nnzb, n_cb, MR * in_f * 4, nnzb * B * B * 4,
-                                                T * out_f * 4);
-  cpu::balanced_parallel_for(
-      sched.items(), [&](int64_t i) { return sched.cost_before(row_ptr, i); },
-      [&](int64_t begin, int64_t end) {
-        std::vector<const float*> a, b;
-        std::vector<int> depth;
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t rb = sched.row(item), chunk = sched.chunk(item);
-          const int64_t k0 = row_ptr[rb], nk = row_ptr[rb + 1] - k0;
-          const int64_t o0 = rb * B, ob = std::min(B, out_f - o0);
-          a.resize(nk);
-          b.resize(nk);
-          depth.resize(nk);
-          for (int64_t p = 0; p < nk; ++p) depth[p] = int(std::min(B, in_f - int64_t(col_idx[k0 + p]) * B));
-          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
-          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
-            const float* xpp = xp + panel * MR * in_f;
-            for (int64_t p = 0; p < nk; ++p) a[p] = xpp + int64_t(col_idx[k0 + p]) * B * MR;
-            for (int64_t s = 0; s < ob; s += strip) {
-              const int nc = int(std::min(strip, ob - s));
-              for (int64_t p = 0; p < nk; ++p) b[p] = wt + (k0 + p) * B * B + s;
-              const TileArgs t{a.data(), b.data(), depth.data(), int(nk), MR, B, bias ? bias + o0 + s : nullptr,
-                               false, y + panel * MR * out_f + o0 + s, out_f, int(std::min(MR, T - panel * MR)), nc};
-              mk.tile(t, (nc + mk.width - 1) / mk.width);
-            }
-          }
-        }
-      });
+  gather_gemm_pass(mk, xp, T, in_f, out_f, B, row_ptr, col_idx, n_rb, [&](int64_t k) { return wt + k * B * B; },
+                   bias, y);
 }
 
-// dX = dY @ W: grad_out packed into token panels; each (block column, token chunk) item accumulates
-// the column's blocks (rows of V read in place, masked at clipped columns) over its panels.
+// dX = dY @ W: grad_out packed into token panels; the shared pass over the block columns reads the rows of
+// V in place (through t_perm), masked at clipped columns.
 void dx_simd(const MicroKernels& mk, const float* dy, int64_t T, int64_t out_f, const float* values, int64_t B,
              const int32_t* t_row_ptr, const int32_t* t_col_idx, const int32_t* t_perm, int64_t n_cb, int64_t in_f,
              float* dx) {
   if (T == 0 || n_cb == 0) return;
-  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR, strip = int64_t(mk.max_vectors) * mk.width;
-  const int64_t nnzb = t_row_ptr[n_cb], n_rb = (out_f + B - 1) / B;
+  const int64_t MR = mk.panel_rows, n_panels = (T + MR - 1) / MR;
   float* dyp = cpu::workspace(0, n_panels * MR * out_f);
   cpu::pack_panels(dy, T, out_f, out_f, MR, dyp);
-  const auto sched = cpu::make_panel_schedule(n_cb, n_panels, nnzb, n_rb, MR * out_f * 4, nnzb * B * B * 4,
-                                                T * in_f * 4);
-  cpu::balanced_parallel_for(
-      sched.items(), [&](int64_t i) { return sched.cost_before(t_row_ptr, i); },
-      [&](int64_t begin, int64_t end) {
-        std::vector<const float*> a, b;
-        std::vector<int> depth;
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t cb = sched.row(item), chunk = sched.chunk(item);
-          const int64_t j0 = t_row_ptr[cb], nj = t_row_ptr[cb + 1] - j0;
-          const int64_t i0 = cb * B, ib = std::min(B, in_f - i0);
-          a.resize(nj);
-          b.resize(nj);
-          depth.resize(nj);
-          for (int64_t p = 0; p < nj; ++p) depth[p] = int(std::min(B, out_f - int64_t(t_col_idx[j0 + p]) * B));
-          const int64_t p_end = std::min(n_panels, (chunk + 1) * sched.per_chunk);
-          for (int64_t panel = chunk * sched.per_chunk; panel < p_end; ++panel) {
-            const float* dpp = dyp + panel * MR * out_f;
-            for (int64_t p = 0; p < nj; ++p) a[p] = dpp + int64_t(t_col_idx[j0 + p]) * B * MR;
-            for (int64_t s = 0; s < ib; s += strip) {
-              const int nc = int(std::min(strip, ib - s));
-              for (int64_t p = 0; p < nj; ++p) b[p] = values + int64_t(t_perm[j0 + p]) * B * B + s;
-              const TileArgs t{a.data(), b.data(), depth.data(), int(nj), MR, B, nullptr, false,
-                               dx + panel * MR * in_f + i0 + s, in_f, int(std::min(MR, T - panel * MR)), nc};
-              mk.tile(t, (nc + mk.width - 1) / mk.width);
-            }
-          }
-        }
-      });
+  gather_gemm_pass(mk, dyp, T, out_f, in_f, B, t_row_ptr, t_col_idx, n_cb,
+                   [&](int64_t j) { return values + int64_t(t_perm[j]) * B * B; }, nullptr, dx);
 }
 
 // Tokens per pass of the SDDMM: the dY and x rows of one pass stay cached across the block's
