@@ -77,6 +77,18 @@ inline void check_ptr_array(const at::Tensor& ptr, int64_t n, int64_t nnz, const
   for (int64_t r = 0; r < n; ++r) SPARSECL_CHECK(p[r] <= p[r + 1], name, " must be non-decreasing (at ", r, ")");
 }
 
+// prune_regrow's granularity of layer l: 1 when the mask has the weight's shape, else the power-of-two
+// block size B whose grid (ceil(out/B), ceil(in/B)) the mask is.
+inline int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {
+  if (w.sizes() == m.sizes()) return 1;
+  SPARSECL_CHECK(w.dim() == 2 && m.dim() == 2, "layer ", l, ": mask shape ", m.sizes(),
+                 " must equal the weight shape ", w.sizes(), " (element granularity) or its 2-D block grid");
+  for (int64_t B = 2; B <= 2 * std::max<int64_t>(1, std::max(w.size(0), w.size(1))); B *= 2)
+    if ((w.size(0) + B - 1) / B == m.size(0) && (w.size(1) + B - 1) / B == m.size(1)) return B;
+  SPARSECL_CHECK(false, "layer ", l, ": mask shape ", m.sizes(), " is neither the weight shape ", w.sizes(),
+                 " nor its block grid (ceil(out/B), ceil(in/B)) for a power-of-two B");
+}
+
 // Every entry of an int32 index in [0, limit). CPU tensors use one fused parallel min/max pass:
 // at::aminmax took 3 ms on 420K int32 entries here (20 calls per CSR training step), this takes ~0.05 ms.
 inline void check_ids_below(const at::Tensor& idx, int64_t limit, const char* name) {

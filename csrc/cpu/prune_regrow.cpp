@@ -485,16 +485,6 @@ void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>&
   }
 }
 
-int64_t block_size_of(const at::Tensor& w, const at::Tensor& m, int64_t l) {
-  if (w.sizes() == m.sizes()) return 1;
-  SPARSECL_CHECK(w.dim() == 2 && m.dim() == 2, "layer ", l, ": mask shape ", m.sizes(),
-                 " must equal the weight shape ", w.sizes(), " (element granularity) or its 2-D block grid");
-  for (int64_t B = 2; B <= 2 * std::max<int64_t>(1, std::max(w.size(0), w.size(1))); B *= 2)
-    if ((w.size(0) + B - 1) / B == m.size(0) && (w.size(1) + B - 1) / B == m.size(1)) return B;
-  SPARSECL_CHECK(false, "layer ", l, ": mask shape ", m.sizes(), " is neither the weight shape ", w.sizes(),
-                 " nor its block grid (ceil(out/B), ceil(in/B)) for a power-of-two B");
-}
-
 at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::TensorList prune_scores,
                             at::TensorList grow_scores, const at::Tensor& counts, at::TensorList eligible) {
   const int64_t L = int64_t(weights.size());
