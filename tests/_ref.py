@@ -78,3 +78,10 @@ def address_sanitized():
     RLIMIT_AS cap cannot be used; ASAN_OPTIONS max_allocation_size_mb caps allocations instead)."""
     import os
     return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def dispatcher_ops(*names):
+    """Callables for ``torch.ops.sparsecl.<name>``, looked up at call time (once the extension has loaded)."""
+    def op(name):
+        return lambda *args: getattr(torch.ops.sparsecl, name)(*args)
+    return tuple(op(n) for n in names)

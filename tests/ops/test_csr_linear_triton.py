@@ -10,7 +10,7 @@ import torch
 
 from sparsecl.kernels.csr_linear import csr_index, csr_linear_dw, csr_linear_dx, csr_linear_forward
 
-from .._ref import assert_close, noncontiguous
+from .._ref import assert_close, dispatcher_ops, noncontiguous
 
 CUDA = torch.cuda.is_available()
 SHAPES = [(0, 16, 8), (1, 9, 5), (7, 33, 17), (33, 20, 31)]  # (tokens, in, out)
@@ -96,14 +96,8 @@ def test_triton_bad_input_raises():
 CUDA_SHAPES = [(1, 37, 23), (16, 200, 130), (29, 64, 64), (300, 129, 70), (130, 1000, 33)]
 
 
-def _cuda_op(name):
-    def call(*args):
-        return getattr(torch.ops.sparsecl, name)(*args)
-    return call
-
-
 BACKENDS = {
-    "cuda": (_cuda_op("csr_linear"), _cuda_op("csr_linear_dx"), _cuda_op("csr_linear_dw")),
+    "cuda": dispatcher_ops("csr_linear", "csr_linear_dx", "csr_linear_dw"),
     "triton": (csr_linear_forward, csr_linear_dx, csr_linear_dw),
 }
 

@@ -11,7 +11,7 @@ import torch
 
 from sparsecl.kernels.masked_linear import masked_linear_dw, masked_linear_dx, masked_linear_forward
 
-from .._ref import assert_close, noncontiguous
+from .._ref import assert_close, dispatcher_ops, noncontiguous
 
 CUDA = torch.cuda.is_available()
 SHAPES = [(0, 16, 8), (1, 9, 5), (7, 33, 17), (20, 18, 40)]  # (tokens, in, out)
@@ -84,14 +84,8 @@ def test_triton_bad_input_raises():
 CUDA_SHAPES = [(1, 37, 23), (16, 200, 130), (129, 64, 64), (300, 129, 70)]
 
 
-def _cuda_op(name):
-    def call(*args):
-        return getattr(torch.ops.sparsecl, name)(*args)
-    return call
-
-
 BACKENDS = {
-    "cuda": (_cuda_op("masked_linear"), _cuda_op("masked_linear_dx"), _cuda_op("masked_linear_dw")),
+    "cuda": dispatcher_ops("masked_linear", "masked_linear_dx", "masked_linear_dw"),
     "triton": (masked_linear_forward, masked_linear_dx, masked_linear_dw),
 }
 
