@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "checks.h"
+#include "conv_geom.h"
 
 namespace sparsecl {
 namespace slim {
@@ -385,19 +386,8 @@ struct ConvGeom {
 
 ConvGeom check_conv(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                     at::IntArrayRef dilation) {
-  SPARSECL_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                 "stride, padding and dilation must have 2 entries each");
-  for (int d = 0; d < 2; ++d) {
-    SPARSECL_CHECK(stride[d] >= 1, "stride must be >= 1, got ", stride);
-    SPARSECL_CHECK(padding[d] >= 0, "padding must be >= 0, got ", padding);
-    SPARSECL_CHECK(dilation[d] >= 1, "dilation must be >= 1, got ", dilation);
-  }
+  check_conv_args(stride, padding, dilation);
   return {weight.size(2), weight.size(3), stride.vec(), padding.vec(), dilation.vec()};
-}
-
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  const int64_t span = in + 2 * p - d * (k - 1) - 1;  // < 0: the kernel does not fit (division truncates to 0)
-  return span < 0 ? 0 : span / s + 1;
 }
 
 // Whether [i, kh, kw] of t are packed, so W[:o, :i] flattens to a [o, i*kh*kw] view.
@@ -428,8 +418,8 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const c10::opti
   check_width(out_channels, weight.size(0), "out_channels");
   const ConvGeom g = check_conv(weight, stride, padding, dilation);
   const int64_t N = x.size(0), i = x.size(1), o = out_channels;
-  const int64_t Ho = out_size(x.size(2), g.kh, g.stride[0], g.padding[0], g.dilation[0]);
-  const int64_t Wo = out_size(x.size(3), g.kw, g.stride[1], g.padding[1], g.dilation[1]);
+  const int64_t Ho = conv_out_size(x.size(2), g.kh, g.stride[0], g.padding[0], g.dilation[0]);
+  const int64_t Wo = conv_out_size(x.size(3), g.kw, g.stride[1], g.padding[1], g.dilation[1]);
   SPARSECL_CHECK(Ho > 0 && Wo > 0, "output would be empty: input ", x.sizes(), " is smaller than the dilated kernel");
   const int64_t L = Ho * Wo;
   at::Tensor y = at::empty({N, o, Ho, Wo}, x.options());
@@ -455,8 +445,8 @@ at::Tensor conv2d_dx(const at::Tensor& grad_out, const at::Tensor& weight, const
   check_width(x_shape[1], weight.size(1), "x's channels");
   const ConvGeom g = check_conv(weight, stride, padding, dilation);
   const int64_t N = x_shape[0], i = x_shape[1], o = grad_out.size(1);
-  const int64_t Ho = out_size(x_shape[2], g.kh, g.stride[0], g.padding[0], g.dilation[0]);
-  const int64_t Wo = out_size(x_shape[3], g.kw, g.stride[1], g.padding[1], g.dilation[1]);
+  const int64_t Ho = conv_out_size(x_shape[2], g.kh, g.stride[0], g.padding[0], g.dilation[0]);
+  const int64_t Wo = conv_out_size(x_shape[3], g.kw, g.stride[1], g.padding[1], g.dilation[1]);
   SPARSECL_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
                  " does not match the convolution of x_shape ", x_shape);
   const int64_t L = Ho * Wo, K = i * g.kh * g.kw;
@@ -482,8 +472,8 @@ void conv2d_dw_(const at::Tensor& grad_out, const at::Tensor& x, const c10::opti
   check_width(x.size(1), grad_weight.size(1), "x's channels");
   const ConvGeom g = check_conv(grad_weight, stride, padding, dilation);
   const int64_t N = x.size(0), i = x.size(1), o = grad_out.size(1);
-  const int64_t Ho = out_size(x.size(2), g.kh, g.stride[0], g.padding[0], g.dilation[0]);
-  const int64_t Wo = out_size(x.size(3), g.kw, g.stride[1], g.padding[1], g.dilation[1]);
+  const int64_t Ho = conv_out_size(x.size(2), g.kh, g.stride[0], g.padding[0], g.dilation[0]);
+  const int64_t Wo = conv_out_size(x.size(3), g.kw, g.stride[1], g.padding[1], g.dilation[1]);
   SPARSECL_CHECK(grad_out.size(2) == Ho && grad_out.size(3) == Wo, "grad_out spatial size ", grad_out.sizes(),
                  " does not match the convolution of x ", x.sizes());
   if (N == 0 || o == 0 || i == 0) return;

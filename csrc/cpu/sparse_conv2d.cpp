@@ -24,43 +24,14 @@
 #include <vector>
 
 #include "checks.h"
+#include "conv_geom.h"
 #include "cpu/isa.h"
 #include "cpu/microkernels.h"
 
 namespace sparsecl {
 namespace {
 
-struct Geom {
-  int64_t N, C, H, W, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-// 0 when the dilated kernel does not fit the padded input (C++ division truncates toward zero, so the plain
-// formula would give 1 for a span in (-s, 0) and accept an invalid convolution)
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  const int64_t span = in + 2 * p - d * (k - 1) - 1;
-  return span < 0 ? 0 : span / s + 1;
-}
-
-void check_conv_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  SPARSECL_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                 "stride, padding and dilation must have 2 entries each");
-  SPARSECL_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
-  SPARSECL_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
-  SPARSECL_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ", padding);
-}
-
-Geom make_geom(at::IntArrayRef x_shape, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
-               at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_conv_args(stride, padding, dilation);
-  SPARSECL_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got ", kh, "x", kw);
-  Geom g{x_shape[0], x_shape[1], x_shape[2], x_shape[3], O, 0, 0, kh, kw, stride[0], stride[1], padding[0],
-         padding[1], dilation[0], dilation[1]};
-  g.Ho = out_size(g.H, kh, g.sh, g.ph, g.dh);
-  g.Wo = out_size(g.W, kw, g.sw, g.pw, g.dw);
-  SPARSECL_CHECK(g.Ho > 0 && g.Wo > 0, "input ", x_shape, " is too small for kernel ", kh, "x", kw, " with padding ",
-                 padding, " and dilation ", dilation);
-  return g;
-}
+using Geom = ConvShape;
 
 // Output positions o in [lo, hi) whose input coordinate o*s - p + t lies in [0, n).
 inline void valid_range(int64_t n_out, int64_t n_in, int64_t s, int64_t p, int64_t t, int64_t& lo, int64_t& hi) {
@@ -68,17 +39,6 @@ inline void valid_range(int64_t n_out, int64_t n_in, int64_t s, int64_t p, int64
   lo = off >= 0 ? 0 : (-off + s - 1) / s;
   hi = n_in - 1 - off < 0 ? 0 : std::min(n_out, (n_in - 1 - off) / s + 1);
   if (hi < lo) hi = lo;
-}
-
-void check_float_like(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  SPARSECL_CHECK(t.scalar_type() == like.scalar_type(), name, " dtype ", t.scalar_type(), " != ", like.scalar_type());
-  check_same_device(t, name, like);
-}
-
-void check_bias(const c10::optional<at::Tensor>& bias, int64_t O, const at::Tensor& x) {
-  if (!bias) return;
-  SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == O, "bias must be [", O, "], got ", bias->sizes());
-  check_float_like(*bias, "bias", x);
 }
 
 at::Tensor in_format(const at::Tensor& t, const at::Tensor& like) {
@@ -790,7 +750,7 @@ void check_x(const at::Tensor& x, const char* name) {
 void check_block_values(const at::Tensor& values, const at::Tensor& like) {
   SPARSECL_CHECK(values.dim() == 5 && values.size(1) == values.size(2),
                  "values must be [nnzb, B, B, kh, kw], got ", values.sizes());
-  check_float_like(values, "values", like);
+  check_like(values, "values", like);
 }
 
 at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
@@ -804,10 +764,10 @@ at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
                  values.size(0), " blocks");
   SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
   const int64_t B = values.size(1);
-  const Geom g = make_geom(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
   check_ptr_array(row_ptr, (g.O + B - 1) / B, values.size(0), "row_ptr");
   check_ids_below(col_idx, (g.C + B - 1) / B, "col_idx");
-  check_bias(bias, g.O, x);
+  check_conv_bias(bias, g.O, x);
   auto bc = bias ? bias->contiguous() : at::Tensor();
   const int64_t taps = g.kh * g.kw;
   auto panels = at::empty({values.size(0), taps, B, B}, values.options());
@@ -859,7 +819,7 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
                  "t_col_idx and t_perm must have nnzb entries");
   SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
   const int64_t B = values.size(1);
-  const Geom g = make_geom(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
+  const Geom g = make_conv_shape(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
   SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
                  " does not match the convolution of x_shape ", x_shape);
   check_ptr_array(t_row_ptr, (g.C + B - 1) / B, values.size(0), "t_row_ptr");
@@ -910,7 +870,7 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
 void check_dw_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx, const at::Tensor& col_idx) {
   check_x(x, "x");
   check_x(dy, "grad_out");
-  check_float_like(dy, "grad_out", x);
+  check_like(dy, "grad_out", x);
   SPARSECL_CHECK(dy.size(0) == x.size(0), "grad_out and x must have the same batch size");
   check_index(row_idx, "row_idx", x);
   check_index(col_idx, "col_idx", x);
@@ -924,7 +884,7 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   SPARSECL_CHECK(block_size > 0, "block_size must be positive");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const int64_t B = block_size;
-  const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
                  x.sizes());
   check_ids_below(row_idx, (g.O + B - 1) / B, "row_idx");
@@ -956,7 +916,7 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
 
 void check_csr_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx) {
   SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
-  check_float_like(values, "values", like);
+  check_like(values, "values", like);
   SPARSECL_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ", idx.size(0));
 }
 
@@ -970,10 +930,10 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_csr_values(values, x, col_idx);
   SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_geom(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_ptr_array(row_ptr, g.O, values.size(0), "row_ptr");
   check_ids_below(col_idx, g.C * g.kh * g.kw, "col_idx");
-  check_bias(bias, g.O, x);
+  check_conv_bias(bias, g.O, x);
   auto xc = x.contiguous();
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
@@ -1010,7 +970,7 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
   SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_geom(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
                  " does not match the convolution of x_shape ", x_shape);
   check_ptr_array(t_row_ptr, g.C * g.kh * g.kw, values.size(0), "t_row_ptr");
@@ -1056,7 +1016,7 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_dw_inputs(dy, x, row_idx, col_idx);
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
                  x.sizes());
   check_ids_below(row_idx, g.O, "row_idx");

@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "conv_geom.h"
 
 namespace sparsecl {
 namespace {
@@ -38,31 +39,7 @@ namespace {
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
-struct Geom {
-  int64_t N, C, H, W, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
-}
-
-Geom make_geom(at::IntArrayRef x_shape, int64_t O, int64_t kh, int64_t kw, at::IntArrayRef stride,
-               at::IntArrayRef padding, at::IntArrayRef dilation) {
-  SPARSECL_CHECK(x_shape.size() == 4, "x_shape must be [N, C, H, W], got ", x_shape);
-  SPARSECL_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-                 "stride, padding and dilation must have 2 entries each");
-  SPARSECL_CHECK(stride[0] > 0 && stride[1] > 0, "stride must be positive, got ", stride);
-  SPARSECL_CHECK(dilation[0] > 0 && dilation[1] > 0, "dilation must be positive, got ", dilation);
-  SPARSECL_CHECK(padding[0] >= 0 && padding[1] >= 0, "padding must be non-negative, got ", padding);
-  SPARSECL_CHECK(kh > 0 && kw > 0, "kernel size must be positive, got ", kh, "x", kw);
-  Geom g{x_shape[0], x_shape[1], x_shape[2], x_shape[3], O, 0, 0, kh, kw, stride[0], stride[1], padding[0],
-         padding[1], dilation[0], dilation[1]};
-  g.Ho = out_size(g.H, kh, g.sh, g.ph, g.dh);
-  g.Wo = out_size(g.W, kw, g.sw, g.pw, g.dw);
-  SPARSECL_CHECK(g.Ho > 0 && g.Wo > 0, "input ", x_shape, " is too small for kernel ", kh, "x", kw, " with padding ",
-                 padding, " and dilation ", dilation);
-  return g;
-}
+using Geom = ConvShape;
 
 // ---- block-channel gather GEMM (forward and dX) ---------------------------------------------------
 
@@ -322,17 +299,6 @@ void check_x(const at::Tensor& x, const char* name) {
   check_float(x, name, true);
 }
 
-void check_like(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  SPARSECL_CHECK(t.scalar_type() == like.scalar_type(), name, " dtype ", t.scalar_type(), " != ", like.scalar_type());
-  check_same_device(t, name, like);
-}
-
-void check_bias(const c10::optional<at::Tensor>& bias, int64_t O, const at::Tensor& x) {
-  if (!bias) return;
-  SPARSECL_CHECK(bias->dim() == 1 && bias->size(0) == O, "bias must be [", O, "], got ", bias->sizes());
-  check_like(*bias, "bias", x);
-}
-
 void check_block_values(const at::Tensor& values, const at::Tensor& like) {
   SPARSECL_CHECK(values.dim() == 5 && values.size(1) == values.size(2), "values must be [nnzb, B, B, kh, kw], got ",
                  values.sizes());
@@ -397,10 +363,10 @@ at::Tensor bsr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
                  values.size(0), " blocks");
   SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
   const int64_t B = values.size(1);
-  const Geom g = make_geom(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
   SPARSECL_CHECK(row_ptr.size(0) == (g.O + B - 1) / B + 1, "row_ptr must have ", (g.O + B - 1) / B + 1,
                  " entries, got ", row_ptr.size(0));
-  check_bias(bias, g.O, x);
+  check_conv_bias(bias, g.O, x);
   c10::cuda::CUDAGuard guard(x.device());
   auto y = empty_like_format({g.N, g.O, g.Ho, g.Wo}, x);
   if (y.numel() == 0) return y;
@@ -421,7 +387,7 @@ at::Tensor bsr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
   SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
                  "t_col_idx and t_perm must have nnzb entries");
   const int64_t B = values.size(1);
-  const Geom g = make_geom(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
+  const Geom g = make_conv_shape(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
   check_grad_out(dy, g, x_shape);
   SPARSECL_CHECK(t_row_ptr.size(0) == (g.C + B - 1) / B + 1, "t_row_ptr must have ", (g.C + B - 1) / B + 1,
                  " entries, got ", t_row_ptr.size(0));
@@ -450,7 +416,7 @@ at::Tensor bsr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const a
                  block_size);
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const int64_t B = block_size;
-  const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x.sizes());
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t nnzb = col_idx.size(0);
@@ -499,9 +465,9 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
   check_csr_values(values, x, col_idx);
   SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_geom(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
   SPARSECL_CHECK(row_ptr.size(0) == g.O + 1, "row_ptr must have ", g.O + 1, " entries, got ", row_ptr.size(0));
-  check_bias(bias, g.O, x);
+  check_conv_bias(bias, g.O, x);
   c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options());
   if (y.numel() == 0) return y.contiguous(x.suggest_memory_format());
@@ -528,7 +494,7 @@ at::Tensor csr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
   check_csr_values(values, dy, t_col_idx);
   SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_geom(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x_shape);
   SPARSECL_CHECK(t_row_ptr.size(0) == g.C * g.kh * g.kw + 1, "t_row_ptr must have ", g.C * g.kh * g.kw + 1,
                  " entries, got ", t_row_ptr.size(0));
@@ -551,7 +517,7 @@ at::Tensor csr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const a
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_dw_inputs(dy, x, row_idx, col_idx);
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_geom(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
+  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x.sizes());
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t nnz = col_idx.size(0);
