@@ -1,21 +1,24 @@
-"""Backend choice for ops that have several GPU implementations (CUDA C++ and Triton).
+"""Backend choice for ops that have several GPU implementations (CUDA C++, Triton, ATen).
 
 CPU tensors always use the C++ CPU kernels (or the reference code when the extension is
 missing). For CUDA tensors the backend is, per op or globally:
   "auto"   the measured-fastest default for that op (``AUTO_DEFAULTS``),
   "cuda"   the CUDA C++ kernels of ``sparsecl._C``,
-  "triton" the Triton kernels in ``sparsecl.kernels``.
+  "triton" the Triton kernels in ``sparsecl.kernels``,
+  "aten"   the op's plain PyTorch formulation, its reference kernel (masked_linear: cuBLAS on
+           ``weight * mask``; the sparse ops: dense GEMM/conv on the densified weight).
 The choice is read when an op is called (at trace time under torch.compile).
 """
 import contextlib
 import threading
 
-BACKENDS = ("auto", "cuda", "triton")
+BACKENDS = ("auto", "cuda", "triton", "aten")
 
-# GPU default per op under "auto": "cuda" unless the Triton kernels were faster in most rows of the
-# GPU benchmark (bench/results/gpu-h100-2026-11-25: masked_linear 9.2 vs 103 ms summed over its rows,
-# unstructured conv 384 vs 431 ms). bsr_linear, csr_linear and block conv measured faster on "cuda".
-AUTO_DEFAULTS = {"masked_linear": "triton", "csr_conv2d": "triton"}
+# GPU default per op under "auto", from the H100 benchmark (bench/results/gpu-h100-2026-11-25): masked_linear
+# on cuBLAS with the masked weight (fwd 0.49 ms vs Triton 2.19 and CUDA C++ 34 ms at 4096x4096, T=4096),
+# unstructured conv on Triton (384 vs 431 ms summed over its rows); bsr_linear, csr_linear and block conv
+# measured faster on "cuda", the default where an op has no entry.
+AUTO_DEFAULTS = {"masked_linear": "aten", "csr_conv2d": "triton"}
 
 _state = threading.local()
 
@@ -50,16 +53,18 @@ def use_backend(name, op=None):
         _state.table = saved
 
 
-def use_triton(op, device):
-    """True when ``op`` on ``device`` should run its Triton implementation rather than the dispatcher's."""
+def gpu_backend(op, device):
+    """The backend ``op`` runs on for ``device``: "cuda", "triton" or "aten"; None for CPU tensors."""
     from . import _extension
     from .kernels_loader import triton_available
 
     if device.type != "cuda":
-        return False
+        return None
     name = get_backend(op)
     if name == "auto":
         name = AUTO_DEFAULTS.get(op, "cuda")
     if name == "cuda" and not _extension.HAS_CUDA_KERNELS:
         name = "triton"
-    return name == "triton" and triton_available()
+    if name == "triton" and not triton_available():
+        name = "cuda"
+    return name

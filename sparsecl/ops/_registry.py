@@ -1,21 +1,28 @@
-"""Shared plumbing for op modules: reference fallbacks, Triton registration and autocast."""
+"""Shared plumbing for op modules: reference kernels, Triton registration, backend choice and autocast."""
 import importlib
 
 import torch
 
 from .. import _extension
-from ..backend import use_triton
+from ..backend import gpu_backend
 from ..kernels_loader import triton_available
 
 
+# op name -> its pure-torch kernel: the "aten" GPU backend, and the kernels when the extension is missing
+_REFERENCES = {}
+
+
 def register_reference(op_name, fn):
-    """Use ``fn`` (pure torch) as the CPU and CUDA kernel of ``sparsecl::op_name`` when the extension is missing."""
+    """Record ``fn`` (pure torch) as the "aten" backend of ``sparsecl::op_name``, and use it as the op's CPU and
+    CUDA kernel when the extension is missing."""
+    _REFERENCES[op_name] = fn
     if not _extension.AVAILABLE:
         torch.library.impl(f"sparsecl::{op_name}", ("CPU", "CUDA"))(fn)
 
 
 class KernelSet:
-    """The kernels of one op family for a device: the dispatcher ops, or their Triton twins on CUDA.
+    """The kernels of one op family for a device: the dispatcher ops, or on CUDA their Triton twins or their
+    pure-torch references (the "aten" backend), as ``sparsecl.backend.gpu_backend`` chooses.
 
     specs: one (dispatcher op name, launcher name in ``sparsecl.kernels.<module>``, mutated args) per op.
     Each launcher becomes the op ``sparsecl::<name>_triton`` (``<name>_triton_`` for mutating ``<name>_``).
@@ -37,10 +44,13 @@ class KernelSet:
             for name, launcher, mutates in self.specs)
 
     def __call__(self, device):
-        if use_triton(self.op, device):
+        backend = gpu_backend(self.op, device)
+        if backend == "triton":
             if self._triton is None:
                 self._register_triton()
             return self._triton
+        if backend == "aten":
+            return tuple(_REFERENCES[name] for name, _, _ in self.specs)
         return tuple(getattr(torch.ops.sparsecl, name) for name, _, _ in self.specs)
 
 

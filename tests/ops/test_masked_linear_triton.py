@@ -3,13 +3,15 @@
 * Triton launchers (kernels/masked_linear.py) on CPU tensors in the interpreter: forward with the mask
   fused into the weight-tile loads, dX, dW exactly 0 outside grad_mask; edge shapes, densities 0..1,
   strided inputs, bad input.
-* On CUDA (skipped without a GPU): the CUDA C++ ops (torch.ops.sparsecl.masked_linear*) and the Triton
-  launchers for fp32/fp16/bf16 (and fp64).
+* The pure-torch kernels of the "aten" backend (the GPU default, cuBLAS on weight*mask) on CPU tensors.
+* On CUDA (skipped without a GPU): the CUDA C++ ops (torch.ops.sparsecl.masked_linear*), the Triton
+  launchers and the "aten" kernels for fp32/fp16/bf16 (and fp64).
 """
 import pytest
 import torch
 
 from sparsecl.kernels.masked_linear import masked_linear_dw, masked_linear_dx, masked_linear_forward
+from sparsecl.ops.masked_linear import _reference_dw, _reference_dx, _reference_forward
 
 from .._ref import assert_close, dispatcher_ops, noncontiguous
 
@@ -84,10 +86,19 @@ def test_triton_bad_input_raises():
 CUDA_SHAPES = [(1, 37, 23), (16, 200, 130), (129, 64, 64), (300, 129, 70)]
 
 
+ATEN = (_reference_forward, _reference_dx, _reference_dw)
 BACKENDS = {
     "cuda": dispatcher_ops("masked_linear", "masked_linear_dx", "masked_linear_dw"),
     "triton": (masked_linear_forward, masked_linear_dx, masked_linear_dw),
+    "aten": ATEN,
 }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T,in_f,out_f", SHAPES)
+@pytest.mark.parametrize("density", DENSITIES)
+def test_aten_kernels_match_dense(T, in_f, out_f, density, dtype, seed):
+    check_all(*ATEN, *random_case(T, in_f, out_f, density, "cpu", dtype), dtype)
 
 
 @pytest.mark.cuda
