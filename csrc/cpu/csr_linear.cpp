@@ -552,15 +552,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool* kp = keep.data_ptr<bool>();
   const int64_t* gp = grow.data_ptr<int64_t>();
   const int64_t g = grow.size(0);
-  for (int64_t r = 0; r < out_f; ++r)
-    for (int64_t k = rp[r] + 1; k < rp[r + 1]; ++k)
-      SPARSECL_CHECK(ci[k] > ci[k - 1], "col_idx must be strictly increasing within a row (row ", r, ")");
+  // Both merges run in parallel over rows (columns): each one's output segment starts at the prefix sum of
+  // the kept + grown entries before it, so rows (columns) write disjoint ranges.
+  constexpr int64_t kGrain = 256;
+  std::vector<int64_t> kept_in_row(out_f);
+  at::parallel_for(0, out_f, kGrain, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      int64_t kept_r = rp[r] < rp[r + 1] ? kp[rp[r]] : 0;
+      for (int64_t k = rp[r] + 1; k < rp[r + 1]; ++k) {
+        SPARSECL_CHECK(ci[k] > ci[k - 1], "col_idx must be strictly increasing within a row (row ", r, ")");
+        kept_r += kp[k];
+      }
+      kept_in_row[r] = kept_r;
+    }
+  });
   for (int64_t j = 0; j < g; ++j) {
     SPARSECL_CHECK(gp[j] >= 0 && gp[j] < out_f * in_f, "grow position ", gp[j], " outside [0, ", out_f * in_f, ")");
     SPARSECL_CHECK(j == 0 || gp[j] > gp[j - 1], "grow must be sorted without duplicates");
   }
   int64_t kept = 0;
-  for (int64_t k = 0; k < nnz; ++k) kept += kp[k];
+  for (int64_t r = 0; r < out_f; ++r) kept += kept_in_row[r];
   const int64_t n_new = kept + g;
   SPARSECL_CHECK(n_new <= std::numeric_limits<int32_t>::max(), "too many nonzeros for int32 indices");
   auto i32 = row_ptr.options();
@@ -571,28 +582,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   int32_t *o_trp = n_trp.data_ptr<int32_t>(), *o_tci = n_tci.data_ptr<int32_t>(), *o_tp = n_tp.data_ptr<int32_t>();
   int64_t* o_src = src.data_ptr<int64_t>();
   std::vector<int32_t> new_of_old(nnz, -1), new_of_grow(g);
-  // row-major merge: per row, surviving columns and grown columns are both sorted
-  int64_t n = 0, j = 0;
+  // grown entries per row: g_row[r]..g_row[r+1] (grow is sorted row-major)
+  std::vector<int64_t> g_row(out_f + 1, 0);
+  for (int64_t j = 0; j < g; ++j) ++g_row[gp[j] / in_f + 1];
+  for (int64_t r = 0; r < out_f; ++r) g_row[r + 1] += g_row[r];
   o_rp[0] = 0;
-  for (int64_t r = 0; r < out_f; ++r) {
-    int64_t k = rp[r];
-    const int64_t k_end = rp[r + 1];
-    while (true) {
-      while (k < k_end && !kp[k]) ++k;
-      const bool has_g = j < g && gp[j] / in_f == r;
-      if (k >= k_end && !has_g) break;
-      const int64_t gc = has_g ? gp[j] % in_f : std::numeric_limits<int64_t>::max();
-      if (k < k_end && ci[k] < gc) {
-        SPARSECL_CHECK(!has_g || ci[k] != gc, "grow position ", gp[j], " is already active");
-        o_ci[n] = ci[k], o_src[n] = k, new_of_old[k] = int32_t(n), ++k;
-      } else {
-        SPARSECL_CHECK(k >= k_end || ci[k] != gc, "grow position ", gp[j], " is already active");
-        o_ci[n] = int32_t(gc), o_src[n] = -1, new_of_grow[j] = int32_t(n), ++j;
+  for (int64_t r = 0; r < out_f; ++r) o_rp[r + 1] = int32_t(o_rp[r] + kept_in_row[r] + g_row[r + 1] - g_row[r]);
+  // row-major merge: per row, surviving columns and grown columns are both sorted
+  at::parallel_for(0, out_f, kGrain, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      int64_t k = rp[r], j = g_row[r], n = o_rp[r];
+      const int64_t k_end = rp[r + 1], j_end = g_row[r + 1];
+      while (true) {
+        while (k < k_end && !kp[k]) ++k;
+        const bool has_g = j < j_end;
+        if (k >= k_end && !has_g) break;
+        const int64_t gc = has_g ? gp[j] % in_f : std::numeric_limits<int64_t>::max();
+        if (k < k_end && ci[k] < gc) {
+          o_ci[n] = ci[k], o_src[n] = k, new_of_old[k] = int32_t(n), ++k;
+        } else {
+          SPARSECL_CHECK(k >= k_end || ci[k] != gc, "grow position ", gp[j], " is already active");
+          o_ci[n] = int32_t(gc), o_src[n] = -1, new_of_grow[j] = int32_t(n), ++j;
+        }
+        o_ri[n++] = int32_t(r);
       }
-      o_ri[n++] = int32_t(r);
     }
-    o_rp[r + 1] = int32_t(n);
-  }
+  });
   // grown entries bucketed by column (rows stay increasing: grow is row-major sorted)
   std::vector<int64_t> g_off(in_f + 1, 0), g_order(g);
   for (int64_t q = 0; q < g; ++q) ++g_off[gp[q] % in_f + 1];
@@ -601,34 +616,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     std::vector<int64_t> fill(g_off.begin(), g_off.end() - 1);
     for (int64_t q = 0; q < g; ++q) g_order[fill[gp[q] % in_f]++] = q;
   }
-  // column-major merge by row. The transposed input is trusted only as far as it agrees with the (checked)
+  // column-major merge. The transposed input is trusted only as far as it agrees with the (checked)
   // row-major one: each kept entry must land in its own column and row, rows strictly increasing per column,
   // and exactly n_new entries in all; otherwise (e.g. t_perm not a permutation) the writes would overrun.
   const char* bad_t = "t_row_ptr/t_col_idx/t_perm do not match row_ptr/col_idx (not the transposed index)";
-  n = 0;
+  std::vector<int64_t> kept_in_col(in_f);
+  at::parallel_for(0, in_f, kGrain, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      int64_t kept_c = 0;
+      for (int64_t t = trp[c]; t < trp[c + 1]; ++t) kept_c += kp[tp[t]];
+      kept_in_col[c] = kept_c;
+    }
+  });
   o_trp[0] = 0;
   for (int64_t c = 0; c < in_f; ++c) {
-    int64_t t = trp[c], q = g_off[c];
-    const int64_t t_end = trp[c + 1], q_end = g_off[c + 1], col_start = n;
-    while (true) {
-      while (t < t_end && !kp[tp[t]]) ++t;
-      if (t >= t_end && q >= q_end) break;
-      const int64_t g_row = q < q_end ? gp[g_order[q]] / in_f : std::numeric_limits<int64_t>::max();
-      const bool old = t < t_end && tci[t] < g_row;
-      const int64_t row = old ? tci[t] : g_row;
-      SPARSECL_CHECK(n < n_new && (n == col_start || o_tci[n - 1] < row), bad_t);
-      if (old) {
-        const int32_t nk = new_of_old[tp[t]];
-        SPARSECL_CHECK(o_ci[nk] == c && o_ri[nk] == row, bad_t);
-        o_tci[n] = tci[t], o_tp[n] = nk, ++t;
-      } else {
-        o_tci[n] = int32_t(g_row), o_tp[n] = new_of_grow[g_order[q]], ++q;
-      }
-      ++n;
-    }
-    o_trp[c + 1] = int32_t(n);
+    const int64_t end = o_trp[c] + kept_in_col[c] + g_off[c + 1] - g_off[c];
+    SPARSECL_CHECK(end <= n_new, bad_t);
+    o_trp[c + 1] = int32_t(end);
   }
-  SPARSECL_CHECK(n == n_new, bad_t);
+  SPARSECL_CHECK(o_trp[in_f] == n_new, bad_t);
+  at::parallel_for(0, in_f, kGrain, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      int64_t t = trp[c], q = g_off[c], n = o_trp[c];
+      const int64_t t_end = trp[c + 1], q_end = g_off[c + 1], col_start = n;
+      while (true) {
+        while (t < t_end && !kp[tp[t]]) ++t;
+        if (t >= t_end && q >= q_end) break;
+        const int64_t g_row_q = q < q_end ? gp[g_order[q]] / in_f : std::numeric_limits<int64_t>::max();
+        const bool old = t < t_end && tci[t] < g_row_q;
+        const int64_t row = old ? tci[t] : g_row_q;
+        SPARSECL_CHECK(n == col_start || o_tci[n - 1] < row, bad_t);
+        if (old) {
+          const int32_t nk = new_of_old[tp[t]];
+          SPARSECL_CHECK(nk >= 0 && o_ci[nk] == c && o_ri[nk] == row, bad_t);
+          o_tci[n] = tci[t], o_tp[n] = nk, ++t;
+        } else {
+          o_tci[n] = int32_t(g_row_q), o_tp[n] = new_of_grow[g_order[q]], ++q;
+        }
+        ++n;
+      }
+    }
+  });
   return {n_rp, n_ci, n_ri, n_trp, n_tci, n_tp, src};
 }
 
