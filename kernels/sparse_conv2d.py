@@ -43,6 +43,12 @@ CSR_META_INTERPRET = {"BLOCK_P": 32, "NZ": 16}
 
 
 @triton.jit
+def _pixel(offs_p, H, W):
+    """(n, h, w) of flat NHW pixel indices offs_p over H x W planes; n widened to int64 for addressing."""
+    return (offs_p // (W * H)).to(tl.int64), (offs_p // W) % H, offs_p % W
+
+
+@triton.jit
 def _block_gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
                      HA, WA, CK, CN, HD, WD, n_pix,
                      sa_n, sa_c, sa_h, sa_w, so_n, so_c, so_h, so_w,
@@ -60,9 +66,7 @@ def _block_gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_b = tl.arange(0, B)
     mask_p = offs_p < n_pix
-    wd = offs_p % WD
-    hd = (offs_p // WD) % HD
-    n = (offs_p // (WD * HD)).to(tl.int64)
+    n, hd, wd = _pixel(offs_p, HD, WD)
     n0 = nb * B
     mask_n = (n0 + offs_b) < CN
     ACC = tl.float64 if FP64 else tl.float32
@@ -131,9 +135,7 @@ def _block_dw(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr,
     for p0 in range(0, n_pix, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < n_pix
-        wo = offs_p % WO
-        ho = (offs_p // WO) % HO
-        n = (offs_p // (WO * HO)).to(tl.int64)
+        n, ho, wo = _pixel(offs_p, HO, WO)
         h = ho * SH - PH + r * DH
         w = wo * SW - PW + s * DW
         ok = mask_p & (h >= 0) & (h < H) & (w >= 0) & (w < W)
@@ -157,9 +159,7 @@ def _csr_fwd(x_ptr, v_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr,
     o = tl.program_id(0)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < n_pix
-    wo = offs_p % WO
-    ho = (offs_p // WO) % HO
-    n = (offs_p // (WO * HO)).to(tl.int64)
+    n, ho, wo = _pixel(offs_p, HO, WO)
     hb = ho * SH - PH
     wb = wo * SW - PW
     x_pix = x_ptr + n * sx_n
@@ -195,9 +195,7 @@ def _csr_dx(g_ptr, v_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
     i = tl.program_id(0)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < n_pix
-    w = offs_p % W
-    h = (offs_p // W) % H
-    n = (offs_p // (W * H)).to(tl.int64)
+    n, h, w = _pixel(offs_p, H, W)
     g_pix = g_ptr + n * sg_n
     acc = tl.zeros((BLOCK_P,), dtype=tl.float64 if FP64 else tl.float32)
     for t in tl.static_range(KH * KW):
@@ -237,9 +235,7 @@ def _csr_dw(g_ptr, x_ptr, out_ptr, row_idx_ptr, col_idx_ptr, nnz,
     for p0 in range(0, n_pix, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < n_pix
-        wo = offs_p % WO
-        ho = (offs_p // WO) % HO
-        n = (offs_p // (WO * HO)).to(tl.int64)
+        n, ho, wo = _pixel(offs_p, HO, WO)
         h = (ho * SH - PH)[:, None] + (r * DH)[None, :]
         w = (wo * SW - PW)[:, None] + (s * DW)[None, :]
         m = mask_p[:, None] & mj[None, :]
