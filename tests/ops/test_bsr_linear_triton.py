@@ -21,21 +21,10 @@ from sparsecl.kernels_loader import triton_available
 from sparsecl.ops import bsr_linear
 
 from .._ref import assert_close, noncontiguous
+from ._gpu import BACKENDS, interpreter, needs_cuda, skip_unusable
 from .test_bsr_linear import make_layout
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not usable here")
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-interpreter = pytest.mark.skipif(not INTERPRET, reason="interpreter tests need TRITON_INTERPRET=1")
-BACKENDS = [pytest.param("cuda", id="be_cuda"), pytest.param("triton", id="be_triton")]
-
-
-def _skip_unusable(backend):
-    if backend == "cuda" and not sparsecl.build_info().get("cuda"):
-        pytest.skip("extension built without CUDA kernels")
-    if backend == "triton" and INTERPRET:
-        pytest.skip("TRITON_INTERPRET=1 would run Triton in the interpreter; run with TRITON_INTERPRET=0")
 
 
 def _kernels():
@@ -170,7 +159,7 @@ GPU_SHAPES = [pytest.param(1, 64, 64, id="T1"), pytest.param(257, 200, 300, id="
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_backend_matches_dense(backend, dtype, B, T, in_f, out_f, density, seed):
-    _skip_unusable(backend)
+    skip_unusable(backend)
     x, values, layout = _case(T, in_f, out_f, density, B, dtype, "cuda", poison_padding=False)
     bias = torch.randn(out_f, dtype=dtype, device="cuda")
     x.requires_grad_(True)
@@ -193,7 +182,7 @@ def test_gpu_backend_matches_dense(backend, dtype, B, T, in_f, out_f, density, s
 @needs_cuda
 def test_gpu_launchers_padding_never_read(dtype, seed):
     """NaN in the padding of edge blocks must not leak; strided x; padding gradient written 0."""
-    _skip_unusable("triton")
+    skip_unusable("triton")
     x, values, layout = _case(45, 70, 90, 0.5, 32, dtype, "cuda")
     g = torch.randn(45, 90, dtype=dtype, device="cuda")
     got = _run_launchers(noncontiguous(x), values, layout, None, g)
@@ -207,7 +196,7 @@ def test_gpu_launchers_padding_never_read(dtype, seed):
 @needs_cuda
 def test_gpu_backend_padding_never_read(backend, dtype, seed):
     """Through the op: NaN padding in edge blocks leaks into neither y nor dX."""
-    _skip_unusable(backend)
+    skip_unusable(backend)
     x, values, layout = _case(45, 70, 90, 0.5, 32, dtype, "cuda")
     x.requires_grad_(True)
     g = torch.randn(45, 90, dtype=dtype, device="cuda")
@@ -223,7 +212,7 @@ def test_gpu_backend_padding_never_read(backend, dtype, seed):
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_autocast(backend, seed):
-    _skip_unusable(backend)
+    skip_unusable(backend)
     layer = sparsecl.nn.BlockSparseLinear(96, 80, density=0.5, block_size=32, device="cuda")
     x = torch.randn(4, 7, 96, device="cuda", requires_grad=True)
     with sparsecl.use_backend(backend, "bsr_linear"), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -240,7 +229,7 @@ def test_gpu_autocast(backend, seed):
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_compile_fullgraph(backend, seed):
-    _skip_unusable(backend)
+    skip_unusable(backend)
     layer = sparsecl.nn.BlockSparseLinear(128, 96, density=0.5, block_size=32, device="cuda")
     x = torch.randn(3, 5, 128, device="cuda", requires_grad=True)
     with sparsecl.use_backend(backend, "bsr_linear"):

@@ -24,14 +24,10 @@ from sparsecl.kernels_loader import triton_available
 from sparsecl.ops import bsr_conv2d, csr_conv2d
 
 from .._ref import assert_close, noncontiguous
+from ._gpu import BACKENDS, interpreter, needs_cuda, skip_unusable
 from .test_sparse_conv2d import _bsr_dense, _pair
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not usable here")
-CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-interpreter = pytest.mark.skipif(not INTERPRET, reason="interpreter tests need TRITON_INTERPRET=1")
-BACKENDS = [pytest.param("cuda", id="be_cuda"), pytest.param("triton", id="be_triton")]
 FORMATS = [pytest.param(torch.contiguous_format, id="nchw"), pytest.param(torch.channels_last, id="nhwc")]
 
 
@@ -39,13 +35,6 @@ def _k():
     from sparsecl.kernels import sparse_conv2d as k
 
     return k
-
-
-def _skip_unusable(backend):
-    if backend == "cuda" and not sparsecl.build_info().get("cuda"):
-        pytest.skip("extension built without CUDA kernels")
-    if backend == "triton" and INTERPRET:
-        pytest.skip("TRITON_INTERPRET=1 would run Triton in the interpreter; run with TRITON_INTERPRET=0")
 
 
 def _case(geom, density, structure, dtype, fmt, B=16, device="cpu", poison_padding=True):
@@ -311,7 +300,7 @@ def _gpu_check(backend, structure, geom, density, dtype, fmt, B=32):
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_backend_matches_dense(backend, structure, dtype, geom, density, fmt, seed):
-    _skip_unusable(backend)
+    skip_unusable(backend)
     _gpu_check(backend, structure, geom, density, dtype, fmt)
 
 
@@ -320,7 +309,7 @@ def test_gpu_backend_matches_dense(backend, structure, dtype, geom, density, fmt
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_block_sizes(backend, B, seed):
-    _skip_unusable(backend)
+    skip_unusable(backend)
     _gpu_check(backend, "block", (2, 70, 45, 7, 9, 3, 1, 1, 1), 0.5, torch.float16, torch.channels_last, B=B)
 
 
@@ -330,7 +319,7 @@ def test_gpu_block_sizes(backend, B, seed):
 @needs_cuda
 def test_gpu_padding_never_read_and_strided(backend, structure, seed):
     """NaN in edge-block padding leaks into neither y nor dX; a strided x is read in place."""
-    _skip_unusable(backend)
+    skip_unusable(backend)
     geom = (2, 40, 45, 9, 7, 3, 1, 1, 1)
     x, values, layout, w = _case(geom, 0.5, structure, torch.float32, torch.contiguous_format, B=32, device="cuda")
     xs = noncontiguous(x).requires_grad_(True)
@@ -348,7 +337,7 @@ def test_gpu_padding_never_read_and_strided(backend, structure, seed):
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_cuda_opcheck(seed):
-    _skip_unusable("cuda")
+    skip_unusable("cuda")
     geom = [2, 1], [1, 1], [1, 2]
     ops = torch.ops.sparsecl
     for fmt in (torch.contiguous_format, torch.channels_last):
@@ -375,7 +364,7 @@ def test_gpu_cuda_opcheck(seed):
 @needs_cuda
 def test_gpu_cuda_deterministic(seed):
     """The CUDA C++ kernels use no atomics: two runs give bit-identical results."""
-    _skip_unusable("cuda")
+    skip_unusable("cuda")
     geom = (4, 64, 64, 14, 14, 3, 1, 1, 1)
     for structure in ("block", "unstructured"):
         x, values, layout, _ = _case(geom, 0.3, structure, torch.float16, torch.channels_last, B=32, device="cuda",
@@ -398,7 +387,7 @@ def test_gpu_cuda_deterministic(seed):
 @pytest.mark.cuda
 @needs_cuda
 def test_gpu_compile_fullgraph(backend, seed):
-    _skip_unusable(backend)
+    skip_unusable(backend)
     geom = (2, 24, 40, 9, 9, 3, 1, 1, 1)
     x, values, layout, _ = _case(geom, 0.5, "block", torch.float32, torch.channels_last, B=16, device="cuda",
                                  poison_padding=False)
