@@ -36,6 +36,13 @@ def _as_index(t, name):
 
 def _transpose_index(row_ptr, col_idx, n_cols):
     """(row_idx, t_row_ptr, t_col_idx, t_perm) for a CSR index; stable, so rows stay sorted per column."""
+    if row_ptr.device.type == "cpu" and _extension.AVAILABLE:  # one counting-sort pass in C++
+        return torch.ops.sparsecl.csr_transpose(row_ptr, col_idx, n_cols)
+    return _transpose_index_torch(row_ptr, col_idx, n_cols)
+
+
+def _transpose_index_torch(row_ptr, col_idx, n_cols):
+    """``_transpose_index`` in torch ops (any device; the reference for the C++ csr_transpose)."""
     n_rows = row_ptr.numel() - 1
     counts = (row_ptr[1:] - row_ptr[:-1]).long()
     row_idx = torch.repeat_interleave(torch.arange(n_rows, device=row_ptr.device), counts)
@@ -300,8 +307,7 @@ class CSRLayout:
             grow = grow.sort().values
         if self.device.type == "cpu" and _extension.AVAILABLE:  # one merge pass in C++, which also validates
             try:
-                *index, src = torch.ops.sparsecl.csr_update(self.row_ptr, self.col_idx, self.t_row_ptr,
-                                                            self.t_col_idx, self.t_perm, keep.contiguous(),
+                *index, src = torch.ops.sparsecl.csr_update(self.row_ptr, self.col_idx, in_f, keep.contiguous(),
                                                             grow.contiguous())
             except RuntimeError as exc:
                 raise ValueError(f"CSRLayout.update: {str(exc).splitlines()[0]}") from None

@@ -5,6 +5,7 @@ import torch
 
 import sparsecl
 from sparsecl import CSRLayout
+from sparsecl.formats import _transpose_index_torch
 
 
 def assert_same_layout(a, b):
@@ -167,11 +168,51 @@ def test_csr_update_opcheck(seed):
     keep = torch.rand(layout.nnz) < 0.7
     free = (~layout.mask()).flatten().nonzero().squeeze(1)
     grow = free[torch.randperm(free.numel())[:4]].sort().values
-    args = (layout.row_ptr, layout.col_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, keep, grow)
+    args = (layout.row_ptr, layout.col_idx, 11, keep, grow)
     torch.library.opcheck(torch.ops.sparsecl.csr_update.default, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     with pytest.raises(RuntimeError, match="sorted"):
-        torch.ops.sparsecl.csr_update(*args[:6], grow.flip(0).contiguous())
+        torch.ops.sparsecl.csr_update(*args[:4], grow.flip(0).contiguous())
+    with pytest.raises(RuntimeError, match="col_idx"):
+        torch.ops.sparsecl.csr_update(*args[:2], 5, *args[3:])
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (1, 1), (5, 0), (0, 7), (13, 29), (300, 7), (2, 1000)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_csr_transpose_matches_torch(shape, density, threads, seed):
+    """The C++ counting-sort transpose equals the torch argsort construction, for any thread count (the
+    row ranges split per thread must not change the order); rows need not be sorted within a row."""
+    layout = CSRLayout.random(shape, density)
+    ci = layout.col_idx.clone()
+    for r in range(shape[0]):  # shuffle each row's columns
+        a, b = int(layout.row_ptr[r]), int(layout.row_ptr[r + 1])
+        ci[a:b] = ci[a:b][torch.randperm(b - a)]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.ops.sparsecl.csr_transpose(layout.row_ptr, ci, shape[1])
+    finally:
+        torch.set_num_threads(old)
+    ref = _transpose_index_torch(layout.row_ptr, ci, shape[1])
+    for o, r, name in zip(out, ref, ("row_idx", "t_row_ptr", "t_col_idx", "t_perm")):
+        assert o.dtype == torch.int32 and torch.equal(o, r), name
+
+
+def test_csr_transpose_opcheck_and_bad_input(seed):
+    layout = CSRLayout.random((9, 11), 0.3)
+    args = (layout.row_ptr, layout.col_idx, 11)
+    torch.library.opcheck(torch.ops.sparsecl.csr_transpose.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    op = torch.ops.sparsecl.csr_transpose
+    with pytest.raises(RuntimeError, match="col_idx"):
+        op(layout.row_ptr, layout.col_idx, 3)
+    with pytest.raises(RuntimeError, match="int32"):
+        op(layout.row_ptr.long(), layout.col_idx, 11)
+    with pytest.raises(RuntimeError, match="row_ptr"):
+        op(layout.row_ptr[:-1], layout.col_idx, 11)
+    with pytest.raises(RuntimeError, match="n_cols"):
+        op(layout.row_ptr, layout.col_idx, -1)
 
 
 @pytest.mark.parametrize("shape,density,n", [((13, 29), 0.3, 10), ((1, 50), 0.1, 5), ((64, 80), 0.05, 200),

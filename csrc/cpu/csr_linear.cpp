@@ -21,6 +21,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -522,38 +523,93 @@ at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   return dv;
 }
 
-// Incremental topology change of a CSR layout (see CSRLayout.update): drop the entries with keep=false,
-// insert the sorted, new flat positions `grow` (row * in + col), and rebuild both the row-major and the
-// transposed index by merging sorted lists in one O(nnz + g + rows + cols) pass each.
-// Returns (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm, src); src[new] = old index or -1.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_update_cpu(
-    const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& t_row_ptr, const at::Tensor& t_col_idx,
-    const at::Tensor& t_perm, const at::Tensor& keep, const at::Tensor& grow) {
+// Column-major (transposed) index of a CSR index by a stable counting sort over columns, so rows stay
+// increasing within each column: o_trp [in_f + 1], o_tci [nnz] (row of each transposed entry), o_tp [nnz]
+// (its row-major entry index), and o_ri [nnz] (row of each entry) unless null. Rows are split into one
+// range per thread; a range's entries go after those of earlier ranges in every column, so the result
+// does not depend on the thread count.
+void transpose_csr(const int32_t* rp, const int32_t* ci, int64_t out_f, int64_t in_f, int32_t* o_ri,
+                   int32_t* o_trp, int32_t* o_tci, int32_t* o_tp) {
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), out_f / 64));
+  std::vector<int64_t> offset(size_t(parts * in_f), 0);  // per range: entries per column, then write offsets
+  auto rows_of = [&](int64_t p) { return std::make_pair(out_f * p / parts, out_f * (p + 1) / parts); };
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t* count = offset.data() + p * in_f;
+      const auto [r0, r1] = rows_of(p);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k) {
+          ++count[ci[k]];
+          if (o_ri) o_ri[k] = int32_t(r);
+        }
+    }
+  });
+  int64_t start = 0;
+  o_trp[0] = 0;
+  for (int64_t c = 0; c < in_f; ++c) {
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t n = offset[p * in_f + c];
+      offset[p * in_f + c] = start;
+      start += n;
+    }
+    o_trp[c + 1] = int32_t(start);
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t* next = offset.data() + p * in_f;
+      const auto [r0, r1] = rows_of(p);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k) {
+          const int64_t t = next[ci[k]]++;
+          o_tci[t] = int32_t(r), o_tp[t] = int32_t(k);
+        }
+    }
+  });
+}
+
+// (row_idx, t_row_ptr, t_col_idx, t_perm) of a CSR index with n_cols columns (see CSRLayout).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_transpose_cpu(const at::Tensor& row_ptr,
+                                                                             const at::Tensor& col_idx,
+                                                                             int64_t n_cols) {
   check_index(row_ptr, "row_ptr", col_idx);
   check_index(col_idx, "col_idx", col_idx);
-  check_index(t_row_ptr, "t_row_ptr", col_idx);
-  check_index(t_col_idx, "t_col_idx", col_idx);
-  check_index(t_perm, "t_perm", col_idx);
-  const int64_t out_f = row_ptr.size(0) - 1, in_f = t_row_ptr.size(0) - 1, nnz = col_idx.size(0);
-  SPARSECL_CHECK(out_f >= 0 && in_f >= 0, "row_ptr and t_row_ptr must have at least one entry");
-  SPARSECL_CHECK(t_col_idx.size(0) == nnz && t_perm.size(0) == nnz, "transposed index must have nnz entries");
+  SPARSECL_CHECK(row_ptr.size(0) >= 1, "row_ptr must have at least one entry");
+  SPARSECL_CHECK(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  const int64_t out_f = row_ptr.size(0) - 1, nnz = col_idx.size(0);
+  check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
+  check_ids_below(col_idx, n_cols, "col_idx");
+  auto i32 = row_ptr.options();
+  auto ri = at::empty({nnz}, i32), trp = at::empty({n_cols + 1}, i32), tci = at::empty({nnz}, i32),
+       tp = at::empty({nnz}, i32);
+  transpose_csr(row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), out_f, n_cols, ri.data_ptr<int32_t>(),
+                trp.data_ptr<int32_t>(), tci.data_ptr<int32_t>(), tp.data_ptr<int32_t>());
+  return {ri, trp, tci, tp};
+}
+
+// Incremental topology change of a CSR layout with in_f columns (see CSRLayout.update): drop the entries
+// with keep=false and insert the sorted, new flat positions `grow` (row * in_f + col) by merging sorted
+// lists per row, O(nnz + g + rows); the transposed index is then rebuilt by transpose_csr, O(nnz + cols).
+// Returns (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm, src); src[new] = old index or -1.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_update_cpu(
+    const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_f, const at::Tensor& keep,
+    const at::Tensor& grow) {
+  check_index(row_ptr, "row_ptr", col_idx);
+  check_index(col_idx, "col_idx", col_idx);
+  const int64_t out_f = row_ptr.size(0) - 1, nnz = col_idx.size(0);
+  SPARSECL_CHECK(out_f >= 0, "row_ptr must have at least one entry");
+  SPARSECL_CHECK(in_f >= 0, "in_features must be >= 0, got ", in_f);
   SPARSECL_CHECK(keep.scalar_type() == at::kBool && keep.dim() == 1 && keep.size(0) == nnz && keep.is_contiguous(),
                  "keep must be a contiguous bool [nnz] tensor");
   SPARSECL_CHECK(grow.scalar_type() == at::kLong && grow.dim() == 1 && grow.is_contiguous(),
                  "grow must be a contiguous int64 1-D tensor");
   check_ptr_array(row_ptr, out_f, nnz, "row_ptr");
-  check_ptr_array(t_row_ptr, in_f, nnz, "t_row_ptr");
   check_ids_below(col_idx, in_f, "col_idx");
-  check_ids_below(t_col_idx, out_f, "t_col_idx");
-  check_ids_below(t_perm, nnz, "t_perm");
   const int32_t *rp = row_ptr.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
-  const int32_t *trp = t_row_ptr.data_ptr<int32_t>(), *tci = t_col_idx.data_ptr<int32_t>();
-  const int32_t* tp = t_perm.data_ptr<int32_t>();
   const bool* kp = keep.data_ptr<bool>();
   const int64_t* gp = grow.data_ptr<int64_t>();
   const int64_t g = grow.size(0);
-  // Both merges run in parallel over rows (columns): each one's output segment starts at the prefix sum of
-  // the kept + grown entries before it, so rows (columns) write disjoint ranges.
+  // The merge runs in parallel over rows: each row's output segment starts at the prefix sum of the kept +
+  // grown entries before it, so rows write disjoint ranges.
   constexpr int64_t kGrain = 256;
   std::vector<int64_t> kept_in_row(out_f);
   at::parallel_for(0, out_f, kGrain, [&](int64_t r_begin, int64_t r_end) {
@@ -578,85 +634,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto n_rp = at::empty({out_f + 1}, i32), n_ci = at::empty({n_new}, i32), n_ri = at::empty({n_new}, i32);
   auto n_trp = at::empty({in_f + 1}, i32), n_tci = at::empty({n_new}, i32), n_tp = at::empty({n_new}, i32);
   auto src = at::empty({n_new}, grow.options());
-  int32_t *o_rp = n_rp.data_ptr<int32_t>(), *o_ci = n_ci.data_ptr<int32_t>(), *o_ri = n_ri.data_ptr<int32_t>();
-  int32_t *o_trp = n_trp.data_ptr<int32_t>(), *o_tci = n_tci.data_ptr<int32_t>(), *o_tp = n_tp.data_ptr<int32_t>();
+  int32_t *o_rp = n_rp.data_ptr<int32_t>(), *o_ci = n_ci.data_ptr<int32_t>();
   int64_t* o_src = src.data_ptr<int64_t>();
-  std::vector<int32_t> new_of_old(nnz, -1), new_of_grow(g);
   // grown entries per row: g_row[r]..g_row[r+1] (grow is sorted row-major)
   std::vector<int64_t> g_row(out_f + 1, 0);
   for (int64_t j = 0; j < g; ++j) ++g_row[gp[j] / in_f + 1];
   for (int64_t r = 0; r < out_f; ++r) g_row[r + 1] += g_row[r];
   o_rp[0] = 0;
   for (int64_t r = 0; r < out_f; ++r) o_rp[r + 1] = int32_t(o_rp[r] + kept_in_row[r] + g_row[r + 1] - g_row[r]);
-  // row-major merge: per row, surviving columns and grown columns are both sorted
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
   at::parallel_for(0, out_f, kGrain, [&](int64_t r_begin, int64_t r_end) {
     for (int64_t r = r_begin; r < r_end; ++r) {
       int64_t k = rp[r], j = g_row[r], n = o_rp[r];
-      const int64_t k_end = rp[r + 1], j_end = g_row[r + 1];
+      const int64_t k_end = rp[r + 1], j_end = g_row[r + 1], row_base = r * in_f;
+      int64_t gc = j < j_end ? gp[j] - row_base : kNone;  // column of the next grown entry
       while (true) {
         while (k < k_end && !kp[k]) ++k;
-        const bool has_g = j < j_end;
-        if (k >= k_end && !has_g) break;
-        const int64_t gc = has_g ? gp[j] % in_f : std::numeric_limits<int64_t>::max();
+        if (k >= k_end && gc == kNone) break;
         if (k < k_end && ci[k] < gc) {
-          o_ci[n] = ci[k], o_src[n] = k, new_of_old[k] = int32_t(n), ++k;
+          o_ci[n] = ci[k], o_src[n++] = k++;
         } else {
           SPARSECL_CHECK(k >= k_end || ci[k] != gc, "grow position ", gp[j], " is already active");
-          o_ci[n] = int32_t(gc), o_src[n] = -1, new_of_grow[j] = int32_t(n), ++j;
+          o_ci[n] = int32_t(gc), o_src[n++] = -1;
+          ++j;
+          gc = j < j_end ? gp[j] - row_base : kNone;
         }
-        o_ri[n++] = int32_t(r);
       }
     }
   });
-  // grown entries bucketed by column (rows stay increasing: grow is row-major sorted)
-  std::vector<int64_t> g_off(in_f + 1, 0), g_order(g);
-  for (int64_t q = 0; q < g; ++q) ++g_off[gp[q] % in_f + 1];
-  for (int64_t c = 0; c < in_f; ++c) g_off[c + 1] += g_off[c];
-  {
-    std::vector<int64_t> fill(g_off.begin(), g_off.end() - 1);
-    for (int64_t q = 0; q < g; ++q) g_order[fill[gp[q] % in_f]++] = q;
-  }
-  // column-major merge. The transposed input is trusted only as far as it agrees with the (checked)
-  // row-major one: each kept entry must land in its own column and row, rows strictly increasing per column,
-  // and exactly n_new entries in all; otherwise (e.g. t_perm not a permutation) the writes would overrun.
-  const char* bad_t = "t_row_ptr/t_col_idx/t_perm do not match row_ptr/col_idx (not the transposed index)";
-  std::vector<int64_t> kept_in_col(in_f);
-  at::parallel_for(0, in_f, kGrain, [&](int64_t c_begin, int64_t c_end) {
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      int64_t kept_c = 0;
-      for (int64_t t = trp[c]; t < trp[c + 1]; ++t) kept_c += kp[tp[t]];
-      kept_in_col[c] = kept_c;
-    }
-  });
-  o_trp[0] = 0;
-  for (int64_t c = 0; c < in_f; ++c) {
-    const int64_t end = o_trp[c] + kept_in_col[c] + g_off[c + 1] - g_off[c];
-    SPARSECL_CHECK(end <= n_new, bad_t);
-    o_trp[c + 1] = int32_t(end);
-  }
-  SPARSECL_CHECK(o_trp[in_f] == n_new, bad_t);
-  at::parallel_for(0, in_f, kGrain, [&](int64_t c_begin, int64_t c_end) {
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      int64_t t = trp[c], q = g_off[c], n = o_trp[c];
-      const int64_t t_end = trp[c + 1], q_end = g_off[c + 1], col_start = n;
-      while (true) {
-        while (t < t_end && !kp[tp[t]]) ++t;
-        if (t >= t_end && q >= q_end) break;
-        const int64_t g_row_q = q < q_end ? gp[g_order[q]] / in_f : std::numeric_limits<int64_t>::max();
-        const bool old = t < t_end && tci[t] < g_row_q;
-        const int64_t row = old ? tci[t] : g_row_q;
-        SPARSECL_CHECK(n == col_start || o_tci[n - 1] < row, bad_t);
-        if (old) {
-          const int32_t nk = new_of_old[tp[t]];
-          SPARSECL_CHECK(nk >= 0 && o_ci[nk] == c && o_ri[nk] == row, bad_t);
-          o_tci[n] = tci[t], o_tp[n] = nk, ++t;
-        } else {
-          o_tci[n] = int32_t(g_row_q), o_tp[n] = new_of_grow[g_order[q]], ++q;
-        }
-        ++n;
-      }
-    }
-  });
+  transpose_csr(o_rp, o_ci, out_f, in_f, n_ri.data_ptr<int32_t>(), n_trp.data_ptr<int32_t>(),
+                n_tci.data_ptr<int32_t>(), n_tp.data_ptr<int32_t>());
   return {n_rp, n_ci, n_ri, n_trp, n_tci, n_tp, src};
 }
 
@@ -711,6 +718,7 @@ std::tuple<at::Tensor, at::Tensor> csr_mask_delta_cpu(const at::Tensor& row_ptr,
 
 TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
   m.impl("csr_update", &csr_update_cpu);
+  m.impl("csr_transpose", &csr_transpose_cpu);
   m.impl("csr_mask_delta", &csr_mask_delta_cpu);
   m.impl("csr_linear", &csr_linear_cpu);
   m.impl("csr_linear_dx", &csr_linear_dx_cpu);

@@ -209,16 +209,24 @@ def _(grad_out, x, mask, grad_weight, stride, padding, dilation):
     _check_slim(x, grad_weight, mask, 4)
 
 
-# csr_update: incremental CSRLayout topology change (drop by keep, insert sorted grow positions) -------
+# csr_update / csr_transpose: incremental CSRLayout topology change and the transposed index ------------
 
 
 @torch.library.register_fake("sparsecl::csr_update")
-def _(row_ptr, col_idx, t_row_ptr, t_col_idx, t_perm, keep, grow):
+def _(row_ptr, col_idx, in_features, keep, grow):
     torch._check(keep.dtype == torch.bool and keep.shape == col_idx.shape, lambda: "keep must be bool [nnz]")
     torch._check(grow.dtype == torch.int64 and grow.dim() == 1, lambda: "grow must be int64 1-D")
     n_new = torch.library.get_ctx().new_dynamic_size()
-    idx = [col_idx.new_empty((n,)) for n in (row_ptr.shape[0], n_new, n_new, t_row_ptr.shape[0], n_new, n_new)]
+    idx = [col_idx.new_empty((n,)) for n in (row_ptr.shape[0], n_new, n_new, in_features + 1, n_new, n_new)]
     return (*idx, grow.new_empty((n_new,)))
+
+
+@torch.library.register_fake("sparsecl::csr_transpose")
+def _(row_ptr, col_idx, n_cols):
+    torch._check(row_ptr.dtype == torch.int32 and col_idx.dtype == torch.int32, lambda: "indices must be int32")
+    nnz = col_idx.shape[0]
+    return col_idx.new_empty((nnz,)), row_ptr.new_empty((n_cols + 1,)), col_idx.new_empty((nnz,)), \
+        col_idx.new_empty((nnz,))
 
 
 @torch.library.register_fake("sparsecl::csr_mask_delta")

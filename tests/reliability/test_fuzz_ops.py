@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sparsecl
-from sparsecl.formats import BlockSparseLayout, CSRLayout
+from sparsecl.formats import BlockSparseLayout, CSRLayout, _transpose_index_torch
 
 # the op modules (sparsecl.ops re-exports functions of the same names)
 bl, cl, ml, sl, sc = (importlib.import_module(f"sparsecl.ops.{m}") for m in
@@ -63,7 +63,8 @@ def _cases():
                              sl._reference_conv2d),
         "slimmable_conv2d_dx": ((r(2, 3, 5, 5), r(4, 5, 3, 3), None, [2, 3, 5, 5], S, P, D), sl._reference_conv2d_dx),
         "slimmable_conv2d_dw_": ((r(2, 3, 5, 5), r(2, 3, 5, 5), None, r(4, 5, 3, 3), S, P, D), None),
-        "csr_update": ((*b(csr), *t(csr), keep, free), None),
+        "csr_update": ((*b(csr), 9, keep, free), None),
+        "csr_transpose": ((*b(csr), 9), _transpose_index_torch),
         "prune_regrow": (([r(7, 9)], [m79.clone()], [r(7, 9)], [r(7, 9)], torch.tensor([3]), []), None),
         "bsr_conv2d": ((r(1, 18, 4, 4), r(bconv.nnzb, 16, 16, 3, 3), *b(bconv), 20, r(20), S, P, D), sc._ref_bsr),
         "bsr_conv2d_dx": ((r(1, 20, 4, 4), r(bconv.nnzb, 16, 16, 3, 3), *t(bconv), [1, 18, 4, 4], S, P, D),
@@ -213,15 +214,13 @@ def test_dispatcher_op_rejects_bad_input_or_matches_reference(family, data):
               [e.shape for e in expected] if isinstance(expected, (list, tuple)) else expected.shape)
 
 
-def test_csr_update_rejects_a_transposed_index_that_is_not_the_transpose():
-    """Regression (found by the fuzzer): csr_update trusted t_perm/t_col_idx, so a t_perm with repeats or
-    out-of-range entries read and wrote past its buffers (segfault). Now a RuntimeError."""
-    (rp, ci, trp, tci, tp, keep, grow), _ = CASES["csr_update"]
-    for bad_tp in (torch.zeros_like(tp), tp.flip(0), torch.full_like(tp, 2**31 - 1)):
-        with pytest.raises(RuntimeError, match="t_perm|transposed"):
-            torch.ops.sparsecl.csr_update(rp, ci, trp, tci, bad_tp, keep, grow)
+def test_csr_update_rejects_an_unsorted_row():
+    """csr_update merges sorted rows; a row whose columns are not increasing is refused, not mis-merged.
+    (It used to also take the transposed index, and trusted it: a bad t_perm wrote past its buffers. The
+    transposed index is now rebuilt from the merged rows, so there is no such input left to trust.)"""
+    (rp, ci, in_f, keep, grow), _ = CASES["csr_update"]
     with pytest.raises(RuntimeError, match="col_idx"):
-        torch.ops.sparsecl.csr_update(rp, ci.flip(0), trp, tci, tp, keep, grow)
+        torch.ops.sparsecl.csr_update(rp, ci.flip(0), in_f, keep, grow)
 
 
 def test_repeated_blocks_add_up_in_kernel_and_reference():
