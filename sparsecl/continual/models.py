@@ -21,7 +21,8 @@ Layers (``mode``):
     (they hold a small share of its weights; its stem, expansion and projection 1x1 convs are sparse).
 
 Trunk layers offer to the trainer: ``dst_module()`` (the module the DST engine updates), ``dst_mask()`` /
-``dense_weight()`` over all positions (frozen and trainable), ``sparse_parameter`` (trainable values),
+``dense_weight()`` over all positions (frozen and trainable), ``sparse_parameter`` (the trained values;
+``parameter_holds_frozen`` says whether it also holds frozen entries, which the trainer must then guard),
 ``allocate(new, values)`` at a task start, ``freeze()`` at its end, ``load_split`` on resume, and
 ``functional(x, w)`` for the per-task evaluation view. ``DenseMaskedLinear``/``MaskedConv2d`` are themselves
 DST protocol layers (one dense weight; frozen entries protected by the trainer's FrozenGuard).
@@ -47,6 +48,7 @@ class DenseMaskedLinear(nn.Module):
     """Peer-library baseline: dense ``weight`` [out, in] and bool ``mask``; forward ``F.linear(x, weight*mask)``."""
 
     dst_block_size = 1
+    parameter_holds_frozen = True
 
     def __init__(self, in_features, out_features, device=None, dtype=None):
         super().__init__()
@@ -84,9 +86,6 @@ class DenseMaskedLinear(nn.Module):
     def dst_module(self):
         return self
 
-    def set_trainable(self, free):
-        """Peer-library baseline: gradients are computed densely and masked; the trainer zeroes frozen ones."""
-
     def set_weight_and_mask(self, weight, mask):
         with torch.no_grad():
             self.weight.copy_(weight.reshape(self.weight.shape) * mask.reshape(self.weight.shape))
@@ -116,6 +115,7 @@ class MaskedConv2d(nn.Module):
     """
 
     dst_block_size = 1
+    parameter_holds_frozen = True
 
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, device=None, dtype=None):
         super().__init__()
@@ -148,7 +148,6 @@ class MaskedConv2d(nn.Module):
 
     set_topology = DenseMaskedLinear.set_topology
     dst_module = DenseMaskedLinear.dst_module
-    set_trainable = DenseMaskedLinear.set_trainable
     set_weight_and_mask = DenseMaskedLinear.set_weight_and_mask
     allocate = DenseMaskedLinear.allocate
     freeze = DenseMaskedLinear.freeze
@@ -213,19 +212,19 @@ class _Union:
     entries (in their own CSR order) in the union's CSR / transposed order."""
 
     def __init__(self, frozen_layout, frozen_values, train_layout):
-        fk, tk = frozen_layout.keys(), train_layout.keys()
-        keys, order = torch.cat([fk, tk]).sort()
-        is_train = order >= fk.numel()
-        base = torch.zeros(keys.numel(), dtype=frozen_values.dtype, device=frozen_values.device)
-        base[~is_train] = frozen_values
-        self._set(CSRLayout._from_sorted_keys(keys, frozen_layout.shape), base, is_train, train_layout)
+        # the trainable positions are free ones, so the union is the frozen index with them grown in: one
+        # merge of two sorted index lists, no sort
+        keep_all = torch.ones(frozen_layout.nnz, dtype=torch.bool, device=frozen_values.device)
+        layout, src = frozen_layout.update(keep_all, train_layout.keys())
+        is_train = src < 0
+        base = frozen_values.new_zeros(layout.nnz).masked_scatter_(~is_train, frozen_values)
+        self._set(layout, base, is_train, train_layout)
 
     def _set(self, layout, base, is_train, train_layout):
         self.layout, self.base, self.is_train = layout, base, is_train
         self.index = is_train.nonzero().squeeze(1)
         t_perm = layout.t_perm.long()
-        inv = torch.empty_like(t_perm)
-        inv[t_perm] = torch.arange(t_perm.numel(), device=t_perm.device)
+        inv = torch.empty_like(t_perm).scatter_(0, t_perm, torch.arange(t_perm.numel(), device=t_perm.device))
         self.base_t = base.index_select(0, t_perm)
         self.index_t = inv.index_select(0, self.index)
         self.tensors = (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx,
@@ -279,6 +278,8 @@ class _FrozenPlusTrainable(nn.Module):
     2-D view ``self._shape2d`` (no gradient, no optimizer state), and ``self.inner``, the sparse layer
     holding the current task's trainable weights (the only module the DST engine sees)."""
 
+    parameter_holds_frozen = False  # sparse_parameter is the inner layer's values: trainable entries only
+
     def _set_frozen(self, weight, mask):
         layout = CSRLayout.from_mask(mask)
         self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
@@ -305,9 +306,6 @@ class _FrozenPlusTrainable(nn.Module):
 
     def dense_weight(self):
         return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
-
-    def set_trainable(self, free):
-        """Nothing to do: only the inner layer's values are trainable."""
 
     def allocate(self, new, values):
         """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``."""

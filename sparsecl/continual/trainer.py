@@ -108,16 +108,17 @@ class FrozenGuard:
         self.refresh()
 
     def refresh(self):
-        """Recompute flat indices of frozen entries (call after any topology change)."""
+        """Recompute flat indices of frozen entries (call after any topology change). Only layers whose
+        ``sparse_parameter`` is a dense weight hold frozen entries; a ``_FrozenPlusTrainable`` layer's holds
+        trainable values only, so its frozen weights need no guard."""
         self.index = []
         for i, l in enumerate(self.layers):
-            p, frozen, m = l.sparse_parameter, ~self.ownership.free(i), l.dst_module().dst_mask()
-            if p.numel() == frozen.numel():  # dense storage: parameter laid out like the mask
-                idx = frozen.flatten().nonzero().squeeze(1)
-            else:  # compact storage: values in row-major order of the mask (CSR order)
-                idx = frozen.flatten()[m.flatten()].nonzero().squeeze(1)
+            p = l.sparse_parameter
+            if l.parameter_holds_frozen:
+                idx = (~self.ownership.free(i)).flatten().nonzero().squeeze(1)
+            else:
+                idx = torch.empty(0, dtype=torch.long, device=p.device)
             self.index.append(idx)
-            l.set_trainable(self.ownership.free(i))
 
     def zero_grads(self):
         for l, idx in zip(self.layers, self.index):
