@@ -243,7 +243,7 @@ class _Union:
         layout, usrc = self.layout.update(keep, train_layout.keys()[src < 0])
         old = usrc.clamp(min=0)
         is_train = (usrc < 0) | self.is_train.index_select(0, old)
-        base = torch.where(usrc < 0, 0, self.base.index_select(0, old))
+        base = self.base.index_select(0, old)  # a grown entry's value is scattered in before use
         new = _Union.__new__(_Union)
         new._set(layout, base, is_train, train_layout)
         return new

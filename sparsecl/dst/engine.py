@@ -9,6 +9,7 @@ import fnmatch
 
 import torch
 
+from ..formats import CSRLayout
 from ..ops import prune_regrow
 from . import criteria
 from .densities import layer_densities
@@ -31,10 +32,13 @@ def _block_reduce(t, B):
     return t.reshape(nb[0], B, nb[1], B).abs().sum((1, 3))
 
 
-def _compact_block_sum(module, t):
-    """Per-block sum of |t| for a block layer with compact BSR storage (t shaped like its values), scattered
-    to the block grid without building the dense weight; None when the layer has no such layout."""
+def _compact_score(module, t, shape):
+    """|t| on the layer's score grid straight from compact storage, without building the dense weight:
+    per-block sums for BSR values [nnzb, B, B], per entry for CSR values [nnz] (0 elsewhere, where a prune
+    score is never read); None when the layer has no such layout."""
     layout = getattr(module, "layout", None)
+    if isinstance(layout, CSRLayout) and t.dim() == 1 and t.numel() == layout.nnz and layout.shape == tuple(shape):
+        return layout.to_dense(t.abs().float())
     if module.dst_block_size == 1 or not hasattr(layout, "block_mask") or t.dim() != 3:
         return None
     grid = torch.zeros(layout.n_block_rows, layout.n_block_cols, dtype=torch.float32, device=t.device)
@@ -285,12 +289,12 @@ class DST:
             if p.grad is None:
                 raise RuntimeError(f"{name}: prune='taylor' needs the parameter's .grad at the update step "
                                    "(call DST.step() before optimizer.zero_grad())")
-            prune = _compact_block_sum(module, p.detach() * p.grad)
+            prune = _compact_score(module, p.detach() * p.grad, mask.shape)
             if prune is None:
                 w = module.dense_weight().detach().reshape(shape)
                 prune = criteria.taylor_score(w, self._param_as_dense(module, p.grad).reshape(shape))
         elif cfg["prune"] == "magnitude":
-            prune = _compact_block_sum(module, module.sparse_parameter.detach())
+            prune = _compact_score(module, module.sparse_parameter.detach(), mask.shape)
             if prune is None:
                 prune = criteria.magnitude_score(module.dense_weight().detach().reshape(shape))
         else:
