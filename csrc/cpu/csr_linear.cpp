@@ -21,7 +21,6 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
-#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -524,46 +523,39 @@ at::Tensor csr_linear_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
 }
 
 // Column-major (transposed) index of a CSR index by a stable counting sort over columns, so rows stay
-// increasing within each column: o_trp [in_f + 1], o_tci [nnz] (row of each transposed entry), o_tp [nnz]
-// (its row-major entry index), and o_ri [nnz] (row of each entry) unless null. Rows are split into one
-// range per thread; a range's entries go after those of earlier ranges in every column, so the result
-// does not depend on the thread count.
+// increasing within each column: o_ri [nnz] (row of each entry), o_trp [in_f + 1], o_tci [nnz] (row of each
+// transposed entry) and o_tp [nnz] (its row-major entry index). Rows are split into one range per thread;
+// a range's entries go after those of earlier ranges in every column, so the result does not depend on
+// the thread count.
 void transpose_csr(const int32_t* rp, const int32_t* ci, int64_t out_f, int64_t in_f, int32_t* o_ri,
                    int32_t* o_trp, int32_t* o_tci, int32_t* o_tp) {
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), out_f / 64));
-  std::vector<int64_t> offset(size_t(parts * in_f), 0);  // per range: entries per column, then write offsets
-  auto rows_of = [&](int64_t p) { return std::make_pair(out_f * p / parts, out_f * (p + 1) / parts); };
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      int64_t* count = offset.data() + p * in_f;
-      const auto [r0, r1] = rows_of(p);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t k = rp[r]; k < rp[r + 1]; ++k) {
-          ++count[ci[k]];
-          if (o_ri) o_ri[k] = int32_t(r);
-        }
-    }
+  std::vector<int64_t> slots(size_t(parts * in_f), 0);  // per range and column: a count, then a write offset
+  // fn(the range's per-column slots, row, entry) for every entry; the row ranges run in parallel
+  auto for_each_entry = [&](auto&& fn) {
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t r = out_f * p / parts; r < out_f * (p + 1) / parts; ++r)
+          for (int64_t k = rp[r]; k < rp[r + 1]; ++k) fn(slots.data() + p * in_f, r, k);
+    });
+  };
+  for_each_entry([&](int64_t* count, int64_t r, int64_t k) {
+    ++count[ci[k]];
+    o_ri[k] = int32_t(r);
   });
   int64_t start = 0;
   o_trp[0] = 0;
   for (int64_t c = 0; c < in_f; ++c) {
     for (int64_t p = 0; p < parts; ++p) {
-      const int64_t n = offset[p * in_f + c];
-      offset[p * in_f + c] = start;
+      const int64_t n = slots[p * in_f + c];
+      slots[p * in_f + c] = start;
       start += n;
     }
     o_trp[c + 1] = int32_t(start);
   }
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      int64_t* next = offset.data() + p * in_f;
-      const auto [r0, r1] = rows_of(p);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t k = rp[r]; k < rp[r + 1]; ++k) {
-          const int64_t t = next[ci[k]]++;
-          o_tci[t] = int32_t(r), o_tp[t] = int32_t(k);
-        }
-    }
+  for_each_entry([&](int64_t* next, int64_t r, int64_t k) {
+    const int64_t t = next[ci[k]]++;
+    o_tci[t] = int32_t(r), o_tp[t] = int32_t(k);
   });
 }
 
