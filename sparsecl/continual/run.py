@@ -202,11 +202,14 @@ def format_matrix(acc):
 def main(args):
     cfg = build_config(args)
     rank = _init_distributed()
-    try:
-        return _main(cfg, rank)
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
+    try:
+        result = _main(cfg, rank)
+        if dist.is_initialized():  # no rank tears gloo down while another still talks to it
+            dist.barrier()
+        return result
+    finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 

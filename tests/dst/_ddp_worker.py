@@ -53,6 +53,7 @@ def main():
     torch.set_num_threads(1)
     for growth in sys.argv[1:]:
         run(growth)
+    dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
     dist.destroy_process_group()
 
 
