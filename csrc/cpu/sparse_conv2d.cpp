@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "conv_geom.h"
+#include "sparse_conv_checks.h"
 #include "cpu/isa.h"
 #include "cpu/microkernels.h"
 
@@ -742,21 +742,10 @@ void pw_block_dw(const MicroKernels& mk, const float* gw, int64_t len, const flo
 
 // ---- op entry points -----------------------------------------------------------------------------
 
-void check_x(const at::Tensor& x, const char* name) {
-  SPARSECL_CHECK(x.dim() == 4, name, " must be 4-D [N, C, H, W], got ", x.sizes());
-  check_float(x, name, false);
-}
-
-void check_block_values(const at::Tensor& values, const at::Tensor& like) {
-  SPARSECL_CHECK(values.dim() == 5 && values.size(1) == values.size(2),
-                 "values must be [nnzb, B, B, kh, kw], got ", values.sizes());
-  check_like(values, "values", like);
-}
-
 at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_channels, const c10::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_x(x, "x");
+  check_conv_input(x, "x", false);
   check_block_values(values, x);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
@@ -810,18 +799,16 @@ at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
 at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_x(dy, "grad_out");
+  check_conv_input(dy, "grad_out", false);
   check_block_values(values, dy);
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
   SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
                  "t_col_idx and t_perm must have nnzb entries");
-  SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
   const int64_t B = values.size(1);
   const Geom g = make_conv_shape(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
-  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
-                 " does not match the convolution of x_shape ", x_shape);
+  check_grad_out(dy, g, x_shape);
   check_ptr_array(t_row_ptr, (g.C + B - 1) / B, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, (g.O + B - 1) / B, "t_col_idx");
   check_ids_below(t_perm, values.size(0), "t_perm");
@@ -867,26 +854,15 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   return in_format(dx, dy);
 }
 
-void check_dw_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx, const at::Tensor& col_idx) {
-  check_x(x, "x");
-  check_x(dy, "grad_out");
-  check_like(dy, "grad_out", x);
-  SPARSECL_CHECK(dy.size(0) == x.size(0), "grad_out and x must have the same batch size");
-  check_index(row_idx, "row_idx", x);
-  check_index(col_idx, "col_idx", x);
-  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
-}
-
 at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx);
+  check_dw_inputs(dy, x, row_idx, col_idx, false);
   SPARSECL_CHECK(block_size > 0, "block_size must be positive");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const int64_t B = block_size;
   const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
-                 x.sizes());
+  check_grad_out(dy, g, x.sizes());
   check_ids_below(row_idx, (g.O + B - 1) / B, "row_idx");
   check_ids_below(col_idx, (g.C + B - 1) / B, "col_idx");
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
@@ -914,17 +890,11 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   return dv;
 }
 
-void check_csr_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx) {
-  SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
-  check_like(values, "values", like);
-  SPARSECL_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ", idx.size(0));
-}
-
 at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_channels, at::IntArrayRef kernel_size,
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation) {
-  check_x(x, "x");
+  check_conv_input(x, "x", false);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
   check_csr_values(values, x, col_idx);
@@ -962,17 +932,15 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                              at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation) {
-  check_x(dy, "grad_out");
+  check_conv_input(dy, "grad_out", false);
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
   check_csr_values(values, dy, t_col_idx);
   SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
-  SPARSECL_CHECK(x_shape.size() == 4 && x_shape[0] == dy.size(0), "x_shape must be [N, C, H, W] with grad_out's N");
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_conv_shape(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
-                 " does not match the convolution of x_shape ", x_shape);
+  check_grad_out(dy, g, x_shape);
   check_ptr_array(t_row_ptr, g.C * g.kh * g.kw, values.size(0), "t_row_ptr");
   check_ids_below(t_col_idx, g.O, "t_col_idx");
   check_ids_below(t_perm, values.size(0), "t_perm");
@@ -1014,11 +982,10 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
 at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx);
+  check_dw_inputs(dy, x, row_idx, col_idx, false);
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  SPARSECL_CHECK(dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(), " does not match the convolution of x ",
-                 x.sizes());
+  check_grad_out(dy, g, x.sizes());
   check_ids_below(row_idx, g.O, "row_idx");
   check_ids_below(col_idx, g.C * g.kh * g.kw, "col_idx");
   auto gc = dy.contiguous();

@@ -31,7 +31,7 @@
 #include <type_traits>
 
 #include "checks.h"
-#include "conv_geom.h"
+#include "sparse_conv_checks.h"
 
 namespace sparsecl {
 namespace {
@@ -294,24 +294,6 @@ __global__ void __launch_bounds__(kThreads) csr_dw(const T* __restrict__ dy, con
 
 // ---- op entry points -------------------------------------------------------------------------------
 
-void check_x(const at::Tensor& x, const char* name) {
-  SPARSECL_CHECK(x.dim() == 4, name, " must be 4-D [N, C, H, W], got ", x.sizes());
-  check_float(x, name, true);
-}
-
-void check_block_values(const at::Tensor& values, const at::Tensor& like) {
-  SPARSECL_CHECK(values.dim() == 5 && values.size(1) == values.size(2), "values must be [nnzb, B, B, kh, kw], got ",
-                 values.sizes());
-  const int64_t B = values.size(1);
-  SPARSECL_CHECK(B == 16 || B == 32 || B == 64, "block size must be 16, 32 or 64, got ", B);
-  check_like(values, "values", like);
-}
-
-void check_grad_out(const at::Tensor& dy, const Geom& g, at::IntArrayRef x_shape) {
-  SPARSECL_CHECK(dy.size(0) == g.N && dy.size(2) == g.Ho && dy.size(3) == g.Wo, "grad_out ", dy.sizes(),
-                 " does not match the convolution of x ", x_shape);
-}
-
 at::Tensor empty_like_format(at::IntArrayRef shape, const at::Tensor& like) {
   return at::empty(shape, like.options().memory_format(like.suggest_memory_format()));
 }
@@ -355,7 +337,7 @@ void launch_gather(const at::Tensor& src_cl, const at::Tensor& values, const at:
 at::Tensor bsr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                            const at::Tensor& col_idx, int64_t out_channels, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_x(x, "x");
+  check_conv_input(x, "x", true);
   check_block_values(values, x);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
@@ -379,7 +361,7 @@ at::Tensor bsr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
 at::Tensor bsr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                               const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_x(dy, "grad_out");
+  check_conv_input(dy, "grad_out", true);
   check_block_values(values, dy);
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
@@ -399,19 +381,10 @@ at::Tensor bsr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
   return dx;
 }
 
-void check_dw_inputs(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx, const at::Tensor& col_idx) {
-  check_x(x, "x");
-  check_x(dy, "grad_out");
-  check_like(dy, "grad_out", x);
-  check_index(row_idx, "row_idx", x);
-  check_index(col_idx, "col_idx", x);
-  SPARSECL_CHECK(row_idx.size(0) == col_idx.size(0), "row_idx and col_idx lengths differ");
-}
-
 at::Tensor bsr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx);
+  check_dw_inputs(dy, x, row_idx, col_idx, true);
   SPARSECL_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "block_size must be 16, 32 or 64, got ",
                  block_size);
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
@@ -443,13 +416,6 @@ at::Tensor bsr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const a
   return dv;
 }
 
-void check_csr_values(const at::Tensor& values, const at::Tensor& like, const at::Tensor& idx) {
-  SPARSECL_CHECK(values.dim() == 1, "values must be 1-D [nnz], got ", values.sizes());
-  check_like(values, "values", like);
-  SPARSECL_CHECK(values.size(0) == idx.size(0), "values has ", values.size(0), " entries but the index has ",
-                 idx.size(0));
-}
-
 dim3 pixel_grid(int64_t n_pix, int64_t channels) {
   SPARSECL_CHECK(channels <= 65535, "too many channels (", channels, ") for one launch");
   return dim3(unsigned((n_pix + kThreads - 1) / kThreads), unsigned(channels));
@@ -459,7 +425,7 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
                            const at::Tensor& col_idx, int64_t out_channels, at::IntArrayRef kernel_size,
                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation) {
-  check_x(x, "x");
+  check_conv_input(x, "x", true);
   check_index(row_ptr, "row_ptr", x);
   check_index(col_idx, "col_idx", x);
   check_csr_values(values, x, col_idx);
@@ -487,7 +453,7 @@ at::Tensor csr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
                               const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                               at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation) {
-  check_x(dy, "grad_out");
+  check_conv_input(dy, "grad_out", true);
   check_index(t_row_ptr, "t_row_ptr", dy);
   check_index(t_col_idx, "t_col_idx", dy);
   check_index(t_perm, "t_perm", dy);
@@ -515,7 +481,7 @@ at::Tensor csr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
 at::Tensor csr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx);
+  check_dw_inputs(dy, x, row_idx, col_idx, true);
   SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
   const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
   check_grad_out(dy, g, x.sizes());
