@@ -44,23 +44,13 @@ def _identity_src(old_mask, new_mask):
     return torch.where((old_mask != new_mask).flatten(), torch.full_like(src, -1), src)
 
 
-class DenseMaskedLinear(nn.Module):
-    """Peer-library baseline: dense ``weight`` [out, in] and bool ``mask``; forward ``F.linear(x, weight*mask)``."""
+class _DenseMasked(nn.Module):
+    """The peer-library way, shared by ``DenseMaskedLinear`` and ``MaskedConv2d``: a dense ``weight`` and a
+    bool ``_mask`` over its 2-D DST view [out, in * kh * kw]; frozen entries live in the weight and are
+    protected by the trainer's FrozenGuard."""
 
     dst_block_size = 1
     parameter_holds_frozen = True
-
-    def __init__(self, in_features, out_features, device=None, dtype=None):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.zeros(out_features, in_features, device=device, dtype=dtype))
-        self.register_buffer("_mask", torch.zeros(out_features, in_features, dtype=torch.bool, device=device))
-
-    def forward(self, x):
-        return F.linear(x, self.weight * self._mask)
-
-    def functional(self, x, w):
-        return F.linear(x, w)
 
     @property
     def sparse_parameter(self):
@@ -73,7 +63,7 @@ class DenseMaskedLinear(nn.Module):
         return self._mask
 
     def dense_weight(self):
-        return self.weight * self._mask
+        return self.weight.view(self._mask.shape) * self._mask
 
     def set_topology(self, new_mask):
         new_mask = new_mask.to(torch.bool).reshape(self._mask.shape)
@@ -104,18 +94,31 @@ class DenseMaskedLinear(nn.Module):
     def load_split(self, weight, mask, owned):
         self.set_weight_and_mask(weight, mask)
 
+
+class DenseMaskedLinear(_DenseMasked):
+    """Peer-library baseline: dense ``weight`` [out, in] and bool ``mask``; forward ``F.linear(x, weight*mask)``."""
+
+    def __init__(self, in_features, out_features, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features, device=device, dtype=dtype))
+        self.register_buffer("_mask", torch.zeros(out_features, in_features, dtype=torch.bool, device=device))
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self._mask)
+
+    def functional(self, x, w):
+        return F.linear(x, w)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={int(self._mask.sum())}"
 
 
-class MaskedConv2d(nn.Module):
+class MaskedConv2d(_DenseMasked):
     """Conv2d with a bool mask over its weight (dense-masked mode; depthwise convs in both modes).
 
     The DST view is 2-D: ``dst_mask()``/``dense_weight()`` are [out, in/groups * kh * kw].
     """
-
-    dst_block_size = 1
-    parameter_holds_frozen = True
 
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, groups=1, device=None, dtype=None):
         super().__init__()
@@ -132,26 +135,6 @@ class MaskedConv2d(nn.Module):
 
     def forward(self, x):
         return self.functional(x, self.weight * self._mask.view(self.weight.shape))
-
-    @property
-    def sparse_parameter(self):
-        return self.weight
-
-    def dst_mask(self):
-        return self._mask
-
-    def mask(self):
-        return self._mask
-
-    def dense_weight(self):
-        return self.weight.view(self.out_channels, -1) * self._mask
-
-    set_topology = DenseMaskedLinear.set_topology
-    dst_module = DenseMaskedLinear.dst_module
-    set_weight_and_mask = DenseMaskedLinear.set_weight_and_mask
-    allocate = DenseMaskedLinear.allocate
-    freeze = DenseMaskedLinear.freeze
-    load_split = DenseMaskedLinear.load_split
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
