@@ -24,6 +24,26 @@ def _leaf(t, preset, g):
     return t, (t.grad.clone() if preset else torch.zeros_like(t, dtype=torch.float64))
 
 
+def _check_slice(y, y_ref, gy, dtype, o, i, mask, xs, ws, bs):
+    """y against its float64 reference, then the gradients: x's in full, w's and b's only on the [o, i] / [o]
+    slice (at mask positions), added to whatever .grad they held before (w0, b0). xs = (x, x64),
+    ws = (w, w0, w64 slice), bs = (b, b0, b64 slice) or Nones."""
+    assert_close(y.detach(), y_ref.detach(), dtype)
+    if not y.numel():
+        return
+    y_ref.backward(gy.double())
+    assert_close(xs[0].grad, xs[1].grad, dtype)
+    w, w0, wd = ws
+    exp_w = w0.double().clone()
+    exp_w[:o, :i] += wd.grad if mask is None else wd.grad.masked_fill(~mask[:o, :i], 0)
+    assert_close(w.grad, exp_w, dtype)
+    b, b0, bd = bs
+    if b is not None:
+        exp_b = b0.double().clone()
+        exp_b[:o] += bd.grad
+        assert_close(b.grad, exp_b, dtype)
+
+
 @given(data=st.data(), T=tokens, lead=lead_dims, O=st.integers(0, 40), I=st.integers(0, 40), masked=st.booleans(),
        density=densities, dtype=dtypes, bias=st.booleans(), nc=st.booleans(), preset=st.booleans(), seed=seeds)
 def test_slimmable_linear(data, T, lead, O, I, masked, density, dtype, bias, nc, preset, seed):
@@ -38,18 +58,7 @@ def test_slimmable_linear(data, T, lead, O, I, masked, density, dtype, bias, nc,
     y.backward(gy)
     wm = w.detach() if mask is None else torch.where(mask, w.detach(), 0)
     xd, wd, bd = float64_leaves(x, wm[:o, :i], None if b is None else b[:o])
-    y_ref = ref_linear(xd, wd, bd)
-    assert_close(y.detach(), y_ref.detach(), dtype)
-    if y.numel():
-        y_ref.backward(gy.double())
-        assert_close(x.grad, xd.grad, dtype)
-        exp_w = w0.double().clone()
-        exp_w[:o, :i] += wd.grad if mask is None else wd.grad.masked_fill(~mask[:o, :i], 0)
-        assert_close(w.grad, exp_w, dtype)
-        if bias:
-            exp_b = b0.double().clone()
-            exp_b[:o] += bd.grad
-            assert_close(b.grad, exp_b, dtype)
+    _check_slice(y, ref_linear(xd, wd, bd), gy, dtype, o, i, mask, (x, xd), (w, w0, wd), (b, b0, bd))
 
 
 @given(data=st.data(), T=tokens, O=st.integers(0, 40), I=st.integers(0, 40), masked=st.booleans(),
@@ -102,15 +111,5 @@ def test_slimmable_conv2d(data, N, O, I, H, W, k, stride, padding, dilation, mas
     y.backward(gy)
     wm = w.detach() if mask is None else torch.where(mask, w.detach(), 0)
     xd, wd, bd = float64_leaves(x, wm[:o, :i], None if b is None else b[:o])
-    y_ref = ref_conv2d(xd, wd, bd, stride, padding, dilation)
-    assert_close(y.detach(), y_ref.detach(), dtype)
-    if y.numel():
-        y_ref.backward(gy.double())
-        assert_close(x.grad, xd.grad, dtype)
-        exp_w = w0.double().clone()
-        exp_w[:o, :i] += wd.grad if mask is None else wd.grad.masked_fill(~mask[:o, :i], 0)
-        assert_close(w.grad, exp_w, dtype)
-        if bias:
-            exp_b = b0.double().clone()
-            exp_b[:o] += bd.grad
-            assert_close(b.grad, exp_b, dtype)
+    _check_slice(y, ref_conv2d(xd, wd, bd, stride, padding, dilation), gy, dtype, o, i, mask, (x, xd), (w, w0, wd),
+                 (b, b0, bd))
