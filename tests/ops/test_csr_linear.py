@@ -8,7 +8,7 @@ from sparsecl.formats import CSRLayout
 from sparsecl.ops import csr_linear
 from sparsecl.ops.csr_linear import _reference_dw, _reference_dx, _reference_forward
 
-from .._ref import assert_close, noncontiguous
+from .._ref import assert_close, noncontiguous, ref_linear
 from ..conftest import DEVICES
 
 SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 32-token panel or the 16-row group
@@ -41,11 +41,6 @@ def random_case(T, in_f, out_f, density, device, dtype, lead=()):
     return x, values, layout, bias
 
 
-def dense_reference(x, values, layout, bias):
-    w = layout.to_dense(values.double())
-    return x.double() @ w.T + (bias.double() if bias is not None else 0)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("T,in_f,out_f", SHAPES)
@@ -57,7 +52,7 @@ def test_forward_backward_matches_dense(device, dtype, T, in_f, out_f, density, 
     bias.requires_grad_(True)
     y = csr_linear(x, values, layout, bias)
     xd, vd, bd = (t.detach().double().requires_grad_(True) for t in (x, values, bias))
-    yd = dense_reference(xd, vd, layout, bd)
+    yd = ref_linear(xd, layout.to_dense(vd), bd)
     assert_close(y, yd, dtype)
     g = torch.randn_like(yd)
     y.backward(g.to(dtype))
@@ -76,16 +71,16 @@ def test_skewed_rows(device, seed):
     layout = CSRLayout.from_mask(m.to(device))
     values = torch.randn(layout.nnz, device=device)
     x = torch.randn(150, 70, device=device)
-    assert_close(csr_linear(x, values, layout), dense_reference(x, values, layout, None), torch.float32)
+    assert_close(csr_linear(x, values, layout), ref_linear(x, layout.to_dense(values), None), torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_leading_dims_and_noncontiguous(device, seed):
     x, values, layout, bias = random_case(6, 96, 80, 0.3, device, torch.float32, lead=(2, 3))
-    assert_close(csr_linear(noncontiguous(x), values, layout, bias), dense_reference(x, values, layout, bias),
+    assert_close(csr_linear(noncontiguous(x), values, layout, bias), ref_linear(x, layout.to_dense(values), bias),
                  torch.float32)
     vn = noncontiguous(values.unsqueeze(0)).squeeze(0)
-    assert_close(csr_linear(x, vn, layout, None), dense_reference(x, values, layout, None), torch.float32)
+    assert_close(csr_linear(x, vn, layout, None), ref_linear(x, layout.to_dense(values), None), torch.float32)
     assert csr_linear(x, values, layout, None).shape == (2, 3, 6, 80)
 
 
