@@ -43,6 +43,18 @@ SDDMM_INTERPRET_META = {"BLOCK_T": 16}
 
 
 @triton.jit
+def _gathered_block(idx_ptr, perm_ptr, j, B: tl.constexpr, HAS_PERM: tl.constexpr):
+    """Entry j of a block row: (first feature of the block column it reads, index of its values block;
+    through perm_ptr for the transposed index)."""
+    k0 = tl.load(idx_ptr + j) * B
+    if HAS_PERM:
+        blk = tl.load(perm_ptr + j)
+    else:
+        blk = j
+    return k0, blk
+
+
+@triton.jit
 def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
                n_tokens, k_feat, n_feat, n_blocks, t_bucket,
                stride_at, stride_ak, stride_ot,
@@ -73,11 +85,7 @@ def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
     start = tl.load(ptr_ptr + nb)
     end = tl.load(ptr_ptr + nb + 1)
     for j in range(start, end):
-        k0 = tl.load(idx_ptr + j) * B
-        if HAS_PERM:
-            blk = tl.load(perm_ptr + j)
-        else:
-            blk = j
+        k0, blk = _gathered_block(idx_ptr, perm_ptr, j, B, HAS_PERM)
         mask_k = (k0 + offs_b) < k_feat
         if EVEN_K:
             a = tl.load(a_rows + (k0 + offs_b)[None, :] * stride_ak, mask=mask_t[:, None], other=0.0)

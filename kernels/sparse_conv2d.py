@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._launch import launchable
-from .bsr_linear import _precision
+from .bsr_linear import _gathered_block, _precision
 from .csr_linear import check, check_float, check_like
 
 BLOCK_META_CUDA = {"BLOCK_P": 64, "num_warps": 4, "num_stages": 3}
@@ -74,11 +74,7 @@ def _block_gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr
     start = tl.load(ptr_ptr + nb)
     end = tl.load(ptr_ptr + nb + 1)
     for j in range(start, end):
-        k0 = tl.load(idx_ptr + j) * B
-        if HAS_PERM:
-            blk = tl.load(perm_ptr + j)
-        else:
-            blk = j
+        k0, blk = _gathered_block(idx_ptr, perm_ptr, j, B, HAS_PERM)
         mask_k = (k0 + offs_b) < CK
         a_chan = a_ptr + n[:, None] * sa_n + (k0 + offs_b).to(tl.int64)[None, :] * sa_c
         wb = w_ptr + blk.to(tl.int64) * (KH * KW * B * B)
