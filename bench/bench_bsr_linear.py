@@ -18,9 +18,9 @@ from sparsecl.formats import BlockSparseLayout
 from sparsecl.ops import bsr_linear
 
 try:
-    from .harness import measure, measure_interleaved
+    from .harness import fwd_bwd, measure, measure_interleaved
 except ImportError:  # run by pytest from the bench/ folder
-    from harness import measure, measure_interleaved
+    from harness import fwd_bwd, measure, measure_interleaved
 
 SHAPES = {"square-4096": (512, 4096, 4096), "vit-b-mlp": (4096, 768, 3072)}
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
@@ -40,14 +40,6 @@ def _case(shape_name, density, device="cpu", dtype=torch.float32, block=BLOCK, s
     return x, values, layout
 
 
-def _fwd_bwd(fn, *inputs):
-    def run():
-        for t in inputs:
-            t.grad = None
-        fn().sum().backward()
-    return run
-
-
 def rows(quick=False, device="cpu"):
     """Yield one result dict per (shape, density, method, pass)."""
     if torch.device(device).type == "cuda":
@@ -65,7 +57,7 @@ def rows(quick=False, device="cpu"):
             w = torch.randn(out_f, in_f, device=device)
             xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
             fns = {("fwd", "dense F.linear", None): lambda: F.linear(x, w),
-                   ("fwd+bwd", "dense F.linear", None): _fwd_bwd(lambda: F.linear(xg, wg), xg, wg)}
+                   ("fwd+bwd", "dense F.linear", None): fwd_bwd(lambda: F.linear(xg, wg), xg, wg)}
             xs, values, layout = _case(shape_name, d, device)
             wd = layout.to_dense(values)
             w_csr, w_bsr, xt = wd.to_sparse_csr(), wd.to_sparse_bsr((BLOCK, BLOCK)), xs.T.contiguous()
@@ -78,7 +70,7 @@ def rows(quick=False, device="cpu"):
                 method = "sparsecl bsr" if block == BLOCK else f"sparsecl bsr (B={block})"
                 xbg, vbg = xb.clone().requires_grad_(True), vb.clone().requires_grad_(True)
                 fns[("fwd", method, block)] = lambda xb=xb, vb=vb, lb=lb: bsr_linear(xb, vb, lb)
-                fns[("fwd+bwd", method, block)] = _fwd_bwd(lambda xbg=xbg, vbg=vbg, lb=lb: bsr_linear(xbg, vbg, lb),
+                fns[("fwd+bwd", method, block)] = fwd_bwd(lambda xbg=xbg, vbg=vbg, lb=lb: bsr_linear(xbg, vbg, lb),
                                                            xbg, vbg)
             t = measure_interleaved(fns, device, min_time)
             for (pass_, method, block), sec in t.items():
@@ -111,7 +103,7 @@ def _gpu_rows(quick, device, dtype=torch.bfloat16):
         w = torch.randn(out_f, in_f, device=device, dtype=dtype)
         t_dense = measure(lambda: F.linear(x, w), device, min_time)
         xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        t_dense_fb = measure(_fwd_bwd(lambda: F.linear(xg, wg), xg, wg), device, min_time)
+        t_dense_fb = measure(fwd_bwd(lambda: F.linear(xg, wg), xg, wg), device, min_time)
         del w, wg
         base = dict(op="bsr_linear", shape=shape_name, T=T, in_f=in_f, out_f=out_f, block=GPU_BLOCK,
                     dtype=str(dtype).replace("torch.", ""))
@@ -142,7 +134,7 @@ def _gpu_rows(quick, device, dtype=torch.bfloat16):
             xg, vg = x.clone().requires_grad_(True), values.clone().requires_grad_(True)
             for b in backends:
                 with sparsecl.use_backend(b, "bsr_linear"):
-                    t = measure(_fwd_bwd(lambda: bsr_linear(xg, vg, layout), xg, vg), device, min_time)
+                    t = measure(fwd_bwd(lambda: bsr_linear(xg, vg, layout), xg, vg), device, min_time)
                 yield dict(base, method=f"sparsecl {b}", density=d, pass_="fwd+bwd", ms=t * 1e3,
                            speedup=t_dense_fb / t, gflops=3 * d * flops / t / 1e9,
                            eff=3 * d * flops / t / (3 * flops / t_dense_fb))

@@ -13,9 +13,9 @@ from sparsecl.formats import CSRLayout
 from sparsecl.ops import csr_linear
 
 try:
-    from .harness import measure_interleaved
+    from .harness import fwd_bwd, measure_interleaved
 except ImportError:  # run by pytest from the bench/ folder
-    from harness import measure_interleaved
+    from harness import fwd_bwd, measure_interleaved
 
 SHAPES = {"square-4096": (512, 4096, 4096), "vit-b-mlp": (4096, 768, 3072)}
 DENSITIES = (0.5, 0.2, 0.1, 0.05)
@@ -30,14 +30,6 @@ def _case(shape_name, density, device="cpu", dtype=torch.float32, seed=0):
     values = torch.randn(layout.nnz, generator=g).to(device, dtype)
     x = torch.randn(T, in_f, generator=g).to(device, dtype)
     return x, values, layout
-
-
-def _fwd_bwd(fn, *inputs):
-    def run():
-        for t in inputs:
-            t.grad = None
-        fn().sum().backward()
-    return run
 
 
 def swapped_mask(layout, fraction, seed=0):
@@ -69,8 +61,8 @@ def rows(quick=False, device="cpu"):
             fwd = {"dense F.linear": lambda: F.linear(x, w),
                    "sparsecl csr": lambda: csr_linear(x, values, layout),
                    "torch.sparse csr": lambda: torch.sparse.mm(w_csr, xt)}
-            fb = {"dense F.linear": _fwd_bwd(lambda: F.linear(xg, wg), xg, wg),
-                  "sparsecl csr": _fwd_bwd(lambda: csr_linear(xg, vg, layout), xg, vg)}
+            fb = {"dense F.linear": fwd_bwd(lambda: F.linear(xg, wg), xg, wg),
+                  "sparsecl csr": fwd_bwd(lambda: csr_linear(xg, vg, layout), xg, vg)}
             t = measure_interleaved({**{("fwd", k): f for k, f in fwd.items()},
                                      **{("fwd+bwd", k): f for k, f in fb.items()},
                                      ("update", "with_topology"): lambda: layout.with_topology(new_mask)},

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from sparsecl.ops import masked_linear
 
 try:
-    from .harness import measure_interleaved
+    from .harness import fwd_bwd, measure_interleaved
 except ImportError:  # run by pytest from the bench/ folder
-    from harness import measure_interleaved
+    from harness import fwd_bwd, measure_interleaved
 
 SHAPES = {"square-4096": (512, 4096, 4096), "vit-b-mlp": (4096, 768, 3072)}
 DENSITIES = (0.5, 0.8)
@@ -22,14 +22,6 @@ def _case(shape_name, density, device="cpu", dtype=torch.float32, seed=0):
     w = torch.randn(out_f, in_f, generator=g).to(device, dtype)
     mask = (torch.rand(out_f, in_f, generator=g) < density).to(device)
     return x, w, mask
-
-
-def _fwd_bwd(fn, *inputs):
-    def run():
-        for t in inputs:
-            t.grad = None
-        fn().sum().backward()
-    return run
 
 
 def rows(quick=False, device="cpu"):
@@ -47,9 +39,9 @@ def rows(quick=False, device="cpu"):
             fns = {("fwd", "dense F.linear"): lambda: F.linear(x, w),
                    ("fwd", "sparsecl masked"): lambda: masked_linear(x, w, mask),
                    ("fwd", "F.linear(x, w*mask)"): lambda: F.linear(x, w * mask),
-                   ("fwd+bwd", "dense F.linear"): _fwd_bwd(lambda: F.linear(xg, wg), xg, wg),
-                   ("fwd+bwd", "sparsecl masked"): _fwd_bwd(lambda: masked_linear(xg, wg, mask), xg, wg),
-                   ("fwd+bwd", "F.linear(x, w*mask)"): _fwd_bwd(lambda: F.linear(xg, wg * mask), xg, wg)}
+                   ("fwd+bwd", "dense F.linear"): fwd_bwd(lambda: F.linear(xg, wg), xg, wg),
+                   ("fwd+bwd", "sparsecl masked"): fwd_bwd(lambda: masked_linear(xg, wg, mask), xg, wg),
+                   ("fwd+bwd", "F.linear(x, w*mask)"): fwd_bwd(lambda: F.linear(xg, wg * mask), xg, wg)}
             t = measure_interleaved(fns, device, min_time)
             for (pass_, method), sec in t.items():
                 dense = t[(pass_, "dense F.linear")]

@@ -27,9 +27,9 @@ from sparsecl.formats import BlockSparseLayout, CSRLayout
 from sparsecl.ops import bsr_conv2d, csr_conv2d
 
 try:
-    from .harness import measure, measure_interleaved
+    from .harness import fwd_bwd, measure, measure_interleaved
 except ImportError:  # run by pytest from the bench/ folder
-    from harness import measure, measure_interleaved
+    from harness import fwd_bwd, measure, measure_interleaved
 
 LAYERS = {"64@56": (64, 56), "128@28": (128, 28), "256@14": (256, 14), "512@7": (512, 7)}  # C -> C, 3x3, pad 1
 BATCH = 32
@@ -53,14 +53,6 @@ def _case(layer, density, structure, device="cpu", batch=BATCH, seed=0):
         fn = lambda xx, vv: csr_conv2d(xx, vv, layout, 3, padding=1)  # noqa: E731
         w = layout.to_dense(values).view(C, C, 3, 3)
     return x, values, w, fn
-
-
-def _fwd_bwd(fn, *inputs):
-    def run():
-        for t in inputs:
-            t.grad = None
-        fn().sum().backward()
-    return run
 
 
 def _torch_sparse_fwd(x, w):
@@ -101,8 +93,8 @@ def rows(quick=False, device="cpu"):
                     fwd["torch.sparse"] = _torch_sparse_fwd(x, w)
                 t = measure_interleaved(fwd, device, min_time)
                 xg, vg, wg = (a.clone().requires_grad_() for a in (x, values, w))
-                tb = measure_interleaved({"dense": _fwd_bwd(lambda: F.conv2d(xg, wg, padding=1), xg, wg),
-                                          "sparse": _fwd_bwd(lambda: fn(xg, vg), xg, vg)}, device, min_time)
+                tb = measure_interleaved({"dense": fwd_bwd(lambda: F.conv2d(xg, wg, padding=1), xg, wg),
+                                          "sparse": fwd_bwd(lambda: fn(xg, vg), xg, vg)}, device, min_time)
                 base = dict(op="sparse_conv2d", shape=f"{layer} batch {batch}", layer=layer, batch=batch,
                             method=f"sparsecl {structure} vs F.conv2d", density=d, structure=structure,
                             block=BLOCK if structure == "block" else 1, actual_density=da)
@@ -148,7 +140,7 @@ def gpu_rows(quick=False):
                     values, w = values.to(dtype), w.to(dtype).contiguous(memory_format=torch.channels_last)
                     xg, vg, wg = (a.clone().requires_grad_() for a in (x, values, w))
                     dense = {"fwd": lambda: F.conv2d(x, w, padding=1),
-                             "fwd+bwd": _fwd_bwd(lambda: F.conv2d(xg, wg, padding=1), xg, wg)}
+                             "fwd+bwd": fwd_bwd(lambda: F.conv2d(xg, wg, padding=1), xg, wg)}
                     t_dense = {k: measure(f, "cuda") for k, f in dense.items()}
                     y_ref = F.conv2d(x.double(), w.double(), padding=1)
                     act = BATCH * C * S * S * x.element_size()  # |x| = |y| bytes
@@ -160,7 +152,7 @@ def gpu_rows(quick=False):
                         with sparsecl.use_backend(backend):
                             y = fn(x, values)
                             rel_err = ((y.double() - y_ref).norm() / y_ref.norm().clamp_min(1e-30)).item()
-                            sparse = {"fwd": lambda: fn(x, values), "fwd+bwd": _fwd_bwd(lambda: fn(xg, vg), xg, vg)}
+                            sparse = {"fwd": lambda: fn(x, values), "fwd+bwd": fwd_bwd(lambda: fn(xg, vg), xg, vg)}
                             for pass_, f in sparse.items():
                                 t = measure(f, "cuda")
                                 bar = max(1.25 * d * t_dense[pass_], floor[pass_])

@@ -65,6 +65,15 @@ def _measure_cuda(fn, min_time, min_runs, warmup):
     return statistics.median(times)
 
 
+def fwd_bwd(fn, *inputs):
+    """A callable running forward + backward of ``fn()`` (summed), clearing ``inputs``' grads first."""
+    def run():
+        for t in inputs:
+            t.grad = None
+        fn().sum().backward()
+    return run
+
+
 def machine_info():
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
