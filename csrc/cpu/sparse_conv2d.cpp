@@ -745,18 +745,8 @@ void pw_block_dw(const MicroKernels& mk, const float* gw, int64_t len, const flo
 at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_channels, const c10::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_conv_input(x, "x", false);
-  check_block_values(values, x);
-  check_index(row_ptr, "row_ptr", x);
-  check_index(col_idx, "col_idx", x);
-  SPARSECL_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
-                 values.size(0), " blocks");
-  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
+  const Geom g = check_bsr_conv2d(x, values, row_ptr, col_idx, out_channels, bias, stride, padding, dilation);
   const int64_t B = values.size(1);
-  const Geom g = make_conv_shape(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
-  check_ptr_array(row_ptr, (g.O + B - 1) / B, values.size(0), "row_ptr");
-  check_ids_below(col_idx, (g.C + B - 1) / B, "col_idx");
-  check_conv_bias(bias, g.O, x);
   auto bc = bias ? bias->contiguous() : at::Tensor();
   const int64_t taps = g.kh * g.kw;
   auto panels = at::empty({values.size(0), taps, B, B}, values.options());
@@ -799,19 +789,8 @@ at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
 at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_conv_input(dy, "grad_out", false);
-  check_block_values(values, dy);
-  check_index(t_row_ptr, "t_row_ptr", dy);
-  check_index(t_col_idx, "t_col_idx", dy);
-  check_index(t_perm, "t_perm", dy);
-  SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
-                 "t_col_idx and t_perm must have nnzb entries");
+  const Geom g = check_bsr_conv2d_dx(dy, values, t_row_ptr, t_col_idx, t_perm, x_shape, stride, padding, dilation);
   const int64_t B = values.size(1);
-  const Geom g = make_conv_shape(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
-  check_grad_out(dy, g, x_shape);
-  check_ptr_array(t_row_ptr, (g.C + B - 1) / B, values.size(0), "t_row_ptr");
-  check_ids_below(t_col_idx, (g.O + B - 1) / B, "t_col_idx");
-  check_ids_below(t_perm, values.size(0), "t_perm");
   const int64_t taps = g.kh * g.kw;
   auto panels = at::empty({values.size(0), taps, B, B}, values.options());
   const MicroKernels* mk = dy.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
@@ -857,14 +836,8 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
 at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx, false);
-  SPARSECL_CHECK(block_size > 0, "block_size must be positive");
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  const Geom g = check_bsr_conv2d_dw(dy, x, row_idx, col_idx, block_size, kernel_size, stride, padding, dilation);
   const int64_t B = block_size;
-  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_grad_out(dy, g, x.sizes());
-  check_ids_below(row_idx, (g.O + B - 1) / B, "row_idx");
-  check_ids_below(col_idx, (g.C + B - 1) / B, "col_idx");
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto dv = at::empty({col_idx.size(0), B, B, g.kh, g.kw}, x.options());
@@ -894,16 +867,8 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
                           const at::Tensor& col_idx, int64_t out_channels, at::IntArrayRef kernel_size,
                           const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation) {
-  check_conv_input(x, "x", false);
-  check_index(row_ptr, "row_ptr", x);
-  check_index(col_idx, "col_idx", x);
-  check_csr_values(values, x, col_idx);
-  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_conv_shape(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_ptr_array(row_ptr, g.O, values.size(0), "row_ptr");
-  check_ids_below(col_idx, g.C * g.kh * g.kw, "col_idx");
-  check_conv_bias(bias, g.O, x);
+  const Geom g = check_csr_conv2d(x, values, row_ptr, col_idx, out_channels, kernel_size, bias, stride, padding,
+                                  dilation);
   auto xc = x.contiguous();
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
@@ -932,18 +897,8 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                              at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation) {
-  check_conv_input(dy, "grad_out", false);
-  check_index(t_row_ptr, "t_row_ptr", dy);
-  check_index(t_col_idx, "t_col_idx", dy);
-  check_index(t_perm, "t_perm", dy);
-  check_csr_values(values, dy, t_col_idx);
-  SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_conv_shape(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_grad_out(dy, g, x_shape);
-  check_ptr_array(t_row_ptr, g.C * g.kh * g.kw, values.size(0), "t_row_ptr");
-  check_ids_below(t_col_idx, g.O, "t_col_idx");
-  check_ids_below(t_perm, values.size(0), "t_perm");
+  const Geom g = check_csr_conv2d_dx(dy, values, t_row_ptr, t_col_idx, t_perm, x_shape, kernel_size, stride, padding,
+                                     dilation);
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
   auto dx = at::empty(x_shape, dy.options());
@@ -982,12 +937,7 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
 at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                              const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx, false);
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_grad_out(dy, g, x.sizes());
-  check_ids_below(row_idx, g.O, "row_idx");
-  check_ids_below(col_idx, g.C * g.kh * g.kw, "col_idx");
+  const Geom g = check_csr_conv2d_dw(dy, x, row_idx, col_idx, kernel_size, stride, padding, dilation);
   auto gc = dy.contiguous();
   auto xc = x.contiguous();
   auto dv = at::empty({col_idx.size(0)}, x.options());

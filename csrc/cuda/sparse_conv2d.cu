@@ -337,18 +337,7 @@ void launch_gather(const at::Tensor& src_cl, const at::Tensor& values, const at:
 at::Tensor bsr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                            const at::Tensor& col_idx, int64_t out_channels, const c10::optional<at::Tensor>& bias,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_conv_input(x, "x", true);
-  check_block_values(values, x);
-  check_index(row_ptr, "row_ptr", x);
-  check_index(col_idx, "col_idx", x);
-  SPARSECL_CHECK(col_idx.size(0) == values.size(0), "col_idx has ", col_idx.size(0), " entries but values has ",
-                 values.size(0), " blocks");
-  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
-  const int64_t B = values.size(1);
-  const Geom g = make_conv_shape(x.sizes(), out_channels, values.size(3), values.size(4), stride, padding, dilation);
-  SPARSECL_CHECK(row_ptr.size(0) == (g.O + B - 1) / B + 1, "row_ptr must have ", (g.O + B - 1) / B + 1,
-                 " entries, got ", row_ptr.size(0));
-  check_conv_bias(bias, g.O, x);
+  const Geom g = check_bsr_conv2d(x, values, row_ptr, col_idx, out_channels, bias, stride, padding, dilation);
   c10::cuda::CUDAGuard guard(x.device());
   auto y = empty_like_format({g.N, g.O, g.Ho, g.Wo}, x);
   if (y.numel() == 0) return y;
@@ -361,18 +350,7 @@ at::Tensor bsr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
 at::Tensor bsr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, const at::Tensor& t_row_ptr,
                               const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_conv_input(dy, "grad_out", true);
-  check_block_values(values, dy);
-  check_index(t_row_ptr, "t_row_ptr", dy);
-  check_index(t_col_idx, "t_col_idx", dy);
-  check_index(t_perm, "t_perm", dy);
-  SPARSECL_CHECK(t_col_idx.size(0) == values.size(0) && t_perm.size(0) == values.size(0),
-                 "t_col_idx and t_perm must have nnzb entries");
-  const int64_t B = values.size(1);
-  const Geom g = make_conv_shape(x_shape, dy.size(1), values.size(3), values.size(4), stride, padding, dilation);
-  check_grad_out(dy, g, x_shape);
-  SPARSECL_CHECK(t_row_ptr.size(0) == (g.C + B - 1) / B + 1, "t_row_ptr must have ", (g.C + B - 1) / B + 1,
-                 " entries, got ", t_row_ptr.size(0));
+  const Geom g = check_bsr_conv2d_dx(dy, values, t_row_ptr, t_col_idx, t_perm, x_shape, stride, padding, dilation);
   c10::cuda::CUDAGuard guard(dy.device());
   auto dx = empty_like_format(x_shape, dy);
   if (dx.numel() == 0) return dx;
@@ -384,13 +362,8 @@ at::Tensor bsr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
 at::Tensor bsr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx, true);
-  SPARSECL_CHECK(block_size == 16 || block_size == 32 || block_size == 64, "block_size must be 16, 32 or 64, got ",
-                 block_size);
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
+  const Geom g = check_bsr_conv2d_dw(dy, x, row_idx, col_idx, block_size, kernel_size, stride, padding, dilation);
   const int64_t B = block_size;
-  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_grad_out(dy, g, x.sizes());
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t nnzb = col_idx.size(0);
   if (nnzb == 0 || g.N * g.Ho * g.Wo == 0) return at::zeros({nnzb, B, B, g.kh, g.kw}, x.options());
@@ -425,15 +398,8 @@ at::Tensor csr_conv2d_cuda(const at::Tensor& x, const at::Tensor& values, const 
                            const at::Tensor& col_idx, int64_t out_channels, at::IntArrayRef kernel_size,
                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation) {
-  check_conv_input(x, "x", true);
-  check_index(row_ptr, "row_ptr", x);
-  check_index(col_idx, "col_idx", x);
-  check_csr_values(values, x, col_idx);
-  SPARSECL_CHECK(out_channels >= 0, "out_channels must be >= 0");
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_conv_shape(x.sizes(), out_channels, kernel_size[0], kernel_size[1], stride, padding, dilation);
-  SPARSECL_CHECK(row_ptr.size(0) == g.O + 1, "row_ptr must have ", g.O + 1, " entries, got ", row_ptr.size(0));
-  check_conv_bias(bias, g.O, x);
+  const Geom g = check_csr_conv2d(x, values, row_ptr, col_idx, out_channels, kernel_size, bias, stride, padding,
+                                  dilation);
   c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options());
   if (y.numel() == 0) return y.contiguous(x.suggest_memory_format());
@@ -453,17 +419,8 @@ at::Tensor csr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
                               const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                               at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation) {
-  check_conv_input(dy, "grad_out", true);
-  check_index(t_row_ptr, "t_row_ptr", dy);
-  check_index(t_col_idx, "t_col_idx", dy);
-  check_index(t_perm, "t_perm", dy);
-  check_csr_values(values, dy, t_col_idx);
-  SPARSECL_CHECK(t_perm.size(0) == values.size(0), "t_perm must have nnz entries");
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_conv_shape(x_shape, dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_grad_out(dy, g, x_shape);
-  SPARSECL_CHECK(t_row_ptr.size(0) == g.C * g.kh * g.kw + 1, "t_row_ptr must have ", g.C * g.kh * g.kw + 1,
-                 " entries, got ", t_row_ptr.size(0));
+  const Geom g = check_csr_conv2d_dx(dy, values, t_row_ptr, t_col_idx, t_perm, x_shape, kernel_size, stride, padding,
+                                     dilation);
   c10::cuda::CUDAGuard guard(dy.device());
   auto dx = at::empty(x_shape, dy.options());
   if (dx.numel() == 0) return dx.contiguous(dy.suggest_memory_format());
@@ -481,10 +438,7 @@ at::Tensor csr_conv2d_dx_cuda(const at::Tensor& dy, const at::Tensor& values, co
 at::Tensor csr_conv2d_dw_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& row_idx,
                               const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_dw_inputs(dy, x, row_idx, col_idx, true);
-  SPARSECL_CHECK(kernel_size.size() == 2, "kernel_size must have 2 entries");
-  const Geom g = make_conv_shape(x.sizes(), dy.size(1), kernel_size[0], kernel_size[1], stride, padding, dilation);
-  check_grad_out(dy, g, x.sizes());
+  const Geom g = check_csr_conv2d_dw(dy, x, row_idx, col_idx, kernel_size, stride, padding, dilation);
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t nnz = col_idx.size(0);
   if (nnz == 0 || g.N * g.Ho * g.Wo == 0) return at::zeros({nnz}, x.options());
