@@ -113,12 +113,9 @@ class FrozenGuard:
         trainable values only, so its frozen weights need no guard."""
         self.index = []
         for i, l in enumerate(self.layers):
-            p = l.sparse_parameter
-            if l.parameter_holds_frozen:
-                idx = (~self.ownership.free(i)).flatten().nonzero().squeeze(1)
-            else:
-                idx = torch.empty(0, dtype=torch.long, device=p.device)
-            self.index.append(idx)
+            owner = self.ownership.owner[i]
+            frozen = owner != 0 if l.parameter_holds_frozen else owner.new_zeros(0, dtype=torch.bool)
+            self.index.append(frozen.flatten().nonzero().squeeze(1))
 
     def zero_grads(self):
         for l, idx in zip(self.layers, self.index):
