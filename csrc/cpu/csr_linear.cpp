@@ -10,7 +10,7 @@
 //            rows); otherwise the panels are transposed up front and jobs are (panel, row chunk)
 //   dX       the same kernel over the transposed index (values gathered through t_perm)
 //   dValues  SDDMM: dv[k] = dot(dYT[row_k, :], xT[col_k, :]), only at the nonzeros
-// AVX-512 and AVX2 float kernels are compiled with function target attributes and picked per call
+// AVX-512 and AVX2 float kernels (rows, SDDMM dot products, transposes) are compiled with function target attributes and picked per call
 // with cpu::active_isa() (isa.h: SPARSECL_CPU_ISA forces a lower one); float64 and the generic
 // path use the portable templates.
 #include <ATen/ATen.h>
@@ -146,23 +146,75 @@ __attribute__((target("avx512f"))) void store_group_avx512(const float* buf, int
     for (int64_t t = 0; t < std::min<int64_t>(16, tn - h); ++t) _mm512_storeu_ps(y + (h + t) * ldy, _mm512_add_ps(r[t], b));
   }
 }
+
+// In-register 8 x 8 transpose: r[i] holds row i on entry and column i on exit.
+__attribute__((target("avx2,fma"))) inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: t[2i] = a0 b0 a1 b1, t[2i+1] = a2 b2 a3 b3 of rows 2i, 2i+1
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {  // u[4i + j], lane L: column 4L + j of rows 4i .. 4i + 3
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {  // column j: low lanes of u[j], u[4 + j]; column 4 + j: their high lanes
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
+// transpose_panel_avx512 with 8 x 8 tiles.
+__attribute__((target("avx2,fma"))) void transpose_panel_avx2(const float* a, int64_t lda, int64_t n_tokens,
+                                                               int64_t cols, int64_t t0, float* out) {
+  const int64_t tn = std::min(kPanel, n_tokens - t0);
+  __m256 r[8];
+  for (int64_t i0 = 0; i0 < cols; i0 += 8) {
+    const int64_t in = std::min<int64_t>(8, cols - i0);
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(in)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t h = 0; h < kPanel; h += 8) {
+      for (int t = 0; t < 8; ++t)
+        r[t] = h + t < tn ? _mm256_maskload_ps(a + (t0 + h + t) * lda + i0, m) : _mm256_setzero_ps();
+      transpose8(r);
+      for (int64_t i = 0; i < in; ++i) _mm256_storeu_ps(out + (i0 + i) * kPanel + h, r[i]);
+    }
+  }
+}
+
+// store_group_avx512 with 8 x 8 tiles (two halves of the 16-row group).
+__attribute__((target("avx2,fma"))) void store_group_avx2(const float* buf, int64_t tn, const float* bias, float* y,
+                                                           int64_t ldy) {
+  __m256 r[8];
+  for (int64_t half = 0; half < kRowGroup; half += 8) {
+    const __m256 b = bias ? _mm256_loadu_ps(bias + half) : _mm256_setzero_ps();
+    for (int64_t h = 0; h < tn; h += 8) {
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(buf + (half + i) * kPanel + h);
+      transpose8(r);
+      for (int64_t t = 0; t < std::min<int64_t>(8, tn - h); ++t)
+        _mm256_storeu_ps(y + (h + t) * ldy + half, _mm256_add_ps(r[t], b));
+    }
+  }
+}
 #endif
 
-// Whether the float kernels run on AVX-512 (the transposes then go 16 x 16 through registers).
+// The ISA of this call's float kernels (transposes go 16 x 16 or 8 x 8 through registers); generic for
+// float64.
 template <typename T>
-bool use_avx512() {
+cpu::Isa simd_isa() {
 #if defined(__x86_64__)
-  return std::is_same_v<T, float> && cpu::active_isa() == cpu::Isa::kAvx512;
-#else
-  return false;
+  if constexpr (std::is_same_v<T, float>) return cpu::active_isa();
 #endif
+  return cpu::Isa::kGeneric;
 }
 
 template <typename T>
-void transpose_panel(const Tokens<T>& a, int64_t p, bool simd, T* out) {
+void transpose_panel(const Tokens<T>& a, int64_t p, cpu::Isa isa, T* out) {
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<T, float>) {
-    if (simd && a.s1 == 1) return transpose_panel_avx512(a.p, a.s0, a.n, a.cols, p * kPanel, out);
+    if (isa == cpu::Isa::kAvx512 && a.s1 == 1) return transpose_panel_avx512(a.p, a.s0, a.n, a.cols, p * kPanel, out);
+    if (isa == cpu::Isa::kAvx2 && a.s1 == 1) return transpose_panel_avx2(a.p, a.s0, a.n, a.cols, p * kPanel, out);
   }
 #endif
   transpose_panel_portable(a, p, out);
@@ -173,9 +225,9 @@ template <typename T>
 T* transpose_all(const Tokens<T>& a, int slot) {
   const int64_t n_panels = (a.n + kPanel - 1) / kPanel;
   T* out = cpu::workspace<T>(slot, n_panels * a.cols * kPanel);
-  const bool simd = use_avx512<T>();
+  const cpu::Isa isa = simd_isa<T>();
   at::parallel_for(0, n_panels, 1, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p) transpose_panel(a, p, simd, out + p * a.cols * kPanel);
+    for (int64_t p = b; p < e; ++p) transpose_panel(a, p, isa, out + p * a.cols * kPanel);
   });
   return out;
 }
@@ -273,7 +325,7 @@ RowFn<float> pick_row_kernel<float>() {
 // Rows [r0, r1) of one token panel xp (tokens t0 .. t0 + P) into y [T, n_rows] (+ bias), kRowGroup
 // rows at a time through a buffer, so each token's stores into y are contiguous.
 template <typename T>
-void panel_rows(RowFn<T> row, bool simd, const T* xp, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r0,
+void panel_rows(RowFn<T> row, cpu::Isa isa, const T* xp, const T* vals, const int32_t* rp, const int32_t* ci, int64_t r0,
                 int64_t r1, int64_t n_tokens, int64_t t0, int64_t n_rows, const T* bias, T* y) {
   alignas(64) T buf[kRowGroup * kPanel];
   const int64_t tn = std::min(kPanel, n_tokens - t0);
@@ -282,8 +334,12 @@ void panel_rows(RowFn<T> row, bool simd, const T* xp, const T* vals, const int32
     for (int64_t r = 0; r < gn; ++r) row(xp, vals, rp, ci, g0 + r, buf + r * kPanel);
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<T, float>) {
-      if (simd && gn == kRowGroup) {
+      if (isa == cpu::Isa::kAvx512 && gn == kRowGroup) {
         store_group_avx512(buf, tn, bias ? bias + g0 : nullptr, y + t0 * n_rows + g0, n_rows);
+        continue;
+      }
+      if (isa == cpu::Isa::kAvx2 && gn == kRowGroup) {
+        store_group_avx2(buf, tn, bias ? bias + g0 : nullptr, y + t0 * n_rows + g0, n_rows);
         continue;
       }
     }
@@ -304,12 +360,12 @@ void spmm_tokens(const Tokens<T>& a, const T* vals, const int32_t* rp, const int
                  const T* bias, T* y) {
   const int64_t n_panels = (a.n + kPanel - 1) / kPanel, threads = at::get_num_threads();
   const RowFn<T> row = pick_row_kernel<T>();
-  const bool simd = use_avx512<T>();
+  const cpu::Isa isa = simd_isa<T>();
   if (n_panels >= 2 * threads) {
     parallel_jobs(n_panels, [&](int64_t p) {
       T* xp = cpu::workspace<T>(0, a.cols * kPanel);
-      transpose_panel(a, p, simd, xp);
-      panel_rows(row, simd, xp, vals, rp, ci, 0, n_rows, a.n, p * kPanel, n_rows, bias, y);
+      transpose_panel(a, p, isa, xp);
+      panel_rows(row, isa, xp, vals, rp, ci, 0, n_rows, a.n, p * kPanel, n_rows, bias, y);
     });
     return;
   }
@@ -321,7 +377,7 @@ void spmm_tokens(const Tokens<T>& a, const T* vals, const int32_t* rp, const int
   bounds.back() = n_rows;
   parallel_jobs(n_panels * n_chunks, [&](int64_t job) {
     const int64_t p = job / n_chunks, c = job % n_chunks;  // consecutive jobs share a panel (cache reuse)
-    panel_rows(row, simd, xT + p * a.cols * kPanel, vals, rp, ci, bounds[c], bounds[c + 1], a.n, p * kPanel, n_rows, bias,
+    panel_rows(row, isa, xT + p * a.cols * kPanel, vals, rp, ci, bounds[c], bounds[c + 1], a.n, p * kPanel, n_rows, bias,
                y);
   });
 }
@@ -375,6 +431,42 @@ __attribute__((target("avx512f"))) void sddmm_row_avx512(const float* g, const f
     dv[k] = first ? s : dv[k] + s;
   }
 }
+
+constexpr int kSddmmV2 = kPanel / 8;
+
+__attribute__((target("avx2,fma"))) inline __m256 dot_avx2(const __m256* g, const float* xr) {
+  __m256 s = _mm256_mul_ps(g[0], _mm256_loadu_ps(xr));
+  for (int j = 1; j < kSddmmV2; ++j) s = _mm256_fmadd_ps(g[j], _mm256_loadu_ps(xr + 8 * j), s);
+  return s;
+}
+
+// [sum(s0), ..., sum(s7)]: hadd trees per 128-bit lane, then the two lanes of each tree added
+__attribute__((target("avx2,fma"))) inline __m256 hsum4x2_avx2(__m256 s0, __m256 s1, __m256 s2, __m256 s3, __m256 s4,
+                                                               __m256 s5, __m256 s6, __m256 s7) {
+  const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+  const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+  return _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+}
+
+__attribute__((target("avx2,fma"))) void sddmm_row_avx2(const float* g, const float* xT, const int32_t* ci,
+                                                         int32_t k0, int32_t k1, bool first, float* dv) {
+  __m256 gr[kSddmmV2];
+  for (int j = 0; j < kSddmmV2; ++j) gr[j] = _mm256_loadu_ps(g + 8 * j);
+  int32_t k = k0;
+  for (; k + 8 <= k1; k += 8) {  // eight dot products reduced together: [s0 .. s7] in one ymm
+    __m256 s[8];
+    for (int q = 0; q < 8; ++q) s[q] = dot_avx2(gr, xT + int64_t(ci[k + q]) * kPanel);
+    __m256 sum = hsum4x2_avx2(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+    if (!first) sum = _mm256_add_ps(sum, _mm256_loadu_ps(dv + k));
+    _mm256_storeu_ps(dv + k, sum);
+  }
+  for (; k < k1; ++k) {
+    const __m256 h = dot_avx2(gr, xT + int64_t(ci[k]) * kPanel);
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const float s = _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(q, q), q));
+    dv[k] = first ? s : dv[k] + s;
+  }
+}
 #endif
 
 template <typename T>
@@ -388,7 +480,11 @@ SddmmFn<T> pick_sddmm_kernel() {
 #if defined(__x86_64__)
 template <>
 SddmmFn<float> pick_sddmm_kernel<float>() {
-  return cpu::active_isa() == cpu::Isa::kAvx512 ? &sddmm_row_avx512 : &sddmm_row_portable<float>;
+  switch (cpu::active_isa()) {
+    case cpu::Isa::kAvx512: return &sddmm_row_avx512;
+    case cpu::Isa::kAvx2: return &sddmm_row_avx2;
+    default: return &sddmm_row_portable<float>;
+  }
 }
 #endif
 

@@ -144,11 +144,12 @@ def test_every_cpu_isa_matches_float64(isa, threads, T, in_f, out_f, density, mo
         w = layout.to_dense(values.double())
         y = ops.csr_linear(x, values, layout.row_ptr, layout.col_idx, out_f, bias)
         assert_close(y, x.double() @ w.T + bias.double(), torch.float32)
-        g = noncontiguous(torch.randn(T, out_f))
-        dx = ops.csr_linear_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, in_f)
-        assert_close(dx, g.double() @ w, torch.float32)
-        dv = ops.csr_linear_dw(g, noncontiguous(x), layout.row_idx, layout.col_idx)
-        assert_close(dv, layout.values_from_dense(g.double().T @ x.double()), torch.float32)
+        g = torch.randn(T, out_f)
+        for gi, xi in ((g, x), (noncontiguous(g), noncontiguous(x))):  # SIMD and strided transposes
+            dx = ops.csr_linear_dx(gi, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, in_f)
+            assert_close(dx, g.double() @ w, torch.float32)
+            dv = ops.csr_linear_dw(gi, xi, layout.row_idx, layout.col_idx)
+            assert_close(dv, layout.values_from_dense(g.double().T @ x.double()), torch.float32)
     finally:
         torch.set_num_threads(saved)
 
