@@ -1,6 +1,12 @@
 """Helpers shared by op tests: float64 references and tolerances."""
 import torch
 
+import sparsecl
+
+# CPU kernel paths this machine can run, lowest first (SPARSECL_CPU_ISA forces one; float32 only)
+RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
+CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(RUNTIME_ISA) + 1]
+
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (2e-4, 2e-4), torch.float16: (2e-2, 2e-2),
        torch.bfloat16: (5e-2, 5e-2)}
 

@@ -2,7 +2,7 @@
 // Both selections are "the n smallest ranks" (prune_keys.h). Per layer:
 //  1. a sample of 64 spread runs of 128 positions guesses, per set, a key bound that the n best
 //     candidates very likely fall under (small layers take every candidate);
-//  2. ONE pass over mask, eligible and both scores (chunks of all layers in parallel; AVX-512 compress
+//  2. ONE pass over mask, eligible and both scores (chunks of all layers in parallel; AVX-512 or AVX2
 //     where available) counts |A ∩ E| and compacts, in index order, the drop candidates (A ∩ E) and the
 //     grow candidates (E \ A) whose key is within the bound: a few % of the layer;
 //  3. the exact n-th smallest rank of each list is found by a small radix select on the list (D's grow
@@ -26,7 +26,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define SPARSECL_PR_AVX512 1
+#define SPARSECL_PR_X86 1
 #endif
 
 #include "checks.h"
@@ -151,7 +151,7 @@ void scan_generic(const LayerView& L, Chunk<K>& c, K hi_d, K hi_g, bool want_d, 
   c.active = active;
 }
 
-#ifdef SPARSECL_PR_AVX512
+#ifdef SPARSECL_PR_X86
 // The same scan for float scores, 16 positions per step: keys built in registers, candidates packed with
 // vpcompressd into registers and stored whole (the buffers have 16 spare slots; compress-to-memory is
 // slow on some CPUs).
@@ -210,14 +210,92 @@ SPARSECL_PR_TARGET void scan_avx512(const LayerView& L, Chunk<uint32_t>& c, uint
   if (want_d) c.d.size = nd;
   if (want_g) c.g.size = ng;
 }
+
+// The same scan on AVX2, 8 positions per step. Without a compress instruction the (few) selected lanes
+// are stored one by one from the set bits of the selection mask.
+#define SPARSECL_PR_TARGET2 __attribute__((target("avx2,fma,bmi,popcnt")))
+SPARSECL_PR_TARGET2 inline __m256i asc_key8(__m256i u) {  // keys::asc_key, 8 lanes
+  const __m256i top = _mm256_set1_epi32(int(0x80000000u));
+  __m256i k = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), top));
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  k = _mm256_blendv_epi8(k, top, _mm256_cmpeq_epi32(a, _mm256_setzero_si256()));
+  return _mm256_andnot_si256(_mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000)), k);  // NaN -> 0
+}
+
+// Lanes of k (unsigned) <= hi, as a bit mask within `lanes`.
+SPARSECL_PR_TARGET2 inline uint32_t le_bits8(__m256i k, __m256i hi_flipped, uint32_t lanes) {
+  const __m256i top = _mm256_set1_epi32(int(0x80000000u));
+  const __m256i gt = _mm256_cmpgt_epi32(_mm256_xor_si256(k, top), hi_flipped);
+  return lanes & ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(gt)));
+}
+
+// 8 bools as 8 lanes of 0 / -1.
+SPARSECL_PR_TARGET2 inline __m256i bool_lanes8(const bool* p, int64_t rem) {
+  uint64_t b = 0;
+  std::memcpy(&b, p, size_t(std::min<int64_t>(8, rem)));
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(b)));
+  return _mm256_cmpgt_epi32(v, _mm256_setzero_si256());
+}
+
+SPARSECL_PR_TARGET2 void scan_avx2(const LayerView& L, Chunk<uint32_t>& c, uint32_t hi_d, uint32_t hi_g, bool want_d,
+                                   bool want_g) {
+  const float* ps = static_cast<const float*>(L.ps);
+  const float* gs = static_cast<const float*>(L.gs);
+  const __m256i top = _mm256_set1_epi32(int(0x80000000u)), ones = _mm256_set1_epi32(-1);
+  const __m256i vhd = _mm256_xor_si256(_mm256_set1_epi32(int(hi_d)), top);
+  const __m256i vhg = _mm256_xor_si256(_mm256_set1_epi32(int(hi_g)), top);
+  alignas(32) uint32_t kd[8], kg[8];
+  int64_t active = 0, nd = 0, ng = 0;
+  for (int64_t i = c.begin; i < c.end; i += 8) {
+    const int64_t rem = c.end - i;
+    const uint32_t lanes = rem >= 8 ? 0xFFu : (1u << rem) - 1;
+    const __m256i lane_v = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(8, rem))),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i el = lane_v;
+    if (L.elig) el = _mm256_and_si256(el, bool_lanes8(L.elig + i, rem));
+    const __m256i mb = bool_lanes8(L.mask + i, rem);
+    const uint32_t el_bits = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(el)));
+    const uint32_t act = el_bits & uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(mb)));
+    const uint32_t ina = el_bits & ~act;
+    active += __builtin_popcount(act);
+    const __m256i g = _mm256_xor_si256(asc_key8(_mm256_maskload_epi32(reinterpret_cast<const int*>(gs + i), el)), ones);
+    const uint32_t off0 = uint32_t(i - c.begin);
+    if (want_d && act) {
+      const __m256i k = asc_key8(_mm256_maskload_epi32(reinterpret_cast<const int*>(ps + i), el));
+      uint32_t sel = le_bits8(k, vhd, act);
+      if (sel) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(kd), k);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(kg), g);
+        for (; sel; sel &= sel - 1) {
+          const int j = __builtin_ctz(sel);
+          c.d.key[nd] = kd[j], c.d.gkey[nd] = kg[j], c.d.off[nd++] = off0 + uint32_t(j);
+        }
+      }
+    }
+    if (want_g && ina) {
+      uint32_t sel = le_bits8(g, vhg, ina);
+      if (sel) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(kg), g);
+        for (; sel; sel &= sel - 1) {
+          const int j = __builtin_ctz(sel);
+          c.g.key[ng] = kg[j], c.g.off[ng++] = off0 + uint32_t(j);
+        }
+      }
+    }
+  }
+  c.active = active;
+  if (want_d) c.d.size = nd;
+  if (want_g) c.g.size = ng;
+}
 #endif
 
 // Scan into the chunk's buffers, already placed for the wanted sets.
 template <typename S, typename K>
-void scan(const LayerView& L, Chunk<K>& c, K hi_d, K hi_g, bool want_d, bool want_g, bool avx512) {
-#ifdef SPARSECL_PR_AVX512
+void scan(const LayerView& L, Chunk<K>& c, K hi_d, K hi_g, bool want_d, bool want_g, cpu::Isa isa) {
+#ifdef SPARSECL_PR_X86
   if constexpr (std::is_same_v<S, float>) {
-    if (avx512) return scan_avx512(L, c, hi_d, hi_g, want_d, want_g);
+    if (isa == cpu::Isa::kAvx512) return scan_avx512(L, c, hi_d, hi_g, want_d, want_g);
+    if (isa == cpu::Isa::kAvx2) return scan_avx2(L, c, hi_d, hi_g, want_d, want_g);
   }
 #endif
   scan_generic<S, K>(L, c, hi_d, hi_g, want_d, want_g);
@@ -338,7 +416,7 @@ void gather(const std::vector<Chunk<K>*>& chunks, bool drop_set, std::vector<R>&
 
 // Selection and writes of one layer after the scan; returns |D \ G| + |G \ A|.
 template <typename W, typename S, typename K, typename R>
-int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g, bool avx512) {
+int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g, cpu::Isa isa) {
   int64_t active = 0;
   for (auto* c : chunks) active += c->active;
   const int64_t n = std::min(L.n, active);
@@ -347,7 +425,7 @@ int64_t finish_layer(const LayerView& L, std::vector<Chunk<K>*>& chunks, K hi_g,
   auto rescan = [&](bool drop_set) {  // the guess was short: every candidate of that set, one chunk at a time
     for (auto* c : chunks) {
       (drop_set ? c->d : c->g).alloc(c->end - c->begin, drop_set);
-      scan<S, K>(L, *c, all, all, drop_set, !drop_set, avx512);
+      scan<S, K>(L, *c, all, all, drop_set, !drop_set, isa);
     }
   };
 
@@ -417,7 +495,7 @@ void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>&
   using K = typename KeyOf<S>::type;
   constexpr int64_t kChunk = int64_t(1) << 18;
   const int64_t L = int64_t(views.size());
-  const bool avx512 = cpu::active_isa() == cpu::Isa::kAvx512;
+  const cpu::Isa isa = cpu::active_isa();
   const int nt = at::in_parallel_region() ? 1 : int(std::max<int64_t>(1, at::get_num_threads()));
 
   // chunks of every layer, largest layers first
@@ -457,7 +535,7 @@ void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>&
       const size_t at = arena.reserve(bd + Buf<K>::bytes(len, false));
       c.d.place(arena.data.get() + at, len, true);
       c.g.place(arena.data.get() + at + bd, len, false);
-      scan<S, K>(views[c.layer], c, bounds[c.layer].first, bounds[c.layer].second, true, true, avx512);
+      scan<S, K>(views[c.layer], c, bounds[c.layer].first, bounds[c.layer].second, true, true, isa);
       const size_t pd = c.d.pack(arena.data.get() + at);
       const size_t pg = c.g.pack(arena.data.get() + at + pd);
       c.tid = t;
@@ -480,8 +558,8 @@ void run_layers(const std::vector<LayerView>& views, const std::vector<int64_t>&
     std::vector<Chunk<K>*> mine;
     for (int64_t c = first[l]; c < first[l + 1]; ++c) mine.push_back(&chunks[c]);
     const K hi_g = bounds[l].second;
-    if (sizeof(K) == 4 && v.numel < (int64_t(1) << 32)) out[l] = finish_layer<W, S, K, uint64_t>(v, mine, hi_g, avx512);
-    else out[l] = finish_layer<W, S, K, unsigned __int128>(v, mine, hi_g, avx512);
+    if (sizeof(K) == 4 && v.numel < (int64_t(1) << 32)) out[l] = finish_layer<W, S, K, uint64_t>(v, mine, hi_g, isa);
+    else out[l] = finish_layer<W, S, K, unsigned __int128>(v, mine, hi_g, isa);
   }
 }
 

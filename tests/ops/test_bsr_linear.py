@@ -8,7 +8,7 @@ from sparsecl.formats import BlockSparseLayout
 from sparsecl.ops import bsr_linear
 from sparsecl.ops.bsr_linear import _reference_dw, _reference_dx, _reference_forward
 
-from .._ref import assert_close, noncontiguous, ref_linear
+from .._ref import CPU_ISAS, assert_close, noncontiguous, ref_linear
 from ..conftest import DEVICES
 
 SHAPES = [  # (tokens, in, out)
@@ -16,9 +16,6 @@ SHAPES = [  # (tokens, in, out)
 ]
 DENSITIES = [0.0, "one", 0.1, 0.5, 1.0]
 
-# CPU kernel paths this machine can run (SPARSECL_CPU_ISA forces one; float32 only, float64 is generic)
-_RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
-CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_RUNTIME_ISA) + 1]
 # token counts around the panel heights (14 on AVX-512, 6 on AVX2) and the SDDMM pass length (64)
 ISA_SHAPES = [  # (tokens, in, out)
     (0, 40, 48), (1, 64, 32), (13, 100, 70), (29, 96, 130), (150, 72, 64), (70, 33, 17),

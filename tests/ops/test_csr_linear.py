@@ -8,7 +8,7 @@ from sparsecl.formats import CSRLayout
 from sparsecl.ops import csr_linear
 from sparsecl.ops.csr_linear import _reference_dw, _reference_dx, _reference_forward
 
-from .._ref import assert_close, noncontiguous, ref_linear
+from .._ref import CPU_ISAS, RUNTIME_ISA, assert_close, noncontiguous, ref_linear
 from ..conftest import DEVICES
 
 SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 32-token panel or the 16-row group
@@ -16,9 +16,6 @@ SHAPES = [  # (tokens, in, out): 0, 1, odd, not multiples of the 32-token panel 
 ]
 DENSITIES = [0.0, "one", 0.1, 0.5, 1.0]
 
-# CPU kernel paths this machine can run (SPARSECL_CPU_ISA forces one; float32 only, float64 is generic)
-_RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
-CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_RUNTIME_ISA) + 1]
 # tokens around the 32-token panel; with 1 or 2 threads both schedules run (one panel per job from
 # 2 panels per thread up, else shared panels split by rows); rows not multiples of the 16-row group
 ISA_SHAPES = [(0, 40, 48), (1, 64, 32), (20, 33, 17), (33, 100, 70), (65, 96, 130), (100, 72, 64), (130, 17, 33)]
@@ -159,7 +156,7 @@ def test_every_cpu_isa_matches_float64(isa, threads, T, in_f, out_f, density, mo
                                                ("avx512", "this CPU supports at most")])
 def test_cpu_isa_override_reaches_every_kernel(op, request_isa, match, monkeypatch):
     """SPARSECL_CPU_ISA is read by the CSR kernels' dispatch: a bad request raises from each of them."""
-    if request_isa == "avx512" and _RUNTIME_ISA == "avx512":
+    if request_isa == "avx512" and RUNTIME_ISA == "avx512":
         pytest.skip("this CPU runs AVX-512, so asking for it is valid")
     layout = CSRLayout.random((40, 48), 0.5)
     values, x, g = torch.randn(layout.nnz), torch.randn(3, 48), torch.randn(3, 40)

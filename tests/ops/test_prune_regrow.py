@@ -9,6 +9,7 @@ from sparsecl import _extension
 from sparsecl.ops import prune_regrow
 from sparsecl.ops.prune_regrow import block_size_of, drop_order, grow_order, reference_prune_regrow
 
+from .._ref import CPU_ISAS
 from ..conftest import DEVICES
 
 needs_ext = pytest.mark.skipif(not _extension.AVAILABLE, reason="compiled extension not built")
@@ -305,13 +306,10 @@ def test_lone_large_layer_split_over_threads(kind, seed):
     assert torch.equal(m1, m2) and bits_equal(w1, w2)
 
 
-@pytest.fixture(params=["generic", "best"])
+@pytest.fixture(params=CPU_ISAS)
 def cpu_isa(request, monkeypatch):
-    """Runs the test on the portable scan and on the best one this CPU has (AVX-512 where available)."""
-    if request.param == "generic":
-        monkeypatch.setenv("SPARSECL_CPU_ISA", "generic")
-    else:
-        monkeypatch.delenv("SPARSECL_CPU_ISA", raising=False)
+    """Runs the test on every scan this CPU can run (portable, AVX2, AVX-512)."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", request.param)
     return request.param
 
 

@@ -10,7 +10,7 @@ from sparsecl.formats import BlockSparseLayout, CSRLayout
 from sparsecl.ops import bsr_conv2d, csr_conv2d
 from sparsecl.ops import sparse_conv2d as sc
 
-from .._ref import assert_close
+from .._ref import CPU_ISAS, assert_close
 
 GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
     (2, 5, 7, 9, 7, 3, 1, 1, 1), (1, 20, 33, 11, 6, 3, 2, 1, 1), (3, 17, 16, 8, 9, (3, 1), (2, 1), (0, 2), (2, 1)),
@@ -18,9 +18,6 @@ GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
 ]
 DENSITIES = [0.0, 0.3, 1.0]
 
-# CPU kernel paths this machine can run (SPARSECL_CPU_ISA forces one)
-_RUNTIME_ISA = sparsecl.build_info().get("cpu_isa_runtime", "generic")
-CPU_ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_RUNTIME_ISA) + 1]
 # Unstructured stride-1 convs run the padded-width kernels (tiles of 1, 2, 4 or 7 vectors, several
 # images per call); these shapes give each tile width, several tiles per plane, batch tails, 1x1,
 # dilation and asymmetric padding/kernels. The stride-2 shapes run the general per-nonzero loops.
