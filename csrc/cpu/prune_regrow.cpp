@@ -404,6 +404,7 @@ R nth_smallest(const std::vector<R>& v, int64_t n, size_t split) {
 template <typename W>
 inline __attribute__((always_inline)) void zero_position(const LayerView& L, int64_t i) {
   W* w = static_cast<W*>(L.w);
+  if (w == nullptr) return;  // mask-only layer
   if (L.B == 1) {
     w[i] = W(0);
     return;
@@ -594,21 +595,25 @@ at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::Te
 
   std::vector<at::Tensor> w_work(L), m_work(L), keep;
   std::vector<LayerView> views(L);
-  at::ScalarType wtype = L ? weights[0].scalar_type() : at::kFloat, stype = L ? prune_scores[0].scalar_type() : at::kFloat;
+  // an empty weight with a non-empty mask: a mask-only layer (its values live elsewhere, e.g. compact storage)
+  auto mask_only = [&](int64_t l) { return weights[l].numel() == 0 && masks[l].numel() > 0; };
+  at::ScalarType wtype = at::kFloat, stype = L ? prune_scores[0].scalar_type() : at::kFloat;
+  for (int64_t l = L - 1; l >= 0; --l)
+    if (!mask_only(l)) wtype = weights[l].scalar_type();
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor &w = weights[l], &m = masks[l], &p = prune_scores[l], &g = grow_scores[l];
     SPARSECL_CHECK(w.device().is_cpu() && m.device().is_cpu() && p.device().is_cpu() && g.device().is_cpu(),
                    "layer ", l, ": all tensors must be on the CPU");
     SPARSECL_CHECK(w.is_floating_point(), "layer ", l, ": weight must be floating point, got ", w.scalar_type());
-    SPARSECL_CHECK(w.scalar_type() == wtype, "all weights must share one dtype: layer ", l, " is ", w.scalar_type(),
-                   ", layer 0 is ", wtype);
+    SPARSECL_CHECK(mask_only(l) || w.scalar_type() == wtype, "all weights must share one dtype: layer ", l, " is ",
+                   w.scalar_type(), ", the first is ", wtype);
     SPARSECL_CHECK(m.scalar_type() == at::kBool, "layer ", l, ": mask must be bool, got ", m.scalar_type());
     check_float(p, "prune_score", false);
     SPARSECL_CHECK(p.scalar_type() == stype && g.scalar_type() == stype, "all scores must share one dtype (layer ", l,
                    ": ", p.scalar_type(), ", ", g.scalar_type(), "; layer 0: ", stype, ")");
     SPARSECL_CHECK(p.sizes() == m.sizes() && g.sizes() == m.sizes(), "layer ", l, ": scores ", p.sizes(), " and ",
                    g.sizes(), " must have the mask's shape ", m.sizes());
-    const int64_t B = block_size_of(w, m, l);
+    const int64_t B = mask_only(l) ? 1 : block_size_of(w, m, l);
     const bool* e = nullptr;
     if (!eligible.empty()) {
       const at::Tensor& el = eligible[l];
@@ -624,8 +629,9 @@ at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::Te
     const void* pp = keep.back().data_ptr();
     keep.push_back(g.contiguous());
     const void* gp = keep.back().data_ptr();
-    views[l] = {w_work[l].data_ptr(), m_work[l].data_ptr<bool>(), e, pp, gp, m.numel(), cnt[l],
-                w.dim() == 2 ? w.size(0) : 1, w.dim() == 2 ? w.size(1) : w.numel(), m.dim() == 2 ? m.size(1) : 1, B};
+    views[l] = {mask_only(l) ? nullptr : w_work[l].data_ptr(), m_work[l].data_ptr<bool>(), e, pp, gp, m.numel(),
+                cnt[l], w.dim() == 2 ? w.size(0) : 1, w.dim() == 2 ? w.size(1) : w.numel(),
+                m.dim() == 2 ? m.size(1) : 1, B};
   }
   for (int64_t l = 0; l < L; ++l)
     SPARSECL_CHECK(m_work[l].numel() < (int64_t(1) << 62), "layer ", l, " is too large");
@@ -647,8 +653,62 @@ at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::Te
   return changed;
 }
 
+// ---- random growth scores ------------------------------------------------------------------------
+// out[i] = U[0, 1) from a counter-based hash of (seed, i), 24 bits: the same values for any thread count,
+// on every rank and (through the torch formulation in sparsecl/ops/prune_regrow.py) on every device.
+// For a fixed seed the 32-bit hashes of i < 2^32 are distinct (each step below is a bijection of i).
+
+inline uint32_t fmix32(uint32_t h) {  // MurmurHash3's finaliser, a bijection with full avalanche
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  return h ^ (h >> 16);
+}
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+inline __attribute__((always_inline)) void random_scores_body(float* out, int64_t begin, int64_t end, uint32_t k0,
+                                                              uint32_t k1) {
+  for (int64_t i = begin; i < end; ++i) {
+    const uint32_t h = fmix32(fmix32(uint32_t(i) ^ k0) ^ (uint32_t(uint64_t(i) >> 32) * 0x9E3779B9u) ^ k1);
+    out[i] = float(h >> 8) * 0x1p-24f;
+  }
+}
+
+void random_scores_generic(float* out, int64_t b, int64_t e, uint32_t k0, uint32_t k1) {
+  random_scores_body(out, b, e, k0, k1);
+}
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) void random_scores_avx2(float* out, int64_t b, int64_t e, uint32_t k0, uint32_t k1) {
+  random_scores_body(out, b, e, k0, k1);  // vectorised with vpmulld
+}
+#endif
+
+void random_scores_cpu(const at::Tensor& out, int64_t seed) {
+  SPARSECL_CHECK(out.device().is_cpu(), "out must be a CPU tensor, got ", out.device());
+  SPARSECL_CHECK(out.scalar_type() == at::kFloat, "out must be float32, got ", out.scalar_type());
+  SPARSECL_CHECK(out.is_contiguous(), "out must be contiguous");
+  const uint64_t k = splitmix64(uint64_t(seed));
+  const uint32_t k0 = uint32_t(k), k1 = uint32_t(k >> 32);
+  auto fill = &random_scores_generic;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (cpu::active_isa() != cpu::Isa::kGeneric) fill = &random_scores_avx2;
+#endif
+  float* p = out.data_ptr<float>();
+  at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t b, int64_t e) { fill(p, b, e, k0, k1); });
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsecl, CPU, m) { m.impl("prune_regrow", &prune_regrow_cpu); }
+TORCH_LIBRARY_IMPL(sparsecl, CPU, m) {
+  m.impl("prune_regrow", &prune_regrow_cpu);
+  m.impl("random_scores_", &random_scores_cpu);
+}
 
 }  // namespace sparsecl

@@ -12,12 +12,15 @@ from ..kernels_loader import triton_available
 _REFERENCES = {}
 
 
-def register_reference(op_name, fn):
+def register_reference(op_name, fn, cuda_kernel=False):
     """Record ``fn`` (pure torch) as the "aten" backend of ``sparsecl::op_name``, and use it as the op's CPU and
-    CUDA kernel when the extension is missing."""
+    CUDA kernel when the extension is missing; ``cuda_kernel``: also its CUDA kernel when the extension is there
+    (an op without a CUDA C++ kernel)."""
     _REFERENCES[op_name] = fn
     if not _extension.AVAILABLE:
         torch.library.impl(f"sparsecl::{op_name}", ("CPU", "CUDA"))(fn)
+    elif cuda_kernel:
+        torch.library.impl(f"sparsecl::{op_name}", "CUDA")(fn)
 
 
 class KernelSet:
@@ -67,13 +70,39 @@ def autocast_args(x, *tensors):
 _INDEXED_KERNELS = {}
 
 
+def gather_dense_grad(dense, row_idx, col_idx, block_size):
+    """dValues taken from a dense weight gradient [out, in] at an indexed layout's entries: [nnz] (block_size 0,
+    CSR) or [nnzb, B, B] (edge blocks: zero outside the weight, like the SDDMM kernels)."""
+    if not block_size:
+        return dense.reshape(-1).index_select(0, row_idx.long() * dense.shape[1] + col_idx.long())
+    B = block_size
+    nbr, nbc = -(-dense.shape[0] // B), -(-dense.shape[1] // B)
+    if dense.shape != (nbr * B, nbc * B):
+        dense = torch.nn.functional.pad(dense, (0, nbc * B - dense.shape[1], 0, nbr * B - dense.shape[0]))
+    return dense.view(nbr, B, nbc, B)[row_idx.long(), :, col_idx.long(), :]
+
+
+def check_dense_grad_hook(hook):
+    if hook is not None and not callable(hook):
+        raise TypeError(f"dense_grad_hook must be callable or None, got {type(hook).__name__}")
+
+
+def dense_grad_and_dw(dense_grad_hook, grad_out, x):
+    """The dense dW = grad_out.T @ x [out, in], handed to ``dense_grad_hook`` (which may keep it)."""
+    dense = grad_out.T.mm(x)
+    dense_grad_hook(dense)
+    return dense
+
+
 def indexed_linear_function(kernels, name, pass_block_size):
     """The autograd Function of ``x @ W.T + bias`` over an indexed sparse layout (CSR or BSR).
 
     ``kernels(device)`` gives (forward, dx, dw). Inputs: x [T, in], values, bias or None, the layout's six
-    index tensors (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm) and out_features. dX runs over
-    the transposed index, dValues only at the active entries (dw also gets the block size, values.shape[1],
-    when ``pass_block_size``), dBias is grad_out summed over tokens.
+    index tensors (row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm), out_features and a dense-gradient
+    hook or None. dX runs over the transposed index, dValues only at the active entries (dw also gets the block
+    size, values.shape[1], when ``pass_block_size``), dBias is grad_out summed over tokens. With a hook (a DST
+    growth step needs the dense weight gradient anyway), backward computes the dense dW with one GEMM, passes
+    it to the hook and gathers dValues from it instead of running the SDDMM.
     """
 
     op = kernels.op
@@ -81,15 +110,16 @@ def indexed_linear_function(kernels, name, pass_block_size):
 
     class IndexedLinear(torch.autograd.Function):
         @staticmethod
-        def forward(x, values, bias, layout_tensors, out_features):
+        def forward(x, values, bias, layout_tensors, out_features, dense_grad_hook):
             row_ptr, col_idx = layout_tensors[0], layout_tensors[1]
             return _INDEXED_KERNELS[op](x.device)[0](x, values, row_ptr, col_idx, out_features, bias)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            x, values, bias, layout_tensors, _ = inputs
+            x, values, bias, layout_tensors, _, dense_grad_hook = inputs
             ctx.save_for_backward(x, values, *layout_tensors)
             ctx.has_bias = bias is not None
+            ctx.dense_grad_hook = dense_grad_hook
 
         @staticmethod
         def backward(ctx, grad_out):
@@ -99,18 +129,22 @@ def indexed_linear_function(kernels, name, pass_block_size):
             dx = dv = db = None
             if ctx.needs_input_grad[0]:
                 dx = dx_op(grad_out, values, t_row_ptr, t_col_idx, t_perm, x.shape[1])
-            if ctx.needs_input_grad[1]:
-                extra = (values.shape[1],) if pass_block_size else ()
-                dv = dw_op(grad_out, x, row_idx, col_idx, *extra)
+            block = values.shape[1] if pass_block_size else 0
+            if ctx.dense_grad_hook is not None:
+                dense = dense_grad_and_dw(ctx.dense_grad_hook, grad_out, x)
+                if ctx.needs_input_grad[1]:
+                    dv = gather_dense_grad(dense, row_idx, col_idx, block).to(values.dtype)
+            elif ctx.needs_input_grad[1]:
+                dv = dw_op(grad_out, x, row_idx, col_idx, *((block,) if block else ()))
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = grad_out.sum(0)
-            return dx, dv, db, None, None
+            return dx, dv, db, None, None, None
 
     IndexedLinear.__name__ = IndexedLinear.__qualname__ = name
     return IndexedLinear
 
 
-def indexed_linear(function, layout_type, x, values, layout, bias):
+def indexed_linear(function, layout_type, x, values, layout, bias, dense_grad_hook=None):
     """Shared body of bsr_linear / csr_linear: validate, autocast, flatten the leading dims of x, apply."""
     if not isinstance(layout, layout_type):
         raise TypeError(f"layout must be a {layout_type.__name__}, got {type(layout).__name__}")
@@ -126,5 +160,6 @@ def indexed_linear(function, layout_type, x, values, layout, bias):
     lead = x.shape[:-1]
     x2 = x.reshape(lead.numel(), in_f)  # explicit rows: in_features may be 0
     idx = (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm)
-    y = function.apply(x2, values, bias, idx, out_f)
+    check_dense_grad_hook(dense_grad_hook)
+    y = function.apply(x2, values, bias, idx, out_f, dense_grad_hook)
     return y.reshape(*lead, out_f)

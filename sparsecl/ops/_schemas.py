@@ -237,6 +237,15 @@ def _(row_ptr, col_idx, new_mask):
     return new_mask.new_empty(col_idx.shape), col_idx.new_empty((n_grow,), dtype=torch.int64)
 
 
+# random_scores_: fills a float32 tensor in place ---------------------------------------------------
+
+
+@torch.library.register_fake("sparsecl::random_scores_")
+def _(out, seed):
+    torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
+    torch._check(out.is_contiguous(), lambda: "out must be contiguous")
+
+
 # prune_regrow: in place on weights (float) and masks (bool), returns int64 [L] changed positions --------
 
 

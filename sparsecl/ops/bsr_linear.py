@@ -65,10 +65,12 @@ _kernels = KernelSet(OP, "bsr_linear", [
 _BsrLinear = indexed_linear_function(_kernels, "_BsrLinear", pass_block_size=True)
 
 
-def bsr_linear(x, values, layout, bias=None):
+def bsr_linear(x, values, layout, bias=None, *, dense_grad_hook=None):
     """``x @ W.T + bias`` for W [out, in] = ``layout.to_dense(values)``.
 
     x: [..., in_features]; values: [layout.nnzb, B, B] of x's dtype and device; bias: [out] or None.
     Returns [..., out_features]. Differentiable in x, values and bias. Nothing is mutated.
+    dense_grad_hook: None, or a callable that backward passes the dense weight gradient [out, in] (for DST
+    growth); dValues is then gathered from it instead of computed by the SDDMM.
     """
-    return indexed_linear(_BsrLinear, BlockSparseLayout, x, values, layout, bias)
+    return indexed_linear(_BsrLinear, BlockSparseLayout, x, values, layout, bias, dense_grad_hook)

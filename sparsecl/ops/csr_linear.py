@@ -53,10 +53,12 @@ _kernels = KernelSet(OP, "csr_linear", [
 _CsrLinear = indexed_linear_function(_kernels, "_CsrLinear", pass_block_size=False)
 
 
-def csr_linear(x, values, layout, bias=None):
+def csr_linear(x, values, layout, bias=None, *, dense_grad_hook=None):
     """``x @ W.T + bias`` for W [out, in] = ``layout.to_dense(values)``.
 
     x: [..., in_features]; values: [layout.nnz] of x's dtype and device; bias: [out] or None.
     Returns [..., out_features]. Differentiable in x, values and bias. Nothing is mutated.
+    dense_grad_hook: None, or a callable that backward passes the dense weight gradient [out, in] (for DST
+    growth); dValues is then gathered from it instead of computed by the SDDMM.
     """
-    return indexed_linear(_CsrLinear, CSRLayout, x, values, layout, bias)
+    return indexed_linear(_CsrLinear, CSRLayout, x, values, layout, bias, dense_grad_hook)

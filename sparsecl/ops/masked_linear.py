@@ -7,7 +7,7 @@ dW for gradient-based growth steps.
 """
 import torch
 
-from ._registry import KernelSet, autocast_args, register_reference
+from ._registry import KernelSet, autocast_args, check_dense_grad_hook, dense_grad_and_dw, register_reference
 
 OP = "masked_linear"
 
@@ -41,14 +41,15 @@ _kernels = KernelSet(OP, "masked_linear", [
 
 class _MaskedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(x, weight, mask, bias, grad_mask):
+    def forward(x, weight, mask, bias, grad_mask, dense_grad_hook):
         return _kernels(x.device)[0](x, weight, mask, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, mask, bias, grad_mask = inputs
+        x, weight, mask, bias, grad_mask, dense_grad_hook = inputs
         ctx.save_for_backward(x, weight, mask, grad_mask)
         ctx.has_bias = bias is not None
+        ctx.dense_grad_hook = dense_grad_hook
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -58,11 +59,16 @@ class _MaskedLinear(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = dx_op(grad_out, weight, mask)
-        if ctx.needs_input_grad[1]:
-            dw = dw_op(grad_out, x, mask if grad_mask is None else grad_mask)
+        gm = mask if grad_mask is None else grad_mask
+        if ctx.dense_grad_hook is not None:  # one GEMM gives both the dense dW and the masked one
+            dense = dense_grad_and_dw(ctx.dense_grad_hook, grad_out, x)
+            if ctx.needs_input_grad[1]:
+                dw = torch.where(gm, dense, 0).to(weight.dtype)
+        elif ctx.needs_input_grad[1]:
+            dw = dw_op(grad_out, x, gm)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             db = grad_out.sum(0)
-        return dx, dw, None, db, None
+        return dx, dw, None, db, None, None
 
 
 def _check(x, weight, mask, name):
@@ -78,13 +84,16 @@ def _check(x, weight, mask, name):
         raise ValueError(f"x ({x.device}), weight ({weight.device}) and {name} ({mask.device}) must be on one device")
 
 
-def masked_linear(x, weight, mask, bias=None, grad_mask=None):
+def masked_linear(x, weight, mask, bias=None, grad_mask=None, *, dense_grad_hook=None):
     """``x @ (weight * mask).T + bias`` with weight [out, in] dense and bool mask [out, in]; masked-out
     weights contribute exactly 0 (also when they are inf/NaN).
 
     x: [..., in]; bias: [out] or None; grad_mask: bool [out, in] (default ``mask``): the positions that
     receive weight gradient (exactly 0 elsewhere). Returns [..., out]. Nothing is mutated.
+    dense_grad_hook: None, or a callable that backward passes the dense weight gradient [out, in] over all
+    positions (for DST growth); the masked dW is then taken from it (one GEMM instead of two).
     """
+    check_dense_grad_hook(dense_grad_hook)
     _check(x, weight, mask, "mask")
     if grad_mask is mask:
         grad_mask = None
@@ -94,7 +103,8 @@ def masked_linear(x, weight, mask, bias=None, grad_mask=None):
     x, weight, bias = autocast_args(x, weight, bias)
     out_f, in_f = weight.shape
     lead = x.shape[:-1]
-    y = _MaskedLinear.apply(x.reshape(lead.numel(), in_f), weight, mask.contiguous(), bias, grad_mask)
+    y = _MaskedLinear.apply(x.reshape(lead.numel(), in_f), weight, mask.contiguous(), bias, grad_mask,
+                            dense_grad_hook)
     return y.reshape(*lead, out_f)
 
 

@@ -100,9 +100,10 @@ def _reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, e
         in_g[G] = True
         zero = (in_g & ~A) | (in_d & ~in_g)
         m.copy_(((A & ~in_d) | in_g).view(m.shape))
-        B = block_size_of(w.shape, m.shape)
         zero = zero.view(m.shape)
-        w.masked_fill_(zero if B == 1 else _expand_blocks(zero, w.shape, B), 0)
+        if w.numel() or not m.numel():  # else a mask-only layer
+            B = block_size_of(w.shape, m.shape)
+            w.masked_fill_(zero if B == 1 else _expand_blocks(zero, w.shape, B), 0)
         changed.append(int(zero.sum()))
     return torch.tensor(changed, dtype=torch.int64, device=counts.device)
 
@@ -115,6 +116,53 @@ def reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, el
 
 
 register_reference(OP, _reference_prune_regrow)
+
+
+# Random growth scores --------------------------------------------------------------------------------
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(h, c):
+    """(h * c) mod 2**32 for int64 tensors h in [0, 2**32) and a 32-bit constant, without int64 overflow."""
+    return (h * (c & 0xFFFF) + (((h * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _fmix32(h):
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _splitmix64(x):
+    m = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def _random_scores_torch(out, seed):
+    """random_scores_ in torch ops (any device; the CUDA kernel, and the reference of the C++ one)."""
+    torch._check(out.dtype == torch.float32, lambda: f"out must be float32, got {out.dtype}")
+    torch._check(out.is_contiguous(), lambda: "out must be contiguous")
+    k = _splitmix64(seed % (1 << 64))
+    idx = torch.arange(out.numel(), dtype=torch.int64, device=out.device)
+    h = _fmix32(_fmix32((idx & _M32) ^ (k & _M32)) ^ _mul32(idx >> 32, 0x9E3779B9) ^ (k >> 32))
+    out.view(-1).copy_((h >> 8).to(torch.float32) * 2.0 ** -24)
+
+
+# an elementwise hash is memory-bound: the torch formulation is the CUDA kernel (the one the CPU tests check)
+register_reference("random_scores_", _random_scores_torch, cuda_kernel=True)
+
+
+def random_scores(shape, seed, device=None):
+    """float32 tensor of ``shape`` with U[0, 1) scores (24-bit) hashed from (seed, flat index): reproducible
+    for a seed on any device, thread count or rank, and far cheaper than torch.rand on CPU. For random growth."""
+    out = torch.empty(shape, dtype=torch.float32, device=device)
+    torch.ops.sparsecl.random_scores_(out, int(seed))
+    return out
 
 
 def _as_list(x, name):
@@ -141,8 +189,9 @@ def _score(s, w, m, B, name, l):
 def prune_regrow(weights, masks, prune_scores, grow_scores, counts, eligible=None):
     """Drop and regrow ``counts[l]`` positions per layer, in place; returns the changed positions per layer.
 
-    weights: list of float tensors (mutated); masks: list of bool tensors of the weight's shape, or of its
-    block grid (mutated); prune_scores/grow_scores: per mask position, or per weight element for block
+    weights: list of float tensors (mutated), or None for a mask-only layer (values stored elsewhere, e.g. the
+    compact storage a sparse layer repacks itself); masks: list of bool tensors of the weight's shape, or of
+    its block grid (mutated); prune_scores/grow_scores: per mask position, or per weight element for block
     masks (reduced by sum of |.| over each block); counts: ints >= 0 (list or int64 tensor);
     eligible: None (all eligible) or a list of bool tensors of the mask shapes.
     Returns list[int]: |D \\ G| + |G \\ A| per layer.
@@ -169,13 +218,15 @@ def prune_regrow(weights, masks, prune_scores, grow_scores, counts, eligible=Non
         raise ValueError(f"eligible needs one entry per layer ({L}), got {len(eligible)}")
     ps, gs = [], []
     for l, (w, m) in enumerate(zip(weights, masks)):
-        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-            raise ValueError(f"weights[{l}] must be a floating-point tensor")
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
             raise ValueError(f"masks[{l}] must be a bool tensor, got {getattr(m, 'dtype', type(m).__name__)}")
+        if w is None:  # mask only: the CPU kernel skips weight writes for an empty weight; CUDA gets scratch
+            w = weights[l] = torch.empty(0 if m.device.type == "cpu" else m.shape, device=m.device)
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+            raise ValueError(f"weights[{l}] must be a floating-point tensor or None")
         if m.device != w.device:
             raise ValueError(f"masks[{l}] is on {m.device} but weights[{l}] is on {w.device}")
-        B = block_size_of(w.shape, m.shape)
+        B = 1 if w.numel() == 0 else block_size_of(w.shape, m.shape)
         ps.append(_score(prune_scores[l], w, m, B, "prune_scores", l))
         gs.append(_score(grow_scores[l], w, m, B, "grow_scores", l))
         if eligible:

@@ -391,3 +391,73 @@ def test_large_layer_float64_scores(seed):
     g = torch.randn(shape, generator=gen, dtype=torch.float64)
     g[:, :3] = 1 + 1e-12 * torch.rand(600, 3, generator=gen, dtype=torch.float64)  # differ only beyond float32
     run_both([w], [m], [p], [g], [int(0.3 * int(m.sum()))])
+
+
+# random_scores (random growth) ---------------------------------------------------------------------------
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (33, 65), (3, 1000)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_random_scores_cpu_matches_torch_formulation(cpu_isa, shape, threads, seed):
+    """The C++ kernel gives bit-identical values to the torch formulation (the CUDA kernel), for any seed,
+    thread count and ISA."""
+    from sparsecl.ops.prune_regrow import _random_scores_torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for s in (seed, -seed - 1, 2 ** 63 - 1 - seed):
+            got = torch.full(shape, float("nan"))
+            torch.ops.sparsecl.random_scores_(got, s)
+            want = torch.full(shape, float("nan"))
+            _random_scores_torch(want, s)
+            assert torch.equal(got, want)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_random_scores_are_uniform_and_seeded(seed):
+    """U[0, 1) in 24-bit steps: bin counts, mean and variance, lag-1 correlation, and seed independence."""
+    from sparsecl.ops import random_scores
+    n = 1 << 20
+    u = random_scores((n,), seed).double()
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert torch.equal(u * 2 ** 24, (u * 2 ** 24).round())
+    counts = torch.histc(u, bins=64, min=0.0, max=1.0)
+    chi2 = float(((counts - n / 64) ** 2 / (n / 64)).sum())
+    assert chi2 < 130, chi2  # 63 degrees of freedom: p ~ 1e-6
+    assert abs(float(u.mean()) - 0.5) < 5 * (1 / 12 / n) ** 0.5
+    assert abs(float(u.var()) - 1 / 12) < 1e-3
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 5 / n ** 0.5
+    v = random_scores((n,), seed + 1).double()
+    assert abs(float(torch.corrcoef(torch.stack([u, v]))[0, 1])) < 5 / n ** 0.5
+    assert torch.equal(random_scores((n,), seed), u.float())
+
+
+def test_random_scores_bad_input_and_opcheck(seed):
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.sparsecl.random_scores_(torch.empty(4, dtype=torch.float64), seed)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.sparsecl.random_scores_(torch.empty(4, 6)[:, ::2], seed)
+    torch.library.opcheck(torch.ops.sparsecl.random_scores_.default, (torch.empty(5, 7), seed))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_only_layers(cpu_isa, device, seed):
+    """None weights: the masks change exactly as with a weight (mixed with ordinary and block layers in one
+    call), the same counts come back, and the other layers' weights are still updated."""
+    gen = torch.Generator().manual_seed(seed)
+    ws, ms, ps, gs, cs, es = random_layers(gen, 6, "ties", False, True)
+    bw, bm, bp, bg, bc, be = random_layers(gen, 2, "randn", True, True)
+    ws, ms, ps, gs, cs, es = ws + bw, ms + bm, ps + bp, gs + bg, cs + bc, es + be
+    to = lambda ts: [t.to(device) for t in ts]  # noqa: E731
+    ws, ms, ps, gs, es = to(ws), to(ms), to(ps), to(gs), to(es)
+    w_ref, m_ref = [w.clone() for w in ws], [m.clone() for m in ms]
+    want = prune_regrow(w_ref, m_ref, ps, gs, cs, es)
+    none_at = {0, 2, 3}
+    w_got = [None if i in none_at else w.clone() for i, w in enumerate(ws)]
+    m_got = [m.clone() for m in ms]
+    assert prune_regrow(w_got, m_got, ps, gs, cs, es) == want
+    for i, (a, b) in enumerate(zip(m_got, m_ref)):
+        assert torch.equal(a, b)
+        if i not in none_at:
+            assert bits_equal(w_got[i], w_ref[i])
