@@ -201,15 +201,39 @@ class BlockSparseLayout:
                 f"density={self.density:.3f})")
 
 
-def block_reduce(t, block_size, how="sum"):
-    """Reduce a [rows, cols] tensor over B x B blocks (edge blocks clipped): "sum", "any" or "abs_sum"."""
+def block_reduce(t, block_size, how="sum", overwrite=False):
+    """Reduce a [rows, cols] tensor over B x B blocks (edge blocks clipped): "sum", "any" or "abs_sum".
+    overwrite: ``t`` may be used as scratch (abs_sum takes |t| in place instead of a copy)."""
     B = block_size
     nb = (math.ceil(t.shape[0] / B), math.ceil(t.shape[1] / B))
-    src = t.abs() if how == "abs_sum" else t
-    padded = src.new_zeros(nb[0] * B, nb[1] * B)
-    padded[: t.shape[0], : t.shape[1]] = src
-    blocks = padded.view(nb[0], B, nb[1], B)
-    return blocks.any(3).any(1) if how == "any" else blocks.sum((1, 3))
+    if tuple(t.shape) != (nb[0] * B, nb[1] * B):
+        padded = t.new_zeros(nb[0] * B, nb[1] * B)
+        padded[: t.shape[0], : t.shape[1]] = t
+        t, overwrite = padded, True
+    if how == "abs_sum":
+        t = t.abs_() if overwrite else t.abs()
+    blocks = t.reshape(nb[0], B, nb[1], B)
+    # the inner (contiguous) block dim first: several times faster than one reduction over (1, 3)
+    return blocks.any(3).any(1) if how == "any" else blocks.sum(3).sum(1)
+
+
+def repack_values_(values, src):
+    """Move the rows of a values Parameter ([n, ...]) to a new topology: new row j is old row src[j], or zeros
+    where src[j] < 0 (a new entry). Kept rows are copied bit-identically. With an unchanged row count the
+    storage is rewritten in place, so optimizer and DDP views of it stay valid; otherwise ``values.data`` is
+    replaced. Returns src as int64 (the per-row map the optimizer-state remap takes)."""
+    src = src.long()
+    fresh = src < 0
+    rows = values.detach().unsqueeze(1) if values.dim() == 1 else values.detach().flatten(1)
+    if rows.shape[0]:
+        new = rows.index_select(0, src.clamp(min=0)).masked_fill_(fresh[:, None], 0)
+    else:  # nothing to keep (every src is -1)
+        new = rows.new_zeros(src.numel(), rows.shape[1])
+    if src.numel() == values.shape[0]:
+        rows.copy_(new)
+    else:
+        values.data = new.view(src.numel(), *values.shape[1:])
+    return src
 
 
 def _merge_positions(kept, grown):
@@ -399,23 +423,23 @@ class CSRLayout:
         return CSRLayout(t["row_ptr"], t["col_idx"], self.shape, validate=False,
                          _derived=(t["row_idx"], t["t_row_ptr"], t["t_col_idx"], t["t_perm"]))
 
+    # flat row-major keys and index_fill_/index_copy/index_select: several times faster than a 2-D index_put
     def mask(self):
         """Bool [out, in]: True at the active entries."""
-        m = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
-        m[self.row_idx.long(), self.col_idx.long()] = True
-        return m
+        m = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool, device=self.device)
+        return m.index_fill_(0, self.keys(), True).view(self.shape)
 
     def to_dense(self, values):
         """Dense [out, in] weight from ``values`` [nnz] (differentiable in values)."""
         self.check_values(values)
-        w = values.new_zeros(self.shape)
-        return w.index_put((self.row_idx.long(), self.col_idx.long()), values)
+        w = values.new_zeros(self.shape[0] * self.shape[1])
+        return w.index_copy_(0, self.keys(), values).view(self.shape)
 
     def values_from_dense(self, weight):
         """Values [nnz] of a dense [out, in] ``weight`` at this layout's entries."""
         if tuple(weight.shape) != self.shape:
             raise ValueError(f"weight shape {tuple(weight.shape)} != layout shape {self.shape}")
-        return weight[self.row_idx.long(), self.col_idx.long()]
+        return weight.reshape(-1).index_select(0, self.keys())
 
     def check_values(self, values):
         if values.dim() != 1 or values.shape[0] != self.nnz:

@@ -245,3 +245,23 @@ def test_csr_mask_delta_opcheck_and_bad_input(seed):
         op(layout.row_ptr, layout.col_idx, new_mask[1:])
     with pytest.raises(RuntimeError, match="col_idx"):
         op(layout.row_ptr, layout.col_idx, new_mask[:, :3])
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (5, 3, 3), (0, 4, 4)])
+@pytest.mark.parametrize("n_new", ["same", 2, 0])
+def test_repack_values_moves_rows_and_zeroes_new_ones(shape, n_new, seed):
+    """Row j of the result is old row src[j] (bit-identical) or zeros for src[j] < 0; the same row count keeps
+    the storage; src comes back as int64."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.nn.Parameter(torch.randn(shape, generator=g))
+    n = shape[0] if n_new == "same" else n_new
+    src = torch.randint(-1, max(shape[0], 1), (n,), generator=g) if shape[0] else torch.full((n,), -1)
+    old, ptr = values.detach().clone(), values.data_ptr()
+    out = sparsecl.formats.repack_values_(values, src.int())
+    assert out.dtype == torch.int64 and torch.equal(out, src)
+    assert values.shape == (n, *shape[1:])
+    if n == shape[0] and n:
+        assert values.data_ptr() == ptr
+    for j in range(n):
+        expect = old[src[j]] if src[j] >= 0 else torch.zeros(shape[1:])
+        assert torch.equal(values.detach()[j], expect)

@@ -36,6 +36,7 @@ from torch import nn
 from ..formats import CSRLayout
 from ..nn import SparseConv2d, SparseLinear
 from ..ops import csr_conv2d
+from ..ops._registry import dense_grad_and_dw, gather_dense_grad
 from ..ops.csr_linear import _kernels as _csr_kernels
 
 
@@ -157,16 +158,17 @@ class _UnionLinear(torch.autograd.Function):
 
     One forward SpMM over the union. dX runs the same SpMM kernel over the transposed index with values
     kept in transposed order (``base_t``), so there is no per-step gather through t_perm. dTrainable is the
-    SDDMM at the trainable positions only. The union's persistent value buffers get the current trainable
+    SDDMM at the trainable positions only (on DST growth steps: gathered from the dense dW that the layer's
+    ``dense_grad_hook`` gets). The union's persistent value buffers get the current trainable
     values scattered in right before each kernel call: a step writes the trainable entries only.
     """
 
     # ctx-style forward: Function.apply then skips its per-call inspect.signature binding (setup_context
     # style pays it on every step, a measurable share of a ~1 ms layer)
     @staticmethod
-    def forward(ctx, x, trainable, union, out_features):
+    def forward(ctx, x, trainable, union, out_features, dense_grad_hook):
         fwd = union.kernels[0]
-        ctx.union = union
+        ctx.union, ctx.dense_grad_hook = union, dense_grad_hook
         ctx.save_for_backward(x, trainable)
         return fwd(x, union.base.scatter_(0, union.index, trainable.detach()), union.tensors[0], union.tensors[1],
                    out_features, None)
@@ -181,9 +183,13 @@ class _UnionLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = fwd(grad_out, u.base_t.scatter_(0, u.index_t, trainable), u.tensors[3], u.tensors[4], x.shape[1],
                      None)
-        if ctx.needs_input_grad[1]:
+        if ctx.dense_grad_hook is not None:  # a growth step: the dense dW over the whole layer, dTrainable from it
+            dense = dense_grad_and_dw(ctx.dense_grad_hook, grad_out, x)
+            if ctx.needs_input_grad[1]:
+                dt = gather_dense_grad(dense, u.train_rows, u.train_cols, 0).to(trainable.dtype)
+        elif ctx.needs_input_grad[1]:
             dt = dw(grad_out, x, u.train_rows, u.train_cols)
-        return dx, dt, None, None
+        return dx, dt, None, None, None
 
 
 class _Union:
@@ -246,7 +252,8 @@ class TrainablePart(SparseLinear):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} input features, the layer expects {self.in_features}")
         lead = x.shape[:-1]
-        y = _UnionLinear.apply(x.reshape(lead.numel(), self.in_features), self.values, union, self.out_features)
+        y = _UnionLinear.apply(x.reshape(lead.numel(), self.in_features), self.values, union, self.out_features,
+                               self.dense_grad_hook)
         return y.reshape(*lead, self.out_features)
 
     def set_topology(self, new_mask):

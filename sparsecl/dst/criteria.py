@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from ..ops import random_scores
+
 PRUNE = ("magnitude", "set", "taylor")
 GROWTH = ("random", "unfired", "gradient", "momentum")
 DECAY = ("constant", "cosine", "linear")
@@ -45,11 +47,12 @@ def taylor_score(w, grad):
     return (w * grad).abs()
 
 
-def random_score(shape, generator, device):
-    return torch.rand(shape, generator=generator).to(device)
+def random_score(shape, seed, device):
+    """U[0, 1) per position from a counter-based hash of (seed, index): the same on every rank and device."""
+    return random_scores(shape, seed, device)
 
 
-def unfired_score(ever_active, generator):
+def unfired_score(ever_active, seed):
     """Positions never active before score in [1, 1.5), the others in [0, 0.5): random within each."""
-    r = torch.rand(ever_active.shape, generator=generator).to(ever_active.device) * 0.5
-    return r + (~ever_active).to(r.dtype)
+    r = random_scores(ever_active.shape, seed, ever_active.device).mul_(0.5)
+    return r.add_(~ever_active)

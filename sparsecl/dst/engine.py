@@ -3,13 +3,16 @@ weights with ONE fused ``sparsecl.ops.prune_regrow`` call over all layers, repac
 (``set_topology``) and move the optimizer state along.
 
 Layers are found by the DST layer protocol: ``dst_block_size``, ``dst_mask()``, ``dense_weight()``,
-``sparse_parameter`` and ``set_topology(new_mask) -> src``.
+``sparse_parameter`` and ``set_topology(new_mask) -> src`` (old index per element, or per row of block values,
+of the new sparse_parameter; -1 if new). A layer with a ``dense_grad_hook`` attribute gets
+a callable there on growth steps and hands it its dense weight gradient from backward (from the same GEMM
+that then gives its sparse gradient); other layers get forward hooks that compute it from input and grad_out.
 """
 import fnmatch
 
 import torch
 
-from ..formats import CSRLayout
+from ..formats import CSRLayout, block_reduce
 from ..ops import prune_regrow
 from . import criteria
 from .densities import layer_densities
@@ -20,16 +23,6 @@ _CONFIG_KEYS = ("density", "init", "prune", "growth", "drop_fraction", "decay", 
 def is_dst_layer(module):
     return all(hasattr(module, a) for a in ("dst_block_size", "dst_mask", "dense_weight", "set_topology",
                                              "sparse_parameter"))
-
-
-def _block_reduce(t, B):
-    """Sum of |t| over B x B blocks of a 2-D tensor (edge blocks clipped); t itself when B == 1."""
-    if B == 1:
-        return t
-    nb = (-(-t.shape[0] // B), -(-t.shape[1] // B))
-    if t.shape[0] % B or t.shape[1] % B:
-        t = torch.nn.functional.pad(t, (0, nb[1] * B - t.shape[1], 0, nb[0] * B - t.shape[0]))
-    return t.reshape(nb[0], B, nb[1], B).abs().sum((1, 3))
 
 
 def _compact_score(module, t, shape):
@@ -136,8 +129,8 @@ class DST:
                 target = round(d * mask.numel())
                 if int(mask.sum()) == target:
                     continue
-                score = _block_reduce(module.dense_weight().detach().reshape(self._wshape(module, mask)).abs(),
-                                      module.dst_block_size).flatten().double()
+                score = block_reduce(module.dense_weight().detach().reshape(self._wshape(module, mask)),
+                                     module.dst_block_size, "abs_sum").flatten().double()
                 score = score + mask.flatten().double() * (score.max() + 1 if score.numel() else 0)
                 keep = torch.sort(score, descending=True, stable=True).indices[:target]
                 new = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
@@ -193,28 +186,41 @@ class DST:
             self.end_step is None or step <= self.end_step)
         return need_grad or need_mom
 
-    def _arm_hooks(self):
+    def _disarm(self):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        for _, module, _ in self.layers:
+            if hasattr(module, "dense_grad_hook"):
+                module.dense_grad_hook = None
+
+    def _arm_hooks(self):
+        self._disarm()
         self._dense_grads = {}
         if not self._needs_dense_grad(self._step + 1):
             return
         for name, module, cfg in self.layers:
-            if cfg["growth"] in ("gradient", "momentum"):
+            if cfg["growth"] not in ("gradient", "momentum"):
+                continue
+            if hasattr(module, "dense_grad_hook"):  # the layer's backward hands over its dense dW (one GEMM)
+                module.dense_grad_hook = self._accumulator(name)
+            else:
                 self._hooks.append(module.register_forward_hook(self._capture(name, module)))
 
+    def _accumulator(self, name):
+        def add(g):
+            prev = self._dense_grads.get(name)
+            self._dense_grads[name] = g if prev is None else prev + g
+        return add
+
     def _capture(self, name, module):
+        add = self._accumulator(name)
+
         def hook(mod, inputs, output):
             if not (torch.is_grad_enabled() and output.requires_grad):
                 return
             x = inputs[0].detach()
-
-            def on_grad(go):
-                g = self._dense_weight_grad(module, x, go.detach())
-                prev = self._dense_grads.get(name)
-                self._dense_grads[name] = g if prev is None else prev + g
-            output.register_hook(on_grad)
+            output.register_hook(lambda go: add(self._dense_weight_grad(module, x, go.detach())))
         return hook
 
     @staticmethod
@@ -265,9 +271,8 @@ class DST:
             self._momentum[name] = (m, v)
 
     # the update ---------------------------------------------------------------------------------
-    def _generator(self, layer_index, salt):
-        return torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + self._step * 10_007 + layer_index * 101 + salt) % (2 ** 63))
+    def _random_seed(self, layer_index, salt):
+        return (self.seed * 1_000_003 + self._step * 10_007 + layer_index * 101 + salt) % (2 ** 63)
 
     @staticmethod
     def _param_as_dense(module, t):
@@ -302,9 +307,9 @@ class DST:
             prune = criteria.set_score(w, mask if B == 1 else torch.ones_like(w, dtype=torch.bool))
         growth = cfg["growth"]
         if growth == "random":
-            grow = criteria.random_score(mask.shape, self._generator(i, 1), mask.device)
+            grow = criteria.random_score(mask.shape, self._random_seed(i, 1), mask.device)
         elif growth == "unfired":
-            grow = criteria.unfired_score(self.ever_active[name], self._generator(i, 2))
+            grow = criteria.unfired_score(self.ever_active[name], self._random_seed(i, 2))
         elif growth == "gradient":
             grow = self._dense_grad(name, module, mask)
         else:
@@ -316,9 +321,11 @@ class DST:
             grow = (m if v is None else m / (v.sqrt() + eps)).reshape(shape)
         # element-level scores become per-block sums of |.|; random scores are already per block
         if prune.shape != mask.shape:
-            prune = _block_reduce(prune.float(), B)
-        if growth in ("gradient", "momentum"):
-            grow = _block_reduce(grow.float(), B) if B > 1 else grow.abs()
+            prune = block_reduce(prune.float(), B, "abs_sum")
+        if growth in ("gradient", "momentum"):  # |.| in place where grow is this update's own tensor
+            own = growth == "gradient" or self._momentum[name][1] is not None
+            grow = block_reduce(grow.float(), B, "abs_sum", overwrite=own) if B > 1 else (
+                grow.abs_() if own else grow.abs())
         return prune.to(torch.float32), grow.to(torch.float32)
 
     def _eligible(self, name, module, mask):
@@ -334,7 +341,7 @@ class DST:
 
     @torch.no_grad()
     def _update(self):
-        masks, prunes, grows, counts, eligible, scratch = [], [], [], [], [], []
+        masks, prunes, grows, counts, eligible = [], [], [], [], []
         for i, (name, module, cfg) in enumerate(self.layers):
             mask = module.dst_mask().clone()
             elig = self._eligible(name, module, mask)
@@ -345,10 +352,9 @@ class DST:
             grows.append(grow)
             counts.append(int(round(self.drop_fraction(cfg, self._step) * active)))
             eligible.append(elig)
-            scratch.append(torch.empty(mask.shape, device=mask.device))  # never read; the layer repacks weights
         use_elig = any(e is not None for e in eligible)
         eligible = [e if e is not None else torch.ones_like(m) for e, m in zip(eligible, masks)] if use_elig else None
-        changed = prune_regrow(scratch, masks, prunes, grows, counts, eligible)
+        changed = prune_regrow([None] * len(masks), masks, prunes, grows, counts, eligible)  # layers repack weights
         result = {}
         for (name, module, _), mask, n in zip(self.layers, masks, changed):
             result[name] = n
@@ -359,16 +365,23 @@ class DST:
         return result
 
     def _set_topology(self, module, new_mask):
+        """Repack the layer and move its optimizer state along: ``src`` (from set_topology) maps each element of
+        the new sparse_parameter, or each row (dim 0, for block values), to its old index, -1 if new."""
         p = module.sparse_parameter
         old_shape = p.shape
         src = module.set_topology(new_mask)
         state = self.optimizer.state.get(p) if self.optimizer is not None else None
         if not state:
             return
+        rows = src.numel() != p.numel()
         invalid, idx = src < 0, src.clamp(min=0)
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and v.shape == old_shape and v.numel() > 0:
-                state[k] = v.flatten().index_select(0, idx).masked_fill_(invalid, 0).view(p.shape)
+                if rows:
+                    moved = v.reshape(old_shape[0], -1).index_select(0, idx).masked_fill_(invalid[:, None], 0)
+                else:
+                    moved = v.flatten().index_select(0, idx).masked_fill_(invalid, 0)
+                state[k] = moved.view(p.shape)
 
     # checkpointing ------------------------------------------------------------------------------
     def state_dict(self):
@@ -390,9 +403,7 @@ class DST:
 
     def remove(self):
         """Detach the hooks (the engine can be dropped afterwards)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        self._disarm()
 
     def densities(self):
         return {name: float(m.dst_mask().float().mean()) if m.dst_mask().numel() else 0.0

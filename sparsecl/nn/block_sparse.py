@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from ..formats import BlockSparseLayout, _transpose_index, block_reduce
+from ..formats import BlockSparseLayout, _transpose_index, block_reduce, repack_values_
 from ..ops import bsr_linear
 
 _INDEX_BUFFERS = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
@@ -31,6 +31,7 @@ class BlockSparseLinear(nn.Module):
         B = self.block_size
         self.values = nn.Parameter(torch.empty(layout.nnzb, B, B, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.dense_grad_hook = None  # DST protocol: set by the engine on growth steps (see ops.bsr_linear)
         self.reset_parameters()
 
     def _set_layout(self, layout):
@@ -61,7 +62,7 @@ class BlockSparseLinear(nn.Module):
         return layout.values_from_dense(ones)
 
     def forward(self, x):
-        return bsr_linear(x, self.values, self.layout, self.bias)
+        return bsr_linear(x, self.values, self.layout, self.bias, dense_grad_hook=self.dense_grad_hook)
 
     def dense_weight(self):
         """The effective dense weight [out, in] (differentiable in ``values``)."""
@@ -117,8 +118,8 @@ class BlockSparseLinear(nn.Module):
         """Repack to the active blocks of ``new_mask`` (bool block grid): kept blocks keep their values
         bit-identically, new blocks are zero. The kept (sorted) and new (sorted) block lists are merged
         per block row, then the transposed index is rebuilt vectorised. ``values`` stays the same
-        Parameter object. Returns src: for each element of the new ``values`` (flattened), its index in
-        the old flattened ``values``, or -1 for new blocks."""
+        Parameter object. Returns src (int64 [new nnzb]): each new block's index in the old ``values``, or -1
+        for new blocks."""
         layout = self.layout
         grid = (layout.n_block_rows, layout.n_block_cols)
         if not isinstance(new_mask, torch.Tensor) or new_mask.dtype != torch.bool or tuple(new_mask.shape) != grid:
@@ -145,17 +146,9 @@ class BlockSparseLinear(nn.Module):
         col_idx = cols.to(torch.int32)
         self._set_layout(BlockSparseLayout(row_ptr, col_idx, layout.shape, self.block_size, validate=False,
                                            _derived=_transpose_index(row_ptr, col_idx, grid[1])))
-        B2 = self.block_size ** 2
         src_block = torch.full((n_new,), -1, dtype=torch.long, device=dev)
         src_block[kept_pos] = kept_src
-        values = self.values.new_zeros(n_new, self.block_size, self.block_size)
-        values[kept_pos] = self.values.data[kept_src]
-        if values.shape == self.values.shape:
-            self.values.data.copy_(values)  # same storage: DDP and optimizers keep their views
-        else:
-            self.values.data = values
-        src = src_block[:, None] * B2 + torch.arange(B2, device=dev)
-        return torch.where(src_block[:, None] >= 0, src, -1).view(-1)
+        return repack_values_(self.values, src_block)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         # the topology may differ from this module's: adopt (and validate) the saved layout first

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..formats import BlockSparseLayout, CSRLayout
+from ..formats import BlockSparseLayout, CSRLayout, repack_values_
 from ..ops import bsr_conv2d, csr_conv2d
 from .sparse_linear import topk_mask
 
@@ -145,8 +145,8 @@ class SparseConv2d(nn.Module):
     @torch.no_grad()
     def set_topology(self, new_mask):
         """Repack to ``new_mask`` (dst_mask's shape, same active count): kept entries keep their values
-        bit-identically, new ones are 0; ``values`` stays the same Parameter. Returns src (int64, one
-        entry per element of the new values): index into the old flattened values, or -1 if new."""
+        bit-identically, new ones are 0; ``values`` stays the same Parameter. Returns src (int64, one entry per
+        row of the new values: per nonzero, or per block): its index in the old values, or -1 if new."""
         dev = self.values.device
         if self.structure == "unstructured":
             layout = self.layout
@@ -155,7 +155,6 @@ class SparseConv2d(nn.Module):
                 raise ValueError(f"new_mask has {int(new_mask.sum())} active entries, the layer has {layout.nnz}")
             new_layout, src = layout.with_topology(new_mask)
             self._set_layout(new_layout)
-            per = 1
         else:
             # the block grid's topology is a CSR over the grid: reuse its incremental merge
             layout = self.layout
@@ -166,17 +165,7 @@ class SparseConv2d(nn.Module):
             grid_layout, src = CSRLayout(layout.row_ptr, layout.col_idx, grid, validate=False).with_topology(new_mask)
             self._set_layout(BlockSparseLayout(grid_layout.row_ptr, grid_layout.col_idx, layout.shape,
                                                self.block_size, validate=False))
-            per = self.values[0].numel() if self.values.shape[0] else 0
-        src = src.long().to(dev)
-        old = self.values.data.reshape(src.numel(), -1).clone()
-        new = torch.zeros_like(old)
-        keep = src >= 0
-        new[keep] = old[src[keep]]
-        self.values.data.copy_(new.view_as(self.values))
-        if per == 1:
-            return src
-        full = src[:, None] * per + torch.arange(per, device=dev)
-        return torch.where(src[:, None] >= 0, full, -1).view(-1)
+        return repack_values_(self.values, src.to(dev))
 
     # construction / serialisation ---------------------------------------------------------------
     @classmethod

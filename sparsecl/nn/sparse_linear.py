@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..formats import CSRLayout
+from ..formats import CSRLayout, repack_values_
 from ..ops import csr_linear, masked_linear
 
 MODES = ("auto", "csr", "masked")
@@ -82,6 +82,7 @@ class SparseLinear(nn.Module):
             self.register_buffer("weight_mask", mask.contiguous())
             self.register_buffer("weight_grad_mask", None)
         self.bias = nn.Parameter(torch.empty(self.out_features, **factory)) if bias else None
+        self.dense_grad_hook = None  # DST protocol: set by the engine on growth steps (see ops.csr_linear)
         self.reset_parameters()
 
     # storage ---------------------------------------------------------------------------------
@@ -135,8 +136,9 @@ class SparseLinear(nn.Module):
     # compute ---------------------------------------------------------------------------------
     def forward(self, x):
         if self.mode == "csr":
-            return csr_linear(x, self.values, self.layout, self.bias)
-        return masked_linear(x, self.weight, self.weight_mask, self.bias, self.weight_grad_mask)
+            return csr_linear(x, self.values, self.layout, self.bias, dense_grad_hook=self.dense_grad_hook)
+        return masked_linear(x, self.weight, self.weight_mask, self.bias, self.weight_grad_mask,
+                             dense_grad_hook=self.dense_grad_hook)
 
     def dense_weight(self):
         """The effective dense weight [out, in] (differentiable in the sparse parameter)."""
@@ -174,12 +176,8 @@ class SparseLinear(nn.Module):
             raise ValueError(f"new_mask has {int(new_mask.sum())} active entries, the layer has {self.nnz}")
         if self.mode == "csr":
             layout, src = self.layout.with_topology(new_mask)
-            old = self.values.detach().clone()
             self._set_layout(layout)
-            keep = src >= 0
-            self.values.zero_()
-            self.values[keep] = old[src[keep]]
-            return src
+            return repack_values_(self.values, src)
         changed = (new_mask != self.weight_mask).flatten()
         self.weight.masked_fill_(~new_mask, 0)
         self.weight.view(-1)[changed & new_mask.flatten()] = 0

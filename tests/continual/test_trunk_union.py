@@ -37,12 +37,21 @@ def test_union_matches_dense(seed, shape, p_frozen, p_train):
     _check_against_dense(l, torch.randn(0, shape[1], dtype=torch.float64))  # no tokens
 
 
-def test_union_gradcheck(seed):
+@pytest.mark.parametrize("with_hook", [False, True])
+def test_union_gradcheck(with_hook, seed):
+    """Also on DST growth steps, where dTrainable is gathered from the dense dW the hook gets (= grad_out.T @ x)."""
     l, _ = _layer(9, 11, 0.4, 0.3)
     x = torch.randn(4, 11, dtype=torch.float64, requires_grad=True)
     vals = l.inner.values.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, v: _UnionLinear.apply(x, v, l._union_state(), l.out_features),
+    got = []
+    hook = got.append if with_hook else None
+    assert torch.autograd.gradcheck(lambda x, v: _UnionLinear.apply(x, v, l._union_state(), l.out_features, hook),
                                     (x, vals))
+    if with_hook:
+        g = torch.randn(4, 9, dtype=torch.float64)
+        got.clear()
+        _UnionLinear.apply(x, vals, l._union_state(), l.out_features, hook).backward(g)
+        assert len(got) == 1 and torch.allclose(got[0], g.T @ x.detach())
 
 
 def test_dst_repack_updates_the_union_incrementally(seed):

@@ -66,11 +66,12 @@ def test_set_topology(seed, structure, B):
     new_mask = new_mask.view_as(old_mask)
     src = conv.set_topology(new_mask)
     assert conv.values is param and torch.equal(conv.dst_mask(), new_mask)
-    assert src.shape == (conv.values.numel(),)
-    new_vals = conv.values.detach().flatten()
+    assert src.shape == (conv.values.shape[0],)
+    new_vals = conv.values.detach().reshape(src.numel(), -1)
+    old_rows = old_vals.view(src.numel(), -1)
     keep = src >= 0
-    assert torch.equal(new_vals[keep], old_vals[src[keep]])
-    assert bool((new_vals[~keep] == 0).all()) and int((~keep).sum()) == n * (conv.values[0].numel() if n else 1)
+    assert torch.equal(new_vals[keep], old_rows[src[keep]])
+    assert bool((new_vals[~keep] == 0).all()) and int((~keep).sum()) == n
     w = conv.dense_weight().detach()
     both = conv.mask() & (old_w != 0)
     assert torch.equal(w[both], old_w[both])
