@@ -442,14 +442,17 @@ SPARSECL_PW_ISA(avx2, "avx2,fma", 32, 12)
 SPARSECL_PW_ISA(generic, "sse2", 16, 12)
 #undef SPARSECL_PW_ISA
 
-// Kernels of the active ISA with the smallest tile (1, 2, 4 or 7 vectors) covering `len` outputs.
+// Kernels of the active ISA with the widest tile (7, 4, 2 or 1 vectors) that computes at most 25% more
+// outputs than a plane of `len` needs (whole tiles). Wide tiles share each nonzero's broadcast over more
+// FMAs; 512@7 (len 63) on AVX2 would compute 112 outputs in two 7-vector tiles, 64 in two 4-vector ones.
 template <typename T, template <typename, int> class Pick>
 PwKernels<T> pw_by_len(int64_t len, int lanes) {
-  const int64_t v = (len + lanes - 1) / lanes;
-  if (v <= 1) return Pick<T, 1>::get();
-  if (v <= 2) return Pick<T, 2>::get();
-  if (v <= 4) return Pick<T, 4>::get();
-  return Pick<T, 7>::get();
+  const int64_t v = std::max<int64_t>(1, (len + lanes - 1) / lanes);
+  auto fits = [&](int64_t nt) { return 4 * ((v + nt - 1) / nt * nt) <= 5 * v; };
+  if (fits(7)) return Pick<T, 7>::get();
+  if (fits(4)) return Pick<T, 4>::get();
+  if (fits(2)) return Pick<T, 2>::get();
+  return Pick<T, 1>::get();
 }
 template <typename T, int NT> struct PwPick512 { static PwKernels<T> get() { return pw_kernels_avx512<T, NT>(); } };
 template <typename T, int NT> struct PwPick2 { static PwKernels<T> get() { return pw_kernels_avx2<T, NT>(); } };
