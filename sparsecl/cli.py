@@ -45,10 +45,18 @@ def cmd_bench(args):
             rows.append(row)
             if args.verbose:
                 print(row, flush=True)
-    columns = ["op", "shape", "method", "density", "pass_", "ms", "speedup", "gflops", "eff"]
-    print(format_table(rows, columns))
-    print("speedup: dense time / method time in this run; eff: achieved GFLOP/s at the active density over "
-          "the dense GFLOP/s of this run (1.0 = density-proportional ideal)")
+    kernel_rows = [r for r in rows if r["op"] != "dst_update"]
+    if kernel_rows:
+        print(format_table(kernel_rows, ["op", "shape", "method", "density", "pass_", "ms", "speedup", "gflops",
+                                         "eff"]))
+        print("speedup: dense time / method time in this run; eff: achieved GFLOP/s at the active density over "
+              "the dense GFLOP/s of this run (1.0 = density-proportional ideal)")
+    dst_rows = [r for r in rows if r["op"] == "dst_update"]
+    if dst_rows:
+        print(format_table(dst_rows, ["op", "case", "growth", "step_ms", "update_step_ms", "update_cost_ms",
+                                      "update_in_steps", "bar_ok"]))
+        print("update_in_steps: (training step with a DST update - plain training step) / plain step, timed "
+              "alternately in one run (bar: <= 2)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         result = {"machine": machine_info(), "quick": args.quick, "device": device, "rows": rows}

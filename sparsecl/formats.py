@@ -313,7 +313,7 @@ class CSRLayout:
     # topology changes --------------------------------------------------------------------------
     def keys(self):
         """int64 [nnz] row-major flat positions (row * in + col), sorted."""
-        return self.row_idx.long() * self.shape[1] + self.col_idx.long()
+        return torch.add(self.col_idx, self.row_idx.long(), alpha=self.shape[1])
 
     def update(self, keep, grow):
         """New layout after dropping and growing entries, and ``src`` for repacking values.

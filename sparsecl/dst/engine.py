@@ -27,11 +27,12 @@ def is_dst_layer(module):
 
 def _compact_score(module, t, shape):
     """|t| on the layer's score grid straight from compact storage, without building the dense weight:
-    per-block sums for BSR values [nnzb, B, B], per entry for CSR values [nnz] (0 elsewhere, where a prune
-    score is never read); None when the layer has no such layout."""
+    per-block sums for BSR values [nnzb, B, B], per entry for CSR values [nnz] (left unset elsewhere: prune
+    scores are read at active positions only); None when the layer has no such layout."""
     layout = getattr(module, "layout", None)
     if isinstance(layout, CSRLayout) and t.dim() == 1 and t.numel() == layout.nnz and layout.shape == tuple(shape):
-        return layout.to_dense(t.abs().float())
+        score = torch.empty(layout.shape[0] * layout.shape[1], dtype=torch.float32, device=t.device)
+        return score.index_copy_(0, layout.keys(), t.abs().float()).view(layout.shape)
     if module.dst_block_size == 1 or not hasattr(layout, "block_mask") or t.dim() != 3:
         return None
     grid = torch.zeros(layout.n_block_rows, layout.n_block_cols, dtype=torch.float32, device=t.device)

@@ -217,11 +217,12 @@ def prune_regrow(weights, masks, prune_scores, grow_scores, counts, eligible=Non
     if eligible and len(eligible) != L:
         raise ValueError(f"eligible needs one entry per layer ({L}), got {len(eligible)}")
     ps, gs = [], []
+    w_dtype = next((w.dtype for w in weights if isinstance(w, torch.Tensor)), torch.float32)
     for l, (w, m) in enumerate(zip(weights, masks)):
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
             raise ValueError(f"masks[{l}] must be a bool tensor, got {getattr(m, 'dtype', type(m).__name__)}")
         if w is None:  # mask only: the CPU kernel skips weight writes for an empty weight; CUDA gets scratch
-            w = weights[l] = torch.empty(0 if m.device.type == "cpu" else m.shape, device=m.device)
+            w = weights[l] = torch.empty(0 if m.device.type == "cpu" else m.shape, device=m.device, dtype=w_dtype)
         if not isinstance(w, torch.Tensor) or not w.is_floating_point():
             raise ValueError(f"weights[{l}] must be a floating-point tensor or None")
         if m.device != w.device:
