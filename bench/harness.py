@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+import sparsecl
+
 
 def sync(device):
     if torch.device(device).type == "cuda":
@@ -79,6 +81,8 @@ def machine_info():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.machine(),
         "processor": _cpu_model(),
+        "cpu_family_model": _cpu_family_model(),  # e.g. AMD family 25 model 1 = Zen 3, model 17 = Zen 4
+        "cpu_isa": sparsecl.build_info().get("cpu_isa_runtime"),  # the ISA sparsecl's CPU kernels dispatch to
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -95,15 +99,25 @@ def machine_info():
     return info
 
 
-def _cpu_model():
+def _cpuinfo(key):
+    """The first value of ``key`` in /proc/cpuinfo, or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == key:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return None
+
+
+def _cpu_model():
+    return _cpuinfo("model name") or platform.processor()
+
+
+def _cpu_family_model():
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
+    return f"family {family} model {model}" if family and model else None
 
 
 def format_table(rows, columns):
