@@ -185,11 +185,7 @@ class BlockSparseLayout:
         """Block values [nnzb, B, B] of ``weight`` at this layout (edge padding zero)."""
         if tuple(weight.shape) != self.shape:
             raise ValueError(f"weight shape {tuple(weight.shape)} != layout shape {self.shape}")
-        B = self.block_size
-        padded = weight.new_zeros(self.n_block_rows * B, self.n_block_cols * B)
-        padded[: self.shape[0], : self.shape[1]] = weight
-        blocks = padded.view(self.n_block_rows, B, self.n_block_cols, B)
-        return blocks[self.row_idx.long(), :, self.col_idx.long(), :].contiguous()
+        return entries_at(weight, self.row_idx, self.col_idx, self.block_size)
 
     def check_values(self, values):
         B = self.block_size
@@ -199,6 +195,23 @@ class BlockSparseLayout:
     def __repr__(self):
         return (f"BlockSparseLayout(shape={self.shape}, block_size={self.block_size}, nnzb={self.nnzb}, "
                 f"density={self.density:.3f})")
+
+
+def _flat_keys(row_idx, col_idx, n_cols):
+    """int64 row-major flat positions row * n_cols + col of index pairs."""
+    return torch.add(col_idx, row_idx.long(), alpha=n_cols)
+
+
+def entries_at(weight, row_idx, col_idx, block_size=1):
+    """The entries of a dense [rows, cols] ``weight`` at an indexed layout's positions: [nnz] for elements
+    (block_size 1), [nnzb, B, B] for blocks (zero outside the weight at clipped edge blocks)."""
+    if block_size == 1:
+        return weight.reshape(-1).index_select(0, _flat_keys(row_idx, col_idx, weight.shape[1]))
+    B = block_size
+    nb = (math.ceil(weight.shape[0] / B), math.ceil(weight.shape[1] / B))
+    if tuple(weight.shape) != (nb[0] * B, nb[1] * B):
+        weight = torch.nn.functional.pad(weight, (0, nb[1] * B - weight.shape[1], 0, nb[0] * B - weight.shape[0]))
+    return weight.reshape(nb[0], B, nb[1], B)[row_idx.long(), :, col_idx.long(), :]
 
 
 def block_reduce(t, block_size, how="sum", overwrite=False):
@@ -313,7 +326,7 @@ class CSRLayout:
     # topology changes --------------------------------------------------------------------------
     def keys(self):
         """int64 [nnz] row-major flat positions (row * in + col), sorted."""
-        return torch.add(self.col_idx, self.row_idx.long(), alpha=self.shape[1])
+        return _flat_keys(self.row_idx, self.col_idx, self.shape[1])
 
     def update(self, keep, grow):
         """New layout after dropping and growing entries, and ``src`` for repacking values.
@@ -439,7 +452,7 @@ class CSRLayout:
         """Values [nnz] of a dense [out, in] ``weight`` at this layout's entries."""
         if tuple(weight.shape) != self.shape:
             raise ValueError(f"weight shape {tuple(weight.shape)} != layout shape {self.shape}")
-        return weight.reshape(-1).index_select(0, self.keys())
+        return entries_at(weight, self.row_idx, self.col_idx)
 
     def check_values(self, values):
         if values.dim() != 1 or values.shape[0] != self.nnz:

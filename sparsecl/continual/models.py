@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..formats import CSRLayout
+from ..formats import CSRLayout, entries_at
 from ..nn import SparseConv2d, SparseLinear
 from ..ops import csr_conv2d
-from ..ops._registry import dense_grad_and_dw, gather_dense_grad
+from ..ops._registry import hook_dense_grad
 from ..ops.csr_linear import _kernels as _csr_kernels
 
 
@@ -184,9 +184,9 @@ class _UnionLinear(torch.autograd.Function):
             dx = fwd(grad_out, u.base_t.scatter_(0, u.index_t, trainable), u.tensors[3], u.tensors[4], x.shape[1],
                      None)
         if ctx.dense_grad_hook is not None:  # a growth step: the dense dW over the whole layer, dTrainable from it
-            dense = dense_grad_and_dw(ctx.dense_grad_hook, grad_out, x)
+            dense = hook_dense_grad(ctx.dense_grad_hook, grad_out, x)
             if ctx.needs_input_grad[1]:
-                dt = gather_dense_grad(dense, u.train_rows, u.train_cols, 0).to(trainable.dtype)
+                dt = entries_at(dense, u.train_rows, u.train_cols).to(trainable.dtype)
         elif ctx.needs_input_grad[1]:
             dt = dw(grad_out, x, u.train_rows, u.train_cols)
         return dx, dt, None, None, None

@@ -5,6 +5,7 @@ import torch
 
 from .. import _extension
 from ..backend import gpu_backend
+from ..formats import entries_at
 from ..kernels_loader import triton_available
 
 
@@ -70,25 +71,13 @@ def autocast_args(x, *tensors):
 _INDEXED_KERNELS = {}
 
 
-def gather_dense_grad(dense, row_idx, col_idx, block_size):
-    """dValues taken from a dense weight gradient [out, in] at an indexed layout's entries: [nnz] (block_size 0,
-    CSR) or [nnzb, B, B] (edge blocks: zero outside the weight, like the SDDMM kernels)."""
-    if not block_size:
-        return dense.reshape(-1).index_select(0, row_idx.long() * dense.shape[1] + col_idx.long())
-    B = block_size
-    nbr, nbc = -(-dense.shape[0] // B), -(-dense.shape[1] // B)
-    if dense.shape != (nbr * B, nbc * B):
-        dense = torch.nn.functional.pad(dense, (0, nbc * B - dense.shape[1], 0, nbr * B - dense.shape[0]))
-    return dense.view(nbr, B, nbc, B)[row_idx.long(), :, col_idx.long(), :]
-
-
 def check_dense_grad_hook(hook):
     if hook is not None and not callable(hook):
         raise TypeError(f"dense_grad_hook must be callable or None, got {type(hook).__name__}")
 
 
-def dense_grad_and_dw(dense_grad_hook, grad_out, x):
-    """The dense dW = grad_out.T @ x [out, in], handed to ``dense_grad_hook`` (which may keep it)."""
+def hook_dense_grad(dense_grad_hook, grad_out, x):
+    """The dense dW = grad_out.T @ x [out, in], handed to ``dense_grad_hook`` (which may keep it) and returned."""
     dense = grad_out.T.mm(x)
     dense_grad_hook(dense)
     return dense
@@ -129,13 +118,13 @@ def indexed_linear_function(kernels, name, pass_block_size):
             dx = dv = db = None
             if ctx.needs_input_grad[0]:
                 dx = dx_op(grad_out, values, t_row_ptr, t_col_idx, t_perm, x.shape[1])
-            block = values.shape[1] if pass_block_size else 0
+            block = values.shape[1] if pass_block_size else 1
             if ctx.dense_grad_hook is not None:
-                dense = dense_grad_and_dw(ctx.dense_grad_hook, grad_out, x)
+                dense = hook_dense_grad(ctx.dense_grad_hook, grad_out, x)
                 if ctx.needs_input_grad[1]:
-                    dv = gather_dense_grad(dense, row_idx, col_idx, block).to(values.dtype)
+                    dv = entries_at(dense, row_idx, col_idx, block).to(values.dtype)
             elif ctx.needs_input_grad[1]:
-                dv = dw_op(grad_out, x, row_idx, col_idx, *((block,) if block else ()))
+                dv = dw_op(grad_out, x, row_idx, col_idx, *((block,) if pass_block_size else ()))
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = grad_out.sum(0)
             return dx, dv, db, None, None, None

@@ -7,7 +7,7 @@ dW for gradient-based growth steps.
 """
 import torch
 
-from ._registry import KernelSet, autocast_args, check_dense_grad_hook, dense_grad_and_dw, register_reference
+from ._registry import KernelSet, autocast_args, check_dense_grad_hook, hook_dense_grad, register_reference
 
 OP = "masked_linear"
 
@@ -61,7 +61,7 @@ class _MaskedLinear(torch.autograd.Function):
             dx = dx_op(grad_out, weight, mask)
         gm = mask if grad_mask is None else grad_mask
         if ctx.dense_grad_hook is not None:  # one GEMM gives both the dense dW and the masked one
-            dense = dense_grad_and_dw(ctx.dense_grad_hook, grad_out, x)
+            dense = hook_dense_grad(ctx.dense_grad_hook, grad_out, x)
             if ctx.needs_input_grad[1]:
                 dw = torch.where(gm, dense, 0).to(weight.dtype)
         elif ctx.needs_input_grad[1]:
