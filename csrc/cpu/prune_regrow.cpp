@@ -595,8 +595,8 @@ at::Tensor prune_regrow_cpu(at::TensorList weights, at::TensorList masks, at::Te
 
   std::vector<at::Tensor> w_work(L), m_work(L), keep;
   std::vector<LayerView> views(L);
-  // an empty weight with a non-empty mask: a mask-only layer (its values live elsewhere, e.g. compact storage)
-  auto mask_only = [&](int64_t l) { return weights[l].numel() == 0 && masks[l].numel() > 0; };
+  // an empty weight not shaped like its mask: a mask-only layer (its values live elsewhere, e.g. compact storage)
+  auto mask_only = [&](int64_t l) { return weights[l].numel() == 0 && weights[l].sizes() != masks[l].sizes(); };
   at::ScalarType wtype = at::kFloat, stype = L ? prune_scores[0].scalar_type() : at::kFloat;
   for (int64_t l = L - 1; l >= 0; --l)
     if (!mask_only(l)) wtype = weights[l].scalar_type();

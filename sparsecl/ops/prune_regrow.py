@@ -101,7 +101,7 @@ def _reference_prune_regrow(weights, masks, prune_scores, grow_scores, counts, e
         zero = (in_g & ~A) | (in_d & ~in_g)
         m.copy_(((A & ~in_d) | in_g).view(m.shape))
         zero = zero.view(m.shape)
-        if w.numel() or not m.numel():  # else a mask-only layer
+        if w.numel() or w.shape == m.shape:  # else a mask-only layer
             B = block_size_of(w.shape, m.shape)
             w.masked_fill_(zero if B == 1 else _expand_blocks(zero, w.shape, B), 0)
         changed.append(int(zero.sum()))

@@ -461,3 +461,10 @@ def test_mask_only_layers(cpu_isa, device, seed):
         assert torch.equal(a, b)
         if i not in none_at:
             assert bits_equal(w_got[i], w_ref[i])
+
+
+def test_mask_only_empty_layer():
+    """A None weight next to an empty mask (0 rows) changes nothing, in the kernel and in the reference."""
+    m, s = torch.zeros(0, 34, dtype=torch.bool), torch.zeros(0, 34)
+    assert prune_regrow([None], [m], [s], [s], [3]) == [0]
+    assert reference_prune_regrow([torch.empty(0)], [m], [s], [s], [3]) == [0]
