@@ -1,4 +1,4 @@
-"""Atomic, verified checkpoints.
+"""Atomic, verified checkpoints, shared by the trainers (``sparsecl continual``, ``sparsecl multitask``).
 
 File = ``torch.save({"format", "version", "sha256", "payload"})`` where ``payload`` is a uint8 tensor holding
 the ``torch.save`` bytes of the real state, and ``sha256`` its digest. Both levels load with
@@ -13,9 +13,9 @@ import io
 
 import torch
 
-from ..io import write_bytes_atomic
+from .io import write_bytes_atomic
 
-FORMAT = "sparsecl-continual-checkpoint"
+FORMAT = "sparsecl-continual-checkpoint"  # the default kind (the continual trainer's)
 VERSION = 2  # 2: whole-file digest in the zip comment
 _TRAILER = b"sparsecl-sha256:"
 _TRAILER_LEN = len(_TRAILER) + 64
@@ -23,7 +23,7 @@ _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is truncated, corrupted or not a sparsecl continual checkpoint."""
+    """A checkpoint file is truncated, corrupted or not a sparsecl checkpoint of the expected kind."""
 
 
 def pack_bool(t):

@@ -87,8 +87,8 @@ RUN_FORMAT = "sparsecl-multitask-run"
 
 
 def save_run(out, model, cfg, history, table_val):
-    """DIR/model.pt: atomic, checksummed, ``torch.load(weights_only=True)``-loadable (sparsecl.continual.checkpoint)."""
-    from ..continual.checkpoint import save_checkpoint
+    """DIR/model.pt: atomic, checksummed, ``torch.load(weights_only=True)``-loadable (sparsecl.checkpoint)."""
+    from ..checkpoint import save_checkpoint
 
     save_checkpoint(os.path.join(out, "model.pt"),
                     {"config": cfg, "tasks": {t: (s.kind, s.channels) for t, s in model.tasks.items()},
@@ -96,7 +96,7 @@ def save_run(out, model, cfg, history, table_val):
 
 
 def load_run(run):
-    from ..continual.checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
     from .data import TaskSpec
     from .model import build_model
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sparsecl.continual.checkpoint import CheckpointError, load_checkpoint, pack_bool, save_checkpoint, unpack_bool
+from sparsecl.checkpoint import CheckpointError, load_checkpoint, pack_bool, save_checkpoint, unpack_bool
 
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (7,), (8,), (13, 5), (3, 4, 9)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparsecl.continual import ContinualTrainer
-from sparsecl.continual.checkpoint import CheckpointError, load_checkpoint
+from sparsecl.checkpoint import CheckpointError, load_checkpoint
 from sparsecl.continual.data import split_digits
 from sparsecl.continual.run import masks_digest
 
