@@ -460,3 +460,166 @@ class CSRLayout:
 
     def __repr__(self):
         return f"CSRLayout(shape={self.shape}, nnz={self.nnz}, density={self.density:.3f})"
+
+
+class UnionLayout:
+    """One CSR index over two disjoint parts of a [out, in] weight: *frozen* entries (read-only values that
+    get no gradient and no optimizer state) and *trainable* entries (values with a gradient), so one kernel
+    call computes both (``sparsecl.ops.union_linear`` / ``union_conv2d``). Any split works: all earlier
+    tasks' weights plus new ones, or a task mask that reuses some frozen weights.
+
+    ``layout``: CSRLayout over the union; ``trainable``: bool [nnz], True at trainable entries (union CSR
+    order). Each part keeps its values in its own row-major order, which is the union's order restricted
+    to that part: frozen value k lives at union entry ``frozen_pos[k]``, trainable value k at
+    ``trainable_pos[k]``. Derived, int64: ``frozen_pos``, ``trainable_pos`` and their positions in the
+    transposed order (``frozen_pos_t``, ``trainable_pos_t``); int32 ``trainable_rows``/``trainable_cols``
+    (where dValues is computed). ``scratch`` holds the union ops' value buffers (derived, never saved).
+    A topology change (``update``, ``with_trainable_repack``) returns a NEW object: autograd graphs built
+    before it keep theirs. It merges sorted index lists (``CSRLayout.update``); the union is never re-sorted.
+    """
+
+    def __init__(self, layout, trainable):
+        if not isinstance(layout, CSRLayout):
+            raise TypeError(f"layout must be a CSRLayout, got {type(layout).__name__}")
+        trainable = torch.as_tensor(trainable, device=layout.device)
+        if trainable.dtype != torch.bool or tuple(trainable.shape) != (layout.nnz,):
+            raise ValueError(f"trainable must be bool [{layout.nnz}] (one flag per union entry), got "
+                             f"{trainable.dtype} {tuple(trainable.shape)}")
+        self.layout, self.trainable = layout, trainable
+        self.trainable_pos = trainable.nonzero().squeeze(1)
+        self.frozen_pos = (~trainable).nonzero().squeeze(1)
+        t_perm = layout.t_perm.long()
+        t_of = torch.empty_like(t_perm).index_copy_(0, t_perm, torch.arange(t_perm.numel(), device=t_perm.device))
+        self.trainable_pos_t = t_of.index_select(0, self.trainable_pos)
+        self.frozen_pos_t = t_of.index_select(0, self.frozen_pos)
+        self.trainable_rows = layout.row_idx.index_select(0, self.trainable_pos)
+        self.trainable_cols = layout.col_idx.index_select(0, self.trainable_pos)
+        self.scratch = {}
+
+    @classmethod
+    def from_parts(cls, frozen, trainable):
+        """The union of two disjoint CSRLayouts of one shape (the trainable index merged into the frozen one)."""
+        if not (isinstance(frozen, CSRLayout) and isinstance(trainable, CSRLayout)):
+            raise TypeError("frozen and trainable must be CSRLayouts")
+        if frozen.shape != trainable.shape:
+            raise ValueError(f"frozen {frozen.shape} and trainable {trainable.shape} layouts differ in shape")
+        keep_all = torch.ones(frozen.nnz, dtype=torch.bool, device=frozen.device)
+        try:
+            layout, src = frozen.update(keep_all, trainable.keys())
+        except ValueError as exc:
+            raise ValueError(f"frozen and trainable parts must be disjoint: {exc}") from None
+        return cls(layout, src < 0)
+
+    @classmethod
+    def from_masks(cls, frozen_mask, trainable_mask):
+        """The union of two disjoint bool [out, in] masks."""
+        return cls.from_parts(CSRLayout.from_mask(frozen_mask), CSRLayout.from_mask(trainable_mask))
+
+    # queries ---------------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.layout.shape
+
+    @property
+    def device(self):
+        return self.layout.device
+
+    @property
+    def nnz(self):
+        return self.layout.nnz
+
+    @property
+    def n_frozen(self):
+        return self.frozen_pos.numel()
+
+    @property
+    def n_trainable(self):
+        return self.trainable_pos.numel()
+
+    def _part(self, pos):
+        keys = self.layout.keys().index_select(0, pos)
+        return CSRLayout._from_sorted_keys(keys, self.shape)
+
+    def frozen_layout(self):
+        """CSRLayout of the frozen entries (their values' order)."""
+        return self._part(self.frozen_pos)
+
+    def trainable_layout(self):
+        """CSRLayout of the trainable entries (their values' order)."""
+        return self._part(self.trainable_pos)
+
+    def mask(self):
+        """Bool [out, in]: True at every union entry."""
+        return self.layout.mask()
+
+    def to(self, device):
+        return UnionLayout(self.layout.to(device), self.trainable.to(device))
+
+    def check_values(self, frozen_values, trainable_values):
+        for name, v, n in (("frozen_values", frozen_values, self.n_frozen),
+                           ("trainable_values", trainable_values, self.n_trainable)):
+            if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != n:
+                shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ValueError(f"{name} must be [{n}] for this union, got {shape}")
+        if frozen_values.dtype != trainable_values.dtype:
+            raise ValueError(f"frozen_values ({frozen_values.dtype}) and trainable_values ({trainable_values.dtype}) "
+                             "must have one dtype")
+
+    def values(self, frozen_values, trainable_values, transposed=False):
+        """Union values [nnz] in CSR order (or the transposed index's order): a new tensor, differentiable."""
+        self.check_values(frozen_values, trainable_values)
+        fp, tp = (self.frozen_pos_t, self.trainable_pos_t) if transposed else (self.frozen_pos, self.trainable_pos)
+        out = trainable_values.new_empty(self.nnz)
+        return out.index_copy(0, fp, frozen_values).index_copy(0, tp, trainable_values)
+
+    def to_dense(self, frozen_values, trainable_values):
+        """Dense [out, in] weight of both parts."""
+        return self.layout.to_dense(self.values(frozen_values, trainable_values))
+
+    # topology changes --------------------------------------------------------------------------
+    def update(self, keep, grow, grow_trainable):
+        """The union after dropping and growing entries of either part.
+
+        keep: bool [nnz] over union entries (False = drop); grow: int64 flat positions (row * in + col) not in
+        the union; grow_trainable: bool [len(grow)], the part each grown entry joins. A kept entry stays in its
+        part. Returns (union, frozen_src, trainable_src): the new union and, per part, each new entry's index
+        in the old part's values, or -1 for a grown one (``repack_values_`` takes them).
+        """
+        grow = torch.as_tensor(grow, device=self.device).long().reshape(-1)
+        grow_trainable = torch.as_tensor(grow_trainable, device=self.device).reshape(-1)
+        if grow_trainable.dtype != torch.bool or grow_trainable.numel() != grow.numel():
+            raise ValueError(f"grow_trainable must be bool [{grow.numel()}] (one flag per grown position), got "
+                             f"{grow_trainable.dtype} {tuple(grow_trainable.shape)}")
+        if grow.numel() > 1 and not bool((grow[1:] > grow[:-1]).all()):
+            grow, order = grow.sort()
+            grow_trainable = grow_trainable.index_select(0, order)
+        layout, src = self.layout.update(keep, grow)
+        grown = src < 0
+        old = src.clamp(min=0)
+        trainable = self.trainable.index_select(0, old).masked_scatter_(grown, grow_trainable)
+        # an entry's index within its part: the running count of that part's entries before it
+        rank_t = self.trainable.long().cumsum(0) - 1
+        rank_f = (~self.trainable).long().cumsum(0) - 1
+        part_src = torch.where(self.trainable.index_select(0, old), rank_t.index_select(0, old),
+                               rank_f.index_select(0, old)) if self.nnz else old
+        part_src = part_src.masked_fill(grown, -1)
+        new = UnionLayout(layout, trainable)
+        return new, part_src.index_select(0, new.frozen_pos), part_src.index_select(0, new.trainable_pos)
+
+    def with_trainable_repack(self, trainable_src, trainable_layout):
+        """The union after the trainable part alone was repacked (e.g. ``SparseLinear.set_topology``):
+        ``trainable_src`` (new trainable entry -> old one, or -1) and the part's new CSRLayout."""
+        trainable_src = torch.as_tensor(trainable_src, device=self.device).long()
+        if trainable_src.numel() != trainable_layout.nnz:
+            raise ValueError(f"trainable_src has {trainable_src.numel()} entries, the trainable layout "
+                             f"{trainable_layout.nnz}")
+        kept = torch.zeros(self.n_trainable, dtype=torch.bool, device=self.device)
+        kept[trainable_src[trainable_src >= 0]] = True
+        keep = torch.ones(self.nnz, dtype=torch.bool, device=self.device)
+        keep[self.trainable_pos[~kept]] = False
+        grow = trainable_layout.keys()[trainable_src < 0]
+        return self.update(keep, grow, torch.ones_like(grow, dtype=torch.bool))[0]
+
+    def __repr__(self):
+        return (f"UnionLayout(shape={self.shape}, nnz={self.nnz}, frozen={self.n_frozen}, "
+                f"trainable={self.n_trainable})")

@@ -3,7 +3,8 @@ import torch
 
 from sparsecl.continual import ContinualTrainer
 from sparsecl.continual.data import Task
-from sparsecl.continual.models import DenseMaskedLinear, MaskedConv2d, build_model
+from sparsecl.continual.models import build_model
+from sparsecl.continual.trunk import DenseMaskedLinear, MaskedConv2d
 
 from ._cfg import tiny
 
@@ -105,7 +106,7 @@ def _copy_trunk(src_model, dst_model, p_owned, gen):
 
 @pytest.mark.parametrize("name,width", [("cnn", 4), ("resnet18", 4), ("mobilenetv2", 0.25)])
 def test_sparse_cnn_matches_dense_masked_with_the_same_weights(seed, name, width):
-    from sparsecl.continual.models import SparseTrunkConv2d
+    from sparsecl.continual.trunk import SparseTrunkConv2d
 
     tasks = _image_tasks()
     gen = torch.Generator().manual_seed(seed)

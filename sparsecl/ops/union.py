@@ -1,0 +1,149 @@
+"""Frozen + trainable union: one sparse kernel call per pass over a ``UnionLayout``.
+
+``union_linear`` / ``union_conv2d`` compute with the weight W = frozen part + trainable part as ONE
+``csr_linear`` / ``csr_conv2d`` kernel call per pass (forward, dX) over the union index. dValues is
+computed only at the trainable entries (the SDDMM at ``union.trainable_rows/cols``); the frozen values
+get no gradient (they are read, never differentiated), so they need no optimizer state and stay
+bit-identical. The values are gathered into the union's order for each call: eagerly through the
+union's scratch buffers, which hold the frozen values in union order (refreshed when ``frozen_values``
+changes: another tensor, storage or version) and get the trainable values written in right before each
+kernel call, so a step copies the trainable entries only.
+"""
+import torch
+
+from ..formats import UnionLayout, entries_at
+from ._registry import autocast_args, check_dense_grad_hook, hook_dense_grad
+from .csr_linear import _kernels as _linear_kernels
+from .sparse_conv2d import _check_common, _csr_kernels as _conv_kernels, _pair
+
+
+def _union_values(union, frozen, trainable, transposed):
+    """Union values [nnz] (CSR or transposed order) from the two parts (see the module docstring)."""
+    trainable = trainable.detach()
+    if torch.compiler.is_compiling():
+        return union.values(frozen.detach(), trainable, transposed)
+    key = (transposed, trainable.dtype)
+    entry = union.scratch.get(key)
+    if entry is None or entry[0] is not frozen or entry[1] != (frozen.data_ptr(), frozen._version):
+        entry = (frozen, (frozen.data_ptr(), frozen._version), union.values(frozen.detach(), trainable, transposed))
+        union.scratch[key] = entry
+    pos = union.trainable_pos_t if transposed else union.trainable_pos
+    return entry[2].index_copy_(0, pos, trainable)
+
+
+class _UnionLinear(torch.autograd.Function):
+    # ctx-style forward: Function.apply then skips its per-call signature binding (a measurable share of a
+    # ~1 ms layer)
+    @staticmethod
+    def forward(ctx, x, trainable, bias, frozen, union, out_features, dense_grad_hook):
+        ctx.union, ctx.dense_grad_hook, ctx.has_bias = union, dense_grad_hook, bias is not None
+        ctx.save_for_backward(x, trainable, frozen)
+        lay = union.layout
+        return _linear_kernels(x.device)[0](x, _union_values(union, frozen, trainable, False), lay.row_ptr,
+                                            lay.col_idx, out_features, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, trainable, frozen = ctx.saved_tensors
+        u = ctx.union
+        fwd, _, dw = _linear_kernels(x.device)
+        grad_out = grad_out.contiguous()
+        dx = dt = db = None
+        if ctx.needs_input_grad[0]:
+            # dX = grad_out @ W: the forward SpMM over the transposed index (W.T in CSR), values kept in
+            # transposed order, so no per-step gather through t_perm
+            dx = fwd(grad_out, _union_values(u, frozen, trainable, True), u.layout.t_row_ptr, u.layout.t_col_idx,
+                     x.shape[1], None)
+        if ctx.dense_grad_hook is not None:  # a DST growth step: the dense dW over the layer, dTrainable from it
+            dense = hook_dense_grad(ctx.dense_grad_hook, grad_out, x)
+            if ctx.needs_input_grad[1]:
+                dt = entries_at(dense, u.trainable_rows, u.trainable_cols).to(trainable.dtype)
+        elif ctx.needs_input_grad[1]:
+            dt = dw(grad_out, x, u.trainable_rows, u.trainable_cols)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad_out.sum(0)
+        return dx, dt, db, None, None, None, None
+
+
+class _UnionConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, trainable, bias, frozen, union, out_channels, kernel_size, geom):
+        ctx.union, ctx.kernel_size, ctx.geom, ctx.has_bias = union, kernel_size, geom, bias is not None
+        ctx.save_for_backward(x, trainable, frozen)
+        lay = union.layout
+        return _conv_kernels(x.device)[0](x, _union_values(union, frozen, trainable, False), lay.row_ptr,
+                                          lay.col_idx, out_channels, kernel_size, bias, *geom)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, trainable, frozen = ctx.saved_tensors
+        u = ctx.union
+        _, dx_op, dw_op = _conv_kernels(x.device)
+        dx = dt = db = None
+        if ctx.needs_input_grad[0]:
+            lay = u.layout
+            dx = dx_op(grad_out, _union_values(u, frozen, trainable, False), lay.t_row_ptr, lay.t_col_idx,
+                       lay.t_perm, list(x.shape), ctx.kernel_size, *ctx.geom)
+        if ctx.needs_input_grad[1]:
+            dt = dw_op(grad_out, x, u.trainable_rows, u.trainable_cols, ctx.kernel_size, *ctx.geom)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad_out.sum((0, 2, 3))
+        return dx, dt, db, None, None, None, None, None
+
+
+def _check_union(union, frozen_values, trainable_values, x):
+    if not isinstance(union, UnionLayout):
+        raise TypeError(f"union must be a sparsecl.formats.UnionLayout, got {type(union).__name__}")
+    union.check_values(frozen_values, trainable_values)
+    if not torch.compiler.is_compiling():
+        for name, t in (("frozen_values", frozen_values), ("trainable_values", trainable_values)):
+            if t.device != x.device or union.device != x.device:
+                raise ValueError(f"x ({x.device}), {name} ({t.device}) and union ({union.device}) must be on one "
+                                 "device")
+        if trainable_values.dtype != x.dtype:
+            raise ValueError(f"trainable_values dtype {trainable_values.dtype} != x dtype {x.dtype}")
+
+
+def union_linear(x, frozen_values, trainable_values, union, bias=None, *, dense_grad_hook=None):
+    """``x @ W.T + bias`` for W [out, in] = ``union.to_dense(frozen_values, trainable_values)``.
+
+    x: [..., in]; frozen_values: [union.n_frozen]; trainable_values: [union.n_trainable] (x's dtype and
+    device; each part in its own row-major order, see ``UnionLayout``); bias: [out] or None. Returns
+    [..., out]. Differentiable in x, trainable_values and bias; frozen_values is read only and never gets
+    a gradient. One csr_linear kernel call per pass over the union. Mutates only ``union.scratch``.
+    dense_grad_hook: None, or a callable that backward passes the dense dW [out, in] (a DST growth step);
+    dTrainable is then gathered from it instead of computed by the SDDMM.
+    """
+    _check_union(union, frozen_values, trainable_values, x)
+    out_f, in_f = union.shape
+    if x.shape[-1] != in_f:
+        raise ValueError(f"x has {x.shape[-1]} input features but the union expects {in_f}")
+    check_dense_grad_hook(dense_grad_hook)
+    x, trainable_values, frozen_values, bias = autocast_args(x, trainable_values, frozen_values, bias)
+    lead = x.shape[:-1]
+    y = _UnionLinear.apply(x.reshape(lead.numel(), in_f), trainable_values, bias, frozen_values, union, out_f,
+                           dense_grad_hook)
+    return y.reshape(*lead, out_f)
+
+
+def union_conv2d(x, frozen_values, trainable_values, union, kernel_size, bias=None, stride=1, padding=0, dilation=1):
+    """conv2d of x [N, in_ch, H, W] with the weight ``union.to_dense(frozen_values, trainable_values)``.
+
+    ``union``: UnionLayout of shape (out_ch, in_ch*kh*kw) over ``weight.reshape(out_ch, -1)``; values as for
+    ``union_linear``. Returns [N, out_ch, Ho, Wo] in x's memory format. Differentiable in x, trainable_values
+    and bias (frozen_values never gets a gradient). One csr_conv2d kernel call per pass over the union
+    (forward, dX; dValues at the trainable entries only). Mutates only ``union.scratch``.
+    """
+    if not isinstance(union, UnionLayout):
+        raise TypeError(f"union must be a sparsecl.formats.UnionLayout, got {type(union).__name__}")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"kernel_size must be positive, got {kernel_size}")
+    out_c, cols = union.shape
+    if x.dim() == 4 and cols != x.shape[1] * kh * kw:
+        raise ValueError(f"union has {cols} columns but x has {x.shape[1]} channels x {kh}x{kw} taps")
+    _check_union(union, frozen_values, trainable_values, x)
+    geom = _check_common(x, trainable_values, union.layout, x.shape[1] if x.dim() == 4 else -1, stride, padding,
+                         dilation)
+    x, trainable_values, frozen_values, bias = autocast_args(x, trainable_values, frozen_values, bias)
+    return _UnionConv2d.apply(x, trainable_values, bias, frozen_values, union, out_c, [kh, kw], geom)
