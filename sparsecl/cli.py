@@ -97,8 +97,20 @@ def build_parser():
     return p
 
 
+def parse_args(argv=None):
+    """``build_parser().parse_args``, except that ``continual`` takes key=value overrides anywhere on the line
+    (argparse gives a nargs="*" positional one contiguous run: ``a=1 --epochs 2 b=2`` would reject b=2)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "continual" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = (args.overrides or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     return args.func(args)
 
 

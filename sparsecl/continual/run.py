@@ -3,11 +3,18 @@ import copy
 import hashlib
 import json
 import os
+import sys
 
 import yaml
 
-from .._config import check_types
+from .._config import OneOf, Range, check_types, check_values
+from ..errors import ConfigError, DataNotFoundError, UserError, one_line
 from ..io import write_json_atomic
+from ..dst.criteria import GROWTH, PRUNE
+from .checkpoint import CheckpointError
+from .data import DATASETS
+from .models import MODELS
+from .schedules import NAMES as LR_SCHEDULES
 from .trainer import DEFAULTS, ContinualTrainer, merge_config
 
 # flag -> dotted config key (every flag here is documented in the README and tested)
@@ -17,11 +24,62 @@ FLAGS = {
     "update_every": "update_every", "drop_fraction": "drop_fraction", "epochs": "epochs",
     "batch_size": "batch_size", "optimizer": "optimizer.name", "lr": "optimizer.lr",
     "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum", "seed": "seed",
-    "threads": "threads", "checkpoint_every": "checkpoint_every", "device": "device",
+    "threads": "threads", "checkpoint_every": "checkpoint_every", "device": "device", "lr_schedule": "lr_schedule.name",
 }
 
-# keys whose values may have another type than their default
-CONFIG_TYPES = {"density": ((int, float, str), "a number or 'adaptive'"), "model.width": ((int, float), "a number")}
+# keys whose values may have another type than their default (model.width: null = the model's own default)
+CONFIG_TYPES = {"density": ((int, float, str), "a number or 'adaptive'"),
+                "model.width": ((int, float, type(None)), "a number or null")
+                if DEFAULTS["model"]["width"] is None else ((int, float), "a number")}
+
+_POSITIVE_INT, _COUNT = Range(1, integral=True), Range(0, integral=True)
+_FRACTION = Range(0.0, 1.0)
+# allowed values of every continual config key (types are checked first, against DEFAULTS and CONFIG_TYPES)
+CONFIG_VALUES = {
+    "data.name": OneOf(*DATASETS), "data.n_tasks": _POSITIVE_INT, "data.seed": _COUNT,
+    "model.name": OneOf(*MODELS), "model.width": Range(0, lo_open=True),
+    "model.depth": _POSITIVE_INT, "mode": OneOf("sparse", "dense-masked"),
+    "density": (_FRACTION, OneOf("adaptive")), "init": OneOf("erk", "er", "uniform", "adaptive"),
+    "growth": OneOf(*GROWTH, "adaptive"), "prune": OneOf(*PRUNE),
+    "drop_fraction": _FRACTION, "drop_fraction_end": _FRACTION, "update_every": _POSITIVE_INT,
+    "epochs": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "optimizer.name": OneOf("sgd", "adam", "adamw"),
+    "optimizer.lr": Range(0.0, lo_open=True), "optimizer.momentum": Range(0.0, 1.0, hi_open=True),
+    "optimizer.weight_decay": Range(0.0), "lr_schedule.name": OneOf(*LR_SCHEDULES),
+    "lr_schedule.milestones": _FRACTION, "lr_schedule.gamma": Range(0.0, 1.0, lo_open=True), "seed": _COUNT,
+    "checkpoint_every": _COUNT, "threads": _COUNT, "stop_after_steps": _COUNT,
+}
+_KEY_FLAGS = {key: "--" + flag.replace("_", "-") for flag, key in FLAGS.items()}
+
+
+def _how_to_set(key):
+    flag = f"{_KEY_FLAGS[key]} VALUE or " if key in _KEY_FLAGS else ""
+    return f"; set it with {flag}{key}=VALUE"
+
+
+def check_config(cfg):
+    """Raise ConfigError unless every value of a full continual config has its type and allowed range."""
+    try:
+        check_types(cfg, DEFAULTS, CONFIG_TYPES)
+        check_values(cfg, CONFIG_VALUES, _how_to_set)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    m, d = cfg["model"], cfg["data"]
+    if m["width"] is not None and m["name"] != "mobilenetv2" and m["width"] != int(m["width"]):
+        raise ConfigError(f"config key 'model.width' of model {m['name']!r} is a channel/unit count and must be a whole "
+                          f"number, got {m['width']!r} (only mobilenetv2 takes a width multiplier){_how_to_set('model.width')}")
+    if d["name"] != "digits" and not d["root"]:
+        raise ConfigError(f"dataset {d['name']!r} reads its files from a directory: pass --data-root DIR "
+                          f"(or data.root=DIR)")
+    if not cfg["out"]:
+        raise ConfigError(f"config key 'out' must name an output directory{_how_to_set('out')}")
+    try:
+        import torch
+
+        device = torch.device(cfg["device"])
+    except RuntimeError as exc:
+        raise ConfigError(f"config key 'device' is not a torch device ({one_line(exc)}){_how_to_set('device')}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg['device']!r} asked for, but no CUDA device is available here; use --device cpu")
 
 
 def set_dotted(cfg, key, value):
@@ -29,10 +87,10 @@ def set_dotted(cfg, key, value):
     d = cfg
     for p in parts[:-1]:
         if not isinstance(d.get(p), dict):
-            raise ValueError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r}; known: {sorted(_keys(DEFAULTS))}")
         d = d[p]
     if parts[-1] not in d:
-        raise ValueError(f"unknown config key {key!r}; known: {sorted(_keys(DEFAULTS))}")
+        raise ConfigError(f"unknown config key {key!r}; known: {sorted(_keys(DEFAULTS))}")
     d[parts[-1]] = value
 
 
@@ -44,17 +102,27 @@ def _keys(d, prefix=""):
             yield prefix + k
 
 
-def build_config(args):
-    cfg = copy.deepcopy(DEFAULTS)
-    for path in args.config or []:
+def _read_yaml(path):
+    try:
         with open(path) as f:
             loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping")
-        unknown = set(_keys(loaded)) - set(_keys(DEFAULTS))
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        cfg = merge_config(cfg, loaded)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {one_line(exc)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file must be a YAML mapping")
+    unknown = set(_keys(loaded)) - set(_keys(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(_keys(DEFAULTS))}")
+    return loaded
+
+
+def build_config(args):
+    """DEFAULTS <- each --config file <- flags <- key=value overrides, checked (ConfigError) before anything runs."""
+    cfg = copy.deepcopy(DEFAULTS)
+    for path in args.config or []:
+        cfg = merge_config(cfg, _read_yaml(path))
     for flag, key in FLAGS.items():
         v = getattr(args, flag, None)
         if v is not None:
@@ -69,12 +137,14 @@ def build_config(args):
         cfg["progress"] = False
     for item in args.overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must be key=value (e.g. model.width=512)")
+            raise ConfigError(f"override {item!r} must be key=value (e.g. model.width=512)")
         k, v = item.split("=", 1)
-        set_dotted(cfg, k.strip(), yaml.safe_load(v))
-    check_types(cfg, DEFAULTS, CONFIG_TYPES)
-    if isinstance(cfg["density"], str) and cfg["density"] != "adaptive":
-        raise ValueError(f"config key 'density' must be a number or 'adaptive', got {cfg['density']!r}")
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({one_line(exc)})") from None
+        set_dotted(cfg, k.strip(), value)
+    check_config(cfg)
     return cfg
 
 
@@ -97,6 +167,9 @@ def add_arguments(p):
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=list(LR_SCHEDULES),
+                   help="learning-rate schedule, restarted per task (multistep: x lr_schedule.gamma at "
+                        "lr_schedule.milestones, fractions of the task's epochs)")
     p.add_argument("--weight-decay", dest="weight_decay", type=float)
     p.add_argument("--momentum", type=float)
     p.add_argument("--seed", type=int)
@@ -108,6 +181,8 @@ def add_arguments(p):
     p.add_argument("--compare-dense-masked", action="store_true",
                    help="also run the same configuration with --dense-masked and report measured ratios")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--debug", action="store_true", help="on a configuration, file or resource error, show the "
+                                                        "traceback instead of the one-line message")
 
 
 def float_or_int(s):
@@ -200,6 +275,18 @@ def format_matrix(acc):
 
 
 def main(args):
+    """Run ``sparsecl continual``; a UserError (bad config, missing data, corrupted checkpoint, a model that
+    does not fit in memory) prints one line on stderr and returns 2 (``--debug``: raised with its traceback)."""
+    try:
+        return _run(args)
+    except UserError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"sparsecl continual: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     cfg = build_config(args)
     rank = _init_distributed()
     import torch.distributed as dist
@@ -214,6 +301,25 @@ def main(args):
             dist.destroy_process_group()
 
 
+def _trainer(cfg):
+    """ContinualTrainer(cfg); what goes wrong while it reads the data and builds the model (dataset files
+    missing or malformed, a model that does not fit the data, the memory check's refusal) is a UserError."""
+    try:
+        return ContinualTrainer(cfg)
+    except FileNotFoundError as exc:
+        raise DataNotFoundError(one_line(exc)) from exc
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from exc
+
+
+def _train(trainer):
+    try:
+        return trainer.run()
+    except CheckpointError as exc:
+        raise UserError(f"{one_line(exc)}. To start this run from scratch, delete {trainer.ckpt_path}, drop --resume "
+                        f"or use another --out") from exc
+
+
 def _main(cfg, rank):
     out = cfg["out"]
     result = {}
@@ -221,15 +327,15 @@ def _main(cfg, rank):
     if cfg["compare_dense_masked"] and cfg["mode"] == "sparse":
         dcfg = merge_config(cfg, {"mode": "dense-masked", "out": os.path.join(out, "dense-masked"),
                                   "compare_dense_masked": False})
-        dense = ContinualTrainer(dcfg).run()
-        sparse_trainer = ContinualTrainer(cfg)
-        res = sparse_trainer.run()
+        dense = _train(_trainer(dcfg))
+        sparse_trainer = _trainer(cfg)
+        res = _train(sparse_trainer)
         res["dense_masked"] = {k: dense[k] for k in ("ACC", "BWT", "acc_matrix", "train_seconds",
                                                       "throughput_samples_per_s", "state_bytes_per_task")}
         res["vs_dense_masked"] = ratios(res, dense)
     else:
-        sparse_trainer = ContinualTrainer(cfg)
-        res = sparse_trainer.run()
+        sparse_trainer = _trainer(cfg)
+        res = _train(sparse_trainer)
     res["mask_sha256"] = masks_digest(sparse_trainer)
     res["load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]  # 1-min load at start and end
     if rank != 0:

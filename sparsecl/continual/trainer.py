@@ -30,6 +30,7 @@ from . import metrics as M
 from ..io import write_bytes_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
 from .models import build_model, init_values
+from .schedules import LRSchedule
 
 DEFAULTS = {
     "data": {"name": "digits", "root": None, "n_tasks": 5, "seed": 0},
@@ -45,6 +46,8 @@ DEFAULTS = {
     "epochs": 10,
     "batch_size": 64,
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+    # constant | multistep (lr * gamma at each milestone fraction of the task's epochs) | cosine; per task
+    "lr_schedule": {"name": "constant", "milestones": [0.5, 0.75], "gamma": 0.1},
     "seed": 0,
     "out": "runs/continual",
     "checkpoint_every": 0,           # steps between mid-task checkpoints (0: only at task ends)
@@ -282,6 +285,7 @@ class ContinualTrainer:
     def train_task(self, t, start_step=0, state=None):
         c = self.cfg
         density, init, growth, opt, dst, total = self._task_setup(t)
+        schedule = LRSchedule(c["lr_schedule"], c["optimizer"]["lr"], self._steps_per_epoch(t), c["epochs"])
         if state is not None:
             opt.load_state_dict(state["optimizer"])
             dst.load_state_dict(state["dst"])
@@ -295,6 +299,7 @@ class ContinualTrainer:
         bar = _progress(c, total, start_step, f"task {t + 1}/{self.T}", self.rank)
         for step in range(start_step, total):
             t0, c0 = time.perf_counter(), time.thread_time()
+            schedule.apply(opt, step)
             x, y = self._batch(t, step)
             loss = F.cross_entropy(self.model(x, t), y)
             opt.zero_grad(set_to_none=True)

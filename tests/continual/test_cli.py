@@ -4,23 +4,26 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from sparsecl.cli import build_parser, main
+from sparsecl.cli import build_parser, main, parse_args
 from sparsecl.continual.run import build_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # every documented flag: (command-line words, config key, expected value)
 FLAG_CASES = [
-    (["--out", "o"], "out", "o"), (["--dataset", "cifar100"], "data.name", "cifar100"),
+    (["--out", "o"], "out", "o"), (["--dataset", "cifar100", "--data-root", "/d"], "data.name", "cifar100"),
     (["--data-root", "/d"], "data.root", "/d"), (["--tasks", "10"], "data.n_tasks", 10),
     (["--model", "resnet18"], "model.name", "resnet18"), (["--width", "512"], "model.width", 512),
-    (["--width", "0.5"], "model.width", 0.5), (["--depth", "3"], "model.depth", 3),
+    (["--width", "0.5", "--model", "mobilenetv2"], "model.width", 0.5), (["--depth", "3"], "model.depth", 3),
     (["--density", "0.05"], "density", 0.05), (["--density", "adaptive"], "density", "adaptive"),
     (["--init", "uniform"], "init", "uniform"), (["--growth", "unfired"], "growth", "unfired"),
     (["--update-every", "7"], "update_every", 7), (["--drop-fraction", "0.3"], "drop_fraction", 0.3),
     (["--epochs", "4"], "epochs", 4), (["--batch-size", "16"], "batch_size", 16),
     (["--optimizer", "adamw"], "optimizer.name", "adamw"), (["--lr", "0.001"], "optimizer.lr", 0.001),
+    (["--lr-schedule", "multistep"], "lr_schedule.name", "multistep"),
+    (["lr_schedule.milestones=[0.3]"], "lr_schedule.milestones", [0.3]),
     (["--weight-decay", "0.1"], "optimizer.weight_decay", 0.1), (["--momentum", "0.5"], "optimizer.momentum", 0.5),
     (["--seed", "3"], "seed", 3), (["--threads", "2"], "threads", 2),
     (["--checkpoint-every", "50"], "checkpoint_every", 50), (["--device", "cpu"], "device", "cpu"),
@@ -28,6 +31,7 @@ FLAG_CASES = [
     (["--compare-dense-masked"], "compare_dense_masked", True), (["--no-progress"], "progress", False),
     (["model.width=64"], "model.width", 64), (["optimizer.name=adam"], "optimizer.name", "adam"),
     (["density=0.01"], "density", 0.01), (["data.root=/x"], "data.root", "/x"),
+    (["model.width=64", "--epochs", "2", "density=0.05"], "density", 0.05),  # overrides on both sides of a flag
 ]
 
 
@@ -39,7 +43,7 @@ def _get(cfg, key):
 
 @pytest.mark.parametrize("words,key,value", FLAG_CASES, ids=[" ".join(c[0]) for c in FLAG_CASES])
 def test_every_flag_parses_into_the_config(words, key, value):
-    cfg = build_config(build_parser().parse_args(["continual"] + words))
+    cfg = build_config(parse_args(["continual"] + words))
     assert _get(cfg, key) == value
 
 
@@ -70,6 +74,83 @@ def test_bad_keys_and_values_are_clear_errors(tmp_path):
         build_config(build_parser().parse_args(["continual", "-c", str(bad)]))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["continual", "--growth", "magic"])
+
+
+# (arguments, words the one-line message must hold): each config value is checked before anything runs
+USER_ERRORS = [
+    (["--epochs", "-1"], ["'epochs'", ">= 1", "--epochs"]), (["--epochs", "0"], ["'epochs'"]),
+    (["--lr", "nan"], ["'optimizer.lr'", "finite", "--lr"]), (["--lr", "inf"], ["'optimizer.lr'", "finite"]),
+    (["--lr", "0"], ["'optimizer.lr'", "> 0"]), (["--batch-size", "0"], ["'batch_size'", "--batch-size"]),
+    (["model.width=-5"], ["'model.width'", "> 0"]), (["model.width=0.5"], ["'model.width'", "whole number"]),
+    (["model.width=.nan"], ["'model.width'", "finite"]), (["model.depth=0"], ["'model.depth'"]),
+    (["--density", "2"], ["'density'", "<= 1", "'adaptive'"]), (["--density", "-0.1"], ["'density'"]),
+    (["--density", "nan"], ["'density'", "finite"]), (["--tasks", "0"], ["'data.n_tasks'", "--tasks"]),
+    (["--momentum", "1.5"], ["'optimizer.momentum'"]), (["--weight-decay", "-1"], ["'optimizer.weight_decay'"]),
+    (["--drop-fraction", "3"], ["'drop_fraction'"]), (["drop_fraction_end=-1"], ["'drop_fraction_end'"]),
+    (["--update-every", "0"], ["'update_every'"]), (["--seed", "-1"], ["'seed'"]), (["--threads", "-2"], ["'threads'"]),
+    (["--checkpoint-every", "-1"], ["'checkpoint_every'"]), (["lr_schedule.gamma=0"], ["'lr_schedule.gamma'"]),
+    (["lr_schedule.milestones=[0.5, 2]"], ["'lr_schedule.milestones'", "each element"]),
+    (["lr_schedule.name=step"], ["'lr_schedule.name'", "'multistep'"]), (["optimizer.name=rmsprop"], ["'optimizer.name'"]),
+    (["model.name=vgg"], ["'model.name'", "'resnet18'"]), (["epochs=ten"], ["'epochs'", "int"]),
+    (["model.widht=3"], ["unknown config key 'model.widht'"]), (["epochs=[1"], ["not valid YAML"]),
+    (["--device", "foo"], ["'device'"]),
+    *([(["--device", "cuda:0"], ["no CUDA device", "--device cpu"])] if not torch.cuda.is_available() else []),
+    (["--dataset", "cifar100"], ["--data-root"]), (["--model", "cnn"], ["image inputs"]),
+    (["--config", "/nonexistent/run.yaml"], ["cannot read config file", "/nonexistent/run.yaml"]),
+]
+
+
+def _user_error(argv, capsys):
+    rc = main(["continual", "--no-progress", "--threads", "1"] + argv)
+    captured = capsys.readouterr()
+    return rc, captured.err.strip()
+
+
+@pytest.mark.parametrize("argv,words", USER_ERRORS, ids=[" ".join(c[0]) for c in USER_ERRORS])
+def test_each_user_error_is_one_line_and_exit_status_2(tmp_path, capsys, argv, words):
+    rc, err = _user_error(["--out", str(tmp_path / "run")] + argv, capsys)
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("sparsecl continual: error: ") and "Traceback" not in err
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_missing_data_directory_is_one_line_naming_the_layout(tmp_path, capsys):
+    rc, err = _user_error(["--out", str(tmp_path / "run"), "--dataset", "cifar100", "--data-root",
+                           str(tmp_path / "nowhere"), "model.width=0.25", "--model", "mobilenetv2"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "not found under" in err and "cifar-100-python/train" in err
+
+
+def test_corrupted_checkpoint_on_resume_is_one_line_saying_what_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--epochs", "1", "--checkpoint-every", "5", "model.width=16", "--dense-masked"]
+    assert main(["continual", "--no-progress", "--threads", "1"] + args) == 0
+    path = out / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    rc, err = _user_error(args + ["--resume"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "corrupted" in err and str(path) in err and "delete" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from sparsecl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'epochs'"):
+        main(["continual", "--out", str(tmp_path), "--epochs", "-1", "--debug"])
+
+
+def test_user_error_exit_status_from_the_console(tmp_path):
+    """Through the real entry point: status 2, one line on stderr, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "sparsecl.cli", "continual", "--out", str(tmp_path), "--lr", "nan"],
+                       env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "'optimizer.lr'" in r.stderr
+    assert r.stdout == ""
 
 
 def test_cli_end_to_end_writes_metrics_heatmap_and_logs(tmp_path, capsys):
