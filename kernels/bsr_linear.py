@@ -43,12 +43,12 @@ SDDMM_INTERPRET_META = {"BLOCK_T": 16}
 
 
 @triton.jit
-def _gathered_block(idx_ptr, perm_ptr, j, B: tl.constexpr, HAS_PERM: tl.constexpr):
+def _gathered_block(idx_ptr, perm_ptr, j, end, B: tl.constexpr, HAS_PERM: tl.constexpr):
     """Entry j of a block row: (first feature of the block column it reads, index of its values block;
-    through perm_ptr for the transposed index)."""
-    k0 = tl.load(idx_ptr + j) * B
+    through perm_ptr for the transposed index). j >= end (past the row) reads nothing and gives (0, 0)."""
+    k0 = tl.load(idx_ptr + j, mask=j < end, other=0) * B
     if HAS_PERM:
-        blk = tl.load(perm_ptr + j)
+        blk = tl.load(perm_ptr + j, mask=j < end, other=0)
     else:
         blk = j
     return k0, blk
@@ -84,8 +84,13 @@ def _gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr,
         acc = tl.zeros((BLOCK_T, B), dtype=ACC)
     start = tl.load(ptr_ptr + nb)
     end = tl.load(ptr_ptr + nb + 1)
+    # index prefetch: entry j+1's index is loaded in iteration j (registers, loop-carried), so the tile
+    # loads do not wait on an index load, and Triton pipelines them num_stages deep (with the index
+    # loaded in the same iteration it kept a 1x1 shared index tile and two tile buffers for 3-4 stages)
+    k0_next, blk_next = _gathered_block(idx_ptr, perm_ptr, start, end, B, HAS_PERM)
     for j in range(start, end):
-        k0, blk = _gathered_block(idx_ptr, perm_ptr, j, B, HAS_PERM)
+        k0, blk = k0_next, blk_next
+        k0_next, blk_next = _gathered_block(idx_ptr, perm_ptr, j + 1, end, B, HAS_PERM)
         mask_k = (k0 + offs_b) < k_feat
         if EVEN_K:
             a = tl.load(a_rows + (k0 + offs_b)[None, :] * stride_ak, mask=mask_t[:, None], other=0.0)
