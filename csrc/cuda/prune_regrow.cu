@@ -131,7 +131,13 @@ __global__ void apply_kernel(const Layer* layers, const State* drop, const State
   const State d = drop[l], g = grow[l];
   if (d.n == 0) return;
   unsigned int local = 0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < L.numel; i += int64_t(gridDim.x) * blockDim.x) {
+  // (row, col) of i in a 2-D block mask advance with i, so the loop has no 64-bit division: i = row * mc + col
+  // holds at every step (col + step_col < 2 * mc, so one carry suffices)
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x, mc = L.mask_cols > 0 ? L.mask_cols : 1;
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t row = i / mc, col = i % mc;
+  const int64_t step_row = stride / mc, step_col = stride % mc;
+  for (; i < L.numel; i += stride, row += step_row, col += step_col, row += col >= mc, col -= col >= mc ? mc : 0) {
     if (L.elig && !L.elig[i]) continue;
     const bool a = L.mask[i];
     const bool dropped = in_drop<S>(L, d, i);
@@ -144,7 +150,7 @@ __global__ void apply_kernel(const Layer* layers, const State* drop, const State
     if (L.B == 1) {
       w[i] = W(0);
     } else {
-      const int64_t r0 = (i / L.mask_cols) * L.B, c0 = (i % L.mask_cols) * L.B;
+      const int64_t r0 = row * L.B, c0 = col * L.B;
       const int64_t r1 = min(L.rows, r0 + L.B), c1 = min(L.cols, c0 + L.B);
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = c0; c < c1; ++c) w[r * L.cols + c] = W(0);
