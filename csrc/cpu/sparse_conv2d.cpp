@@ -469,19 +469,43 @@ PwKernels<T> pick_pw(int64_t len) {
 
 constexpr int64_t kPwSlack = 1024;  // zero elements after the last padded plane (> the widest tile)
 
-// dst planes (stride ps) = src planes [P, H, W] placed at (top, left) in rows of width Wq, zeros
-// elsewhere; then `slack` zeros.
+// Where pad_planes puts the stride phases of its planes. Plane p (image p / C, channel p % C) is
+// split into its sh x sw stride phases: padded pixel (hp, wp) goes to phase (hp % sh, wp % sw),
+// position (hp / sh, wp / sw) of a phase plane of `ps` elements in rows of Wq pixels; phase (a, b)
+// of plane p starts at dst + (p / C) * img() + ((a * sw + b) * C + p % C) * ps. sh = sw = 1 is
+// plain padding (plane p at dst + p * ps).
+struct PhaseSplit {
+  int64_t sh = 1, sw = 1, C = 1;
+  int64_t img(int64_t ps) const { return sh * sw * C * ps; }
+};
+
+// dst = src planes [P, H, W] (pixels of `e` contiguous elements) placed at (top, left) in zero planes
+// with rows of Wq pixels, split into stride phases by `split`; then `slack` zeros.
 template <typename T>
 void pad_planes(const T* src, int64_t P, int64_t H, int64_t W, int64_t top, int64_t left, int64_t Wq, int64_t ps,
-                T* dst, int64_t slack = kPwSlack) {
-  at::parallel_for(0, P, 16, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p) {
-      T* d = dst + p * ps;
-      std::fill(d, d + ps, T(0));
-      for (int64_t h = 0; h < H; ++h) std::copy(src + (p * H + h) * W, src + (p * H + h + 1) * W, d + (top + h) * Wq + left);
+                T* dst, int64_t slack = kPwSlack, PhaseSplit split = {}, int64_t e = 1) {
+  const int64_t sh = split.sh, sw = split.sw, C = split.C;
+  at::parallel_for(0, P, 16, [&](int64_t b, int64_t end) {
+    for (int64_t p = b; p < end; ++p) {
+      T* d0 = dst + (p / C) * split.img(ps) + (p % C) * ps;
+      for (int64_t ph = 0; ph < sh * sw; ++ph) std::fill(d0 + ph * C * ps, d0 + ph * C * ps + ps, T(0));
+      for (int64_t h = 0; h < H; ++h) {
+        const T* s = src + (p * H + h) * W * e;
+        const int64_t hp = h + top;
+        T* d = d0 + (hp % sh) * sw * C * ps + (hp / sh) * Wq * e;
+        if (sw == 1) {
+          std::copy(s, s + W * e, d + left * e);
+          continue;
+        }
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t wp = w + left;
+          std::copy(s + w * e, s + (w + 1) * e, d + (wp % sw) * C * ps + (wp / sw) * e);
+        }
+      }
     }
   });
-  std::fill(dst + P * ps, dst + P * ps + slack, T(0));
+  const int64_t total = C ? (P / C) * split.img(ps) : 0;
+  std::fill(dst + total, dst + total + slack, T(0));
 }
 
 // Entries of rows 0..rows-1 (row o: ptr[o*ps]..ptr[(o+1)*ps]) regrouped, stably, by chunks of `cc`
@@ -499,7 +523,8 @@ template <typename T>
 PwBuckets<T> pw_bucket(int64_t rows, const int32_t* ptr, int64_t ps, const int32_t* off, const T* val,
                        int64_t plane_sz, int64_t n_src, int64_t cc) {
   PwBuckets<T> b;
-  b.n_cc = (n_src + cc - 1) / cc;
+  cc = std::max<int64_t>(cc, 1);  // 0 for a source without planes (no input channels)
+  b.n_cc = std::max<int64_t>(1, (n_src + cc - 1) / cc);
   const int64_t n_cc = b.n_cc, nnz = ptr[rows * ps] - ptr[0];
   b.ptr.assign(rows * n_cc + 1, 0);
   b.off.resize(nnz);
@@ -529,12 +554,23 @@ PwBuckets<T> pw_bucket(int64_t rows, const int32_t* ptr, int64_t ps, const int32
 
 constexpr int64_t kPwL1 = 32 << 10;  // bytes of source planes a chunk may span per job
 
-// y[n, o] (Ho x Wo planes) = init[o] + sum over row o's entries k of val[k] * src[n] shifted by off[k],
+// Where a padded-width pass stores output pixel (ho, wo), ho < Ho, wo < Wo: at pixel first + ho*row + wo*col
+// of its plane of `plane` pixels (a whole output, or one stride phase of it).
+template <typename T>
+struct PwOut {
+  T* y;
+  int64_t Ho, Wo, plane, row, col, first;
+  static PwOut whole(T* y, int64_t Ho, int64_t Wo) { return PwOut{y, Ho, Wo, Ho * Wo, Wo, 1, 0}; }
+  int64_t pixel(int64_t ho, int64_t wo) const { return first + ho * row + wo * col; }
+};
+
+// out(n, o) (Ho x Wo) = init[o] + sum over row o's entries k of val[k] * src[n] shifted by off[k],
 // src padded planes of `plane_sz` elements in rows of width Wp, n_src planes per image (`img`
 // elements); row o's entries are ptr[o*ps]..ptr[(o+1)*ps].
 template <typename T>
 void pw_spmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, int64_t N, int64_t rows, const int32_t* ptr,
-             int64_t ps, const int32_t* off, const T* val, const T* init, int64_t Ho, int64_t Wo, int64_t Wp, T* y) {
+             int64_t ps, const int32_t* off, const T* val, const T* init, int64_t Wp, const PwOut<T>& out) {
+  const int64_t Ho = out.Ho, Wo = out.Wo;
   if (N == 0 || rows == 0) return;
   const int64_t len = Ho * Wp;
   const PwKernels<T> kk = pick_pw<T>(len);
@@ -561,11 +597,15 @@ void pw_spmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, int64_t
         }
       for (int64_t o = r0; o < r1; ++o)
         for (int64_t b = 0; b < nb; ++b) {
-          T* yp = y + ((n0 + b) * rows + o) * Ho * Wo;
+          T* yp = out.y + ((n0 + b) * rows + o) * out.plane + out.first;
           const T* bp = buf.data() + ((o - r0) * kk.nb + b) * tile - q0;
           for (int64_t q = q0; q < qe; q = (q / Wp + 1) * Wp) {
             const int64_t ho = q / Wp, wo = q % Wp, seg = std::min(qe, ho * Wp + Wo);
-            if (q < seg) std::copy(bp + q, bp + seg, yp + ho * Wo + wo);
+            if (out.col == 1) {
+              if (q < seg) std::copy(bp + q, bp + seg, yp + ho * out.row + wo);
+            } else {
+              for (int64_t j = q; j < seg; ++j) yp[ho * out.row + (j - ho * Wp) * out.col] = bp[j];
+            }
           }
         }
     }
@@ -622,17 +662,62 @@ bool pw_fits(int64_t planes, int64_t plane) { return planes * plane + kPwSlack <
 // entries NaN that the dense convolution keeps finite, so non-finite x takes the general path.
 bool pw_dw_safe(const at::Tensor& x) { return x.numel() == 0 || at::isfinite(x).all().item<bool>(); }
 
-// Offset of entry k of the forward index in one image's padded planes (plane elements, width Wp).
-void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nnz, const Geom& g, int64_t plane,
-                        int64_t Wp, int32_t* off) {
+inline int64_t ceil_div(int64_t a, int64_t b) { return a > 0 ? (a + b - 1) / b : 0; }
+
+// The source of a forward or dValues pass in padded-width space: x padded by (ph, pw) and split into its
+// sh x sw stride phases (`split`), each Hq x Wq. Output (ho, wo) flattened as q = ho*Wq + wo reads tap
+// (r, s) at phase ((r*dh) % sh, (s*dw) % sw), position q + ((r*dh) / sh) * Wq + (s*dw) / sw: every
+// stride is a set of shifts, as stride 1 is. `channels` planes per image are split together (C for
+// NCHW planes; 1 for channels-last images whose pixels are C elements).
+struct PwSrc {
+  int64_t Hq, Wq, ps;  // phase plane rows, row width (pixels), elements per phase plane (Hq*Wq)
+  PhaseSplit split;
+  PwSrc(const Geom& g, int64_t channels)
+      : Hq(ceil_div(g.H + 2 * g.ph, g.sh)), Wq(ceil_div(g.W + 2 * g.pw, g.sw)), ps(Hq * Wq),
+        split{g.sh, g.sw, channels} {}
+  int64_t img() const { return split.img(ps); }
+  int64_t n_src() const { return split.sh * split.sw * split.C; }
+  // position of tap (r, s) of plane 0 relative to q (add plane * ps for another plane)
+  int64_t tap_shift(const Geom& g, int64_t r, int64_t s) const {
+    const int64_t rr = r * g.dh, ss = s * g.dw;
+    return ((rr % g.sh) * g.sw + ss % g.sw) * split.C * ps + (rr / g.sh) * Wq + ss / g.sw;
+  }
+};
+
+// Offset of entry k of the forward index in one image's padded (phase) planes.
+void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nnz, const Geom& g, const PwSrc& src,
+                        int32_t* off) {
   std::vector<int32_t> col_off(g.C * g.kh * g.kw);  // per column of [out, in*kh*kw]: no divisions per entry
   for (int64_t c = 0; c < int64_t(col_off.size()); ++c) {
     int64_t i, r, s;
     decode(c, g, i, r, s);
-    col_off[c] = int32_t(i * plane + r * g.dh * Wp + s * g.dw);
+    col_off[c] = int32_t(i * src.ps + src.tap_shift(g, r, s));
   }
   for (int64_t k = 0; k < nnz; ++k) off[k] = col_off[col_idx[order ? order[k] : k]];
 }
+
+// grad_out padded for dX in padded-width space. dX phase (a, b) (rows a + sh*u, columns b + sw*v of dx)
+// gets tap r iff (a + ph - r*dh) is a multiple of sh, from grad_out row u + (a + ph - r*dh) / sh (and
+// likewise in width): a stride-1 correlation with that subset of taps. grad_out sits at (top, left) in
+// planes Hg x Wg large enough that every such read of a valid dx pixel stays inside its plane.
+struct PwDxSrc {
+  int64_t top, left, Hg, Wg;
+  explicit PwDxSrc(const Geom& g)
+      : top(ceil_div((g.kh - 1) * g.dh - g.ph, g.sh)), left(ceil_div((g.kw - 1) * g.dw - g.pw, g.sw)),
+        Hg(top + std::max(g.Ho, ceil_div(g.H, g.sh) + (g.sh - 1 + g.ph) / g.sh)),
+        Wg(left + std::max(g.Wo, ceil_div(g.W, g.sw) + (g.sw - 1 + g.pw) / g.sw)) {}
+  // position of tap (r, s) for dx phase (a, b) relative to q = u*Wg + v, or -1 when the tap does not reach it
+  int64_t tap_shift(const Geom& g, int64_t a, int64_t b, int64_t r, int64_t s) const {
+    const int64_t eh = a + g.ph - r * g.dh, ew = b + g.pw - s * g.dw;
+    if (eh % g.sh || ew % g.sw) return -1;
+    return (eh / g.sh + top) * Wg + ew / g.sw + left;
+  }
+  // dx phase (a, b): its rows and columns, and where pw_spmm stores it in dx [N, C, H, W] (NCHW)
+  template <typename T>
+  PwOut<T> out(const Geom& g, int64_t a, int64_t b, T* dx) const {
+    return PwOut<T>{dx, ceil_div(g.H - a, g.sh), ceil_div(g.W - b, g.sw), g.H * g.W, g.sh * g.W, g.sw, a * g.W + b};
+  }
+};
 
 // ---- block-channel fast path (fp32 on AVX2/AVX-512, stride 1): padded-width micro-kernel tiles ----
 // With the source padded NCHW, MR consecutive padded-width positions q of one channel are exactly
@@ -642,14 +727,17 @@ void pw_forward_offsets(const int32_t* col_idx, const int32_t* order, int64_t nn
 using cpu::MicroKernels;
 using cpu::TileArgs;
 
-// dst[n, d, y, x] (channels-last when dst_cl, else NCHW; [N, Cd, Hd, Wd]) = bias + sum over active
-// blocks j of destination block db (ptr[db]..ptr[db+1], source block sb[j], panel perm[j]) and taps
-// t of panel_t(j) applied to src shifted by shift[t]. src: N images of `img` floats, Cs planes of
-// `plane` floats each in rows of width Wq (zero padded, slack after the last). panels as pack_panels.
-void pw_block_pass(const MicroKernels& mk, const float* src, int64_t img, int64_t plane, int64_t N, int64_t Hd,
-                   int64_t Wd, int64_t Wq, int64_t Cd, int64_t Cs, int64_t B, const int64_t* shift, int64_t taps,
-                   const float* panels, const int32_t* ptr, const int32_t* sb, const int32_t* perm, const float* bias,
-                   bool dst_cl, float* dst) {
+// dst[n, d, pixel(y, x)] (out: [N, Cd, plane], channels-last when dst_cl, else NCHW; y < Hd, x < Wd) = bias +
+// sum over active blocks j of destination block db (ptr[db]..ptr[db+1], source block sb[j], panel perm[j])
+// and taps t with shift[t] >= 0 of panel_t(j) applied to src shifted by shift[t]. src: N images of `img`
+// floats, Cs planes of `plane` floats each in rows of width Wq (zero padded, slack after the last).
+// panels as pack_panels.
+void pw_block_pass(const MicroKernels& mk, const float* src, int64_t img, int64_t plane, int64_t N, int64_t Wq,
+                   int64_t Cd, int64_t Cs, int64_t B, const int64_t* shift, int64_t taps, const float* panels,
+                   const int32_t* ptr, const int32_t* sb, const int32_t* perm, const float* bias, bool dst_cl,
+                   const PwOut<float>& out) {
+  const int64_t Hd = out.Ho, Wd = out.Wo;
+  float* dst = out.y;
   const int64_t MR = mk.panel_rows, len = Hd * Wq, n_tiles = (len + MR - 1) / MR, n_db = (Cd + B - 1) / B;
   const int64_t strip = int64_t(mk.max_vectors) * mk.width, nnzb = ptr[n_db];
   auto cost_before = [&](int64_t i) {  // items in (image, block row, tile) order; cost = blocks + 1
@@ -665,18 +753,19 @@ void pw_block_pass(const MicroKernels& mk, const float* src, int64_t img, int64_
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / (n_db * n_tiles), db = (item / n_tiles) % n_db, q0 = (item % n_tiles) * MR;
       const int64_t mr = std::min(MR, len - q0), d0 = db * B, dbw = std::min(B, Cd - d0);
-      const int64_t np = (ptr[db + 1] - ptr[db]) * taps;
-      a.resize(np);
-      b.resize(np);
-      base.resize(np);
-      depth.resize(np);
+      const int64_t most = (ptr[db + 1] - ptr[db]) * taps;
+      a.resize(most);
+      b.resize(most);
+      base.resize(most);
+      depth.resize(most);
+      int64_t np = 0;
       for (int32_t j = ptr[db]; j < ptr[db + 1]; ++j) {
         const int64_t s0 = int64_t(sb[j]) * B, panel = perm ? perm[j] : j;
         for (int64_t t = 0; t < taps; ++t) {
-          const int64_t p = (j - ptr[db]) * taps + t;
-          a[p] = src + n * img + s0 * plane + q0 + shift[t];
-          base[p] = panels + (panel * taps + t) * B * B;
-          depth[p] = int(std::min(B, Cs - s0));
+          if (shift[t] < 0) continue;
+          a[np] = src + n * img + s0 * plane + q0 + shift[t];
+          base[np] = panels + (panel * taps + t) * B * B;
+          depth[np++] = int(std::min(B, Cs - s0));
         }
       }
       for (int64_t s = 0; s < dbw; s += strip) {
@@ -688,14 +777,14 @@ void pw_block_pass(const MicroKernels& mk, const float* src, int64_t img, int64_
       }
       for (int64_t r = 0; r < mr; ++r) {
         const int64_t q = q0 + r, y = q / Wq, x = q % Wq;
-        pix[r] = x < Wd ? y * Wd + x : -1;
+        pix[r] = x < Wd ? out.pixel(y, x) : -1;
       }
       if (dst_cl) {
         for (int64_t r = 0; r < mr; ++r)
-          if (pix[r] >= 0) std::copy(buf.data() + r * B, buf.data() + r * B + dbw, dst + (n * Hd * Wd + pix[r]) * Cd + d0);
+          if (pix[r] >= 0) std::copy(buf.data() + r * B, buf.data() + r * B + dbw, dst + (n * out.plane + pix[r]) * Cd + d0);
       } else {
         for (int64_t o = 0; o < dbw; ++o) {
-          float* dp = dst + (n * Cd + d0 + o) * Hd * Wd;
+          float* dp = dst + (n * Cd + d0 + o) * out.plane;
           for (int64_t r = 0; r < mr; ++r)
             if (pix[r] >= 0) dp[pix[r]] = buf[r * B + o];
         }
@@ -745,29 +834,44 @@ void pw_block_dw(const MicroKernels& mk, const float* gw, int64_t len, const flo
 
 // ---- op entry points -----------------------------------------------------------------------------
 
+// A 1x1 convolution without padding at stride > 1 reads every sh-th row and sw-th column of x only: it is
+// the stride-1 convolution of that subsample (dX: the stride-1 dX scattered into zeros).
+bool strided_pointwise(const Geom& g) {
+  return g.kh == 1 && g.kw == 1 && g.ph == 0 && g.pw == 0 && (g.sh > 1 || g.sw > 1);
+}
+at::Tensor subsample(const at::Tensor& x, const Geom& g) {
+  return x.slice(2, 0, c10::nullopt, g.sh).slice(3, 0, c10::nullopt, g.sw);
+}
+at::Tensor subsampled_input(const at::Tensor& x, const Geom& g) {  // in x's memory format
+  return subsample(x, g).contiguous(x.suggest_memory_format());
+}
+const std::vector<int64_t> kOnes{1, 1}, kZeros{0, 0};
+
 at::Tensor bsr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                           const at::Tensor& col_idx, int64_t out_channels, const c10::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Geom g = check_bsr_conv2d(x, values, row_ptr, col_idx, out_channels, bias, stride, padding, dilation);
+  if (strided_pointwise(g))
+    return bsr_conv2d_cpu(subsampled_input(x, g), values, row_ptr, col_idx, out_channels, bias, kOnes, kZeros, kOnes);
   const int64_t B = values.size(1);
   auto bc = bias ? bias->contiguous() : at::Tensor();
   const int64_t taps = g.kh * g.kw;
   auto panels = at::empty({values.size(0), taps, B, B}, values.options());
   const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
-  if (mk && g.sh == 1 && g.sw == 1) {
+  const PwSrc src(g, g.C);
+  if (mk && pw_fits(src.n_src(), src.ps)) {
     const bool cl = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
     auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options().memory_format(x.suggest_memory_format()));
     if (y.numel() == 0) return y;
-    const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
     auto xn = x.contiguous();
-    float* xp = cpu::workspace(0, g.N * g.C * Hp * Wp + kPwSlack);
-    pad_planes<float>(xn.data_ptr<float>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
+    float* xp = cpu::workspace(0, g.N * src.img() + kPwSlack);
+    pad_planes<float>(xn.data_ptr<float>(), g.N * g.C, g.H, g.W, g.ph, g.pw, src.Wq, src.ps, xp, kPwSlack, src.split);
     pack_panels<float>(values.contiguous().data_ptr<float>(), values.size(0), B, taps, true, panels.data_ptr<float>());
     std::vector<int64_t> shift(taps);
-    for (int64_t t = 0; t < taps; ++t) shift[t] = (t / g.kw) * g.dh * Wp + (t % g.kw) * g.dw;
-    pw_block_pass(*mk, xp, g.C * Hp * Wp, Hp * Wp, g.N, g.Ho, g.Wo, Wp, g.O, g.C, B, shift.data(), taps,
-                  panels.data_ptr<float>(), row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), nullptr,
-                  bias ? bc.data_ptr<float>() : nullptr, cl, y.data_ptr<float>());
+    for (int64_t t = 0; t < taps; ++t) shift[t] = src.tap_shift(g, t / g.kw, t % g.kw);
+    pw_block_pass(*mk, xp, src.img(), src.ps, g.N, src.Wq, g.O, g.C, B, shift.data(), taps, panels.data_ptr<float>(),
+                  row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), nullptr,
+                  bias ? bc.data_ptr<float>() : nullptr, cl, PwOut<float>::whole(y.data_ptr<float>(), g.Ho, g.Wo));
     return y;
   }
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -793,26 +897,35 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
                              const at::Tensor& t_col_idx, const at::Tensor& t_perm, at::IntArrayRef x_shape,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Geom g = check_bsr_conv2d_dx(dy, values, t_row_ptr, t_col_idx, t_perm, x_shape, stride, padding, dilation);
+  if (strided_pointwise(g)) {
+    auto sub = bsr_conv2d_dx_cpu(dy, values, t_row_ptr, t_col_idx, t_perm, {g.N, g.C, g.Ho, g.Wo}, kOnes, kZeros,
+                                 kOnes);
+    auto dx = at::zeros(x_shape, dy.options().memory_format(dy.suggest_memory_format()));
+    subsample(dx, g).copy_(sub);
+    return dx;
+  }
   const int64_t B = values.size(1);
   const int64_t taps = g.kh * g.kw;
   auto panels = at::empty({values.size(0), taps, B, B}, values.options());
   const MicroKernels* mk = dy.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
-  if (mk && g.sh == 1 && g.sw == 1) {  // grad_out padded as in csr_conv2d_dx_cpu, flipped taps
+  const PwDxSrc src(g);
+  const int64_t plane = src.Hg * src.Wg;
+  if (mk && pw_fits(g.O, plane)) {  // grad_out padded as in csr_conv2d_dx_cpu, one pass per stride phase
     const bool cl = dy.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
     auto dx = at::empty(x_shape, dy.options().memory_format(dy.suggest_memory_format()));
     if (dx.numel() == 0) return dx;
-    const int64_t Ah = (g.kh - 1) * g.dh, Aw = (g.kw - 1) * g.dw;
-    const int64_t Hq = std::max(g.H + g.ph + Ah, g.H + 2 * g.ph), Wq = std::max(g.W + g.pw + Aw, g.W + 2 * g.pw);
     auto gn = dy.contiguous();
-    float* gp = cpu::workspace(0, g.N * g.O * Hq * Wq + kPwSlack);
-    pad_planes<float>(gn.data_ptr<float>(), g.N * g.O, g.Ho, g.Wo, Ah, Aw, Wq, Hq * Wq, gp);
+    float* gp = cpu::workspace(0, g.N * g.O * plane + kPwSlack);
+    pad_planes<float>(gn.data_ptr<float>(), g.N * g.O, g.Ho, g.Wo, src.top, src.left, src.Wg, plane, gp);
     pack_panels<float>(values.contiguous().data_ptr<float>(), values.size(0), B, taps, false, panels.data_ptr<float>());
     std::vector<int64_t> shift(taps);
-    for (int64_t t = 0; t < taps; ++t)
-      shift[t] = (g.ph + (g.kh - 1 - t / g.kw) * g.dh) * Wq + g.pw + (g.kw - 1 - t % g.kw) * g.dw;
-    pw_block_pass(*mk, gp, g.O * Hq * Wq, Hq * Wq, g.N, g.H, g.W, Wq, g.C, g.O, B, shift.data(), taps,
-                  panels.data_ptr<float>(), t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(),
-                  t_perm.data_ptr<int32_t>(), nullptr, cl, dx.data_ptr<float>());
+    for (int64_t a = 0; a < std::min(g.sh, g.H); ++a)
+      for (int64_t b = 0; b < std::min(g.sw, g.W); ++b) {
+        for (int64_t t = 0; t < taps; ++t) shift[t] = src.tap_shift(g, a, b, t / g.kw, t % g.kw);
+        pw_block_pass(*mk, gp, g.O * plane, plane, g.N, src.Wg, g.C, g.O, B, shift.data(), taps,
+                      panels.data_ptr<float>(), t_row_ptr.data_ptr<int32_t>(), t_col_idx.data_ptr<int32_t>(),
+                      t_perm.data_ptr<int32_t>(), nullptr, cl, src.out(g, a, b, dx.data_ptr<float>()));
+      }
     return dx;
   }
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
@@ -840,23 +953,27 @@ at::Tensor bsr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
                              const at::Tensor& col_idx, int64_t block_size, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Geom g = check_bsr_conv2d_dw(dy, x, row_idx, col_idx, block_size, kernel_size, stride, padding, dilation);
+  if (strided_pointwise(g))
+    return bsr_conv2d_dw_cpu(dy, subsample(x, g), row_idx, col_idx, block_size, kernel_size, kOnes, kZeros, kOnes);
   const int64_t B = block_size;
   auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto dv = at::empty({col_idx.size(0), B, B, g.kh, g.kw}, x.options());
   const MicroKernels* mk = x.scalar_type() == at::kFloat ? cpu::micro_kernels(cpu::active_isa()) : nullptr;
-  if (mk && g.sh == 1 && g.sw == 1 && pw_dw_safe(x)) {
-    const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, len = g.Ho * Wp, taps = g.kh * g.kw;
+  if (mk && pw_dw_safe(x)) {  // x channels-last, split into stride phases of whole pixels
+    const PwSrc src(g, 1);
+    const int64_t len = g.Ho * src.Wq, taps = g.kh * g.kw;
     // x read up to (kw-1)*dw positions past its last padded plane by the garbage columns
-    float* xp = cpu::workspace(0, g.N * Hp * Wp * g.C + ((g.kw - 1) * g.dw + 1) * g.C + kPwSlack);
-    pad_planes<float>(xc.data_ptr<float>(), g.N, g.H, g.W * g.C, g.ph, g.pw * g.C, Wp * g.C, Hp * Wp * g.C, xp,
-                      ((g.kw - 1) * g.dw + 1) * g.C + kPwSlack);
+    const int64_t slack = ((g.kw - 1) * g.dw + 1) * g.C + kPwSlack;
+    float* xp = cpu::workspace(0, g.N * src.img() * g.C + slack);
+    pad_planes<float>(xc.data_ptr<float>(), g.N, g.H, g.W, g.ph, g.pw, src.Wq, src.ps * g.C, xp, slack, src.split,
+                      g.C);
     float* gp = cpu::workspace(1, g.N * len * g.O + kPwSlack);
-    pad_planes<float>(gc.data_ptr<float>(), g.N, g.Ho, g.Wo * g.O, 0, 0, Wp * g.O, len * g.O, gp);
+    pad_planes<float>(gc.data_ptr<float>(), g.N, g.Ho, g.Wo * g.O, 0, 0, src.Wq * g.O, len * g.O, gp);
     std::vector<int64_t> shift(taps);
-    for (int64_t t = 0; t < taps; ++t) shift[t] = (t / g.kw) * g.dh * Wp + (t % g.kw) * g.dw;
-    pw_block_dw(*mk, gp, len, xp, Hp * Wp, g, B, shift.data(), row_idx.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
-                col_idx.size(0), dv.data_ptr<float>());
+    for (int64_t t = 0; t < taps; ++t) shift[t] = src.tap_shift(g, t / g.kw, t % g.kw);
+    pw_block_dw(*mk, gp, len, xp, src.img(), g, B, shift.data(), row_idx.data_ptr<int32_t>(),
+                col_idx.data_ptr<int32_t>(), col_idx.size(0), dv.data_ptr<float>());
     return dv;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bsr_conv2d_dw_cpu", [&] {
@@ -872,12 +989,15 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
                           at::IntArrayRef dilation) {
   const Geom g = check_csr_conv2d(x, values, row_ptr, col_idx, out_channels, kernel_size, bias, stride, padding,
                                   dilation);
+  if (strided_pointwise(g))
+    return csr_conv2d_cpu(subsampled_input(x, g), values, row_ptr, col_idx, out_channels, kernel_size, bias, kOnes, kZeros,
+                          kOnes);
   auto xc = x.contiguous();
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
   auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options());
-  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
-  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.C, Hp * Wp);
+  const PwSrc src(g, g.C);
+  const bool fast = pw_fits(src.n_src(), src.ps);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_cpu", [&] {
     const scalar_t* bp = bias ? bc.data_ptr<scalar_t>() : nullptr;
     if (!fast) {
@@ -886,12 +1006,14 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
       return;
     }
     at::Tensor hold;
-    scalar_t* xp = pw_scratch<scalar_t>(0, g.N * g.C * Hp * Wp + kPwSlack, hold, x.options());
-    pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
+    scalar_t* xp = pw_scratch<scalar_t>(0, g.N * src.img() + kPwSlack, hold, x.options());
+    pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, src.Wq, src.ps, xp, kPwSlack,
+                         src.split);
     std::vector<int32_t> off(values.size(0));
-    pw_forward_offsets(col_idx.data_ptr<int32_t>(), nullptr, values.size(0), g, Hp * Wp, Wp, off.data());
-    pw_spmm<scalar_t>(xp, g.C * Hp * Wp, Hp * Wp, g.C, g.N, g.O, row_ptr.data_ptr<int32_t>(), 1, off.data(),
-                      vc.data_ptr<scalar_t>(), bp, g.Ho, g.Wo, Wp, y.data_ptr<scalar_t>());
+    pw_forward_offsets(col_idx.data_ptr<int32_t>(), nullptr, values.size(0), g, src, off.data());
+    pw_spmm<scalar_t>(xp, src.img(), src.ps, src.n_src(), g.N, g.O, row_ptr.data_ptr<int32_t>(), 1, off.data(),
+                      vc.data_ptr<scalar_t>(), bp, src.Wq,
+                      PwOut<scalar_t>::whole(y.data_ptr<scalar_t>(), g.Ho, g.Wo));
   });
   return in_format(y, x);
 }
@@ -902,14 +1024,19 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
                              at::IntArrayRef dilation) {
   const Geom g = check_csr_conv2d_dx(dy, values, t_row_ptr, t_col_idx, t_perm, x_shape, kernel_size, stride, padding,
                                      dilation);
+  if (strided_pointwise(g)) {
+    auto sub = csr_conv2d_dx_cpu(dy, values, t_row_ptr, t_col_idx, t_perm, {g.N, g.C, g.Ho, g.Wo}, kernel_size,
+                                 kOnes, kZeros, kOnes);
+    auto dx = at::zeros(x_shape, dy.options().memory_format(dy.suggest_memory_format()));
+    subsample(dx, g).copy_(sub);
+    return dx;
+  }
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
   auto dx = at::empty(x_shape, dy.options());
-  // grad_out padded by the full kernel extent (Ah, Aw) on the top/left: dx[h, w] reads it at
-  // (h + ph + (kh-1-r)*dh, w + pw + (kw-1-s)*dw), inside the padded planes for every h < H, w < W.
-  const int64_t Ah = (g.kh - 1) * g.dh, Aw = (g.kw - 1) * g.dw, taps = g.kh * g.kw;
-  const int64_t Hq = std::max(g.H + g.ph + Ah, g.H + 2 * g.ph), Wq = std::max(g.W + g.pw + Aw, g.W + 2 * g.pw);
-  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.O, Hq * Wq);
+  const PwDxSrc src(g);
+  const int64_t taps = g.kh * g.kw, plane = src.Hg * src.Wg;
+  const bool fast = pw_fits(g.O, plane);
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "csr_conv2d_dx_cpu", [&] {
     const int32_t *tp = t_row_ptr.data_ptr<int32_t>(), *tc = t_col_idx.data_ptr<int32_t>(),
                   *tperm = t_perm.data_ptr<int32_t>();
@@ -918,21 +1045,30 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
       return;
     }
     at::Tensor hold;
-    scalar_t* gp = pw_scratch<scalar_t>(0, g.N * g.O * Hq * Wq + kPwSlack, hold, dy.options());
-    pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, Ah, Aw, Wq, Hq * Wq, gp);
-    std::vector<int32_t> off(values.size(0));
+    scalar_t* gp = pw_scratch<scalar_t>(0, g.N * g.O * plane + kPwSlack, hold, dy.options());
+    pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, src.top, src.left, src.Wg, plane, gp);
+    std::vector<int32_t> ptr(g.C + 1), off(values.size(0));
     std::vector<scalar_t> val(values.size(0));
+    std::vector<int64_t> shift(taps);
     const scalar_t* v = vc.data_ptr<scalar_t>();
-    for (int64_t col = 0; col < g.C * taps; ++col) {
-      const int64_t r = (col % taps) / g.kw, s = col % g.kw;
-      const int64_t shift = (g.ph + (g.kh - 1 - r) * g.dh) * Wq + g.pw + (g.kw - 1 - s) * g.dw;
-      for (int32_t j = tp[col]; j < tp[col + 1]; ++j) {
-        off[j] = int32_t(tc[j] * Hq * Wq + shift);
-        val[j] = v[tperm[j]];
+    for (int64_t a = 0; a < std::min(g.sh, g.H); ++a)
+      for (int64_t b = 0; b < std::min(g.sw, g.W); ++b) {  // one stride phase of dx: the taps that reach it
+        for (int64_t t = 0; t < taps; ++t) shift[t] = src.tap_shift(g, a, b, t / g.kw, t % g.kw);
+        int32_t n = 0;
+        for (int64_t i = 0; i < g.C; ++i) {
+          ptr[i] = n;
+          for (int64_t t = 0; t < taps; ++t) {
+            if (shift[t] < 0) continue;
+            for (int32_t j = tp[i * taps + t]; j < tp[i * taps + t + 1]; ++j, ++n) {
+              off[n] = int32_t(tc[j] * plane + shift[t]);
+              val[n] = v[tperm[j]];
+            }
+          }
+        }
+        ptr[g.C] = n;
+        pw_spmm<scalar_t>(gp, g.O * plane, plane, g.O, g.N, g.C, ptr.data(), 1, off.data(), val.data(), nullptr,
+                          src.Wg, src.out(g, a, b, dx.data_ptr<scalar_t>()));
       }
-    }
-    pw_spmm<scalar_t>(gp, g.O * Hq * Wq, Hq * Wq, g.O, g.N, g.C, tp, taps, off.data(), val.data(), nullptr, g.H, g.W,
-                      Wq, dx.data_ptr<scalar_t>());
   });
   return in_format(dx, dy);
 }
@@ -941,11 +1077,14 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
                              const at::Tensor& col_idx, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Geom g = check_csr_conv2d_dw(dy, x, row_idx, col_idx, kernel_size, stride, padding, dilation);
+  if (strided_pointwise(g))
+    return csr_conv2d_dw_cpu(dy, subsample(x, g), row_idx, col_idx, kernel_size, kOnes, kZeros, kOnes);
   auto gc = dy.contiguous();
   auto xc = x.contiguous();
   auto dv = at::empty({col_idx.size(0)}, x.options());
-  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, nnz = col_idx.size(0);
-  const bool fast = g.sh == 1 && g.sw == 1 && pw_fits(g.C, Hp * Wp) && pw_dw_safe(x);
+  const int64_t nnz = col_idx.size(0);
+  const PwSrc src(g, g.C);
+  const bool fast = pw_fits(src.n_src(), src.ps) && pw_dw_safe(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_dw_cpu", [&] {
     const int32_t *ri = row_idx.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
     if (!fast) {
@@ -961,16 +1100,17 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
       for (int64_t k = 0; k < nnz; ++k) order[next[ri[k]]++] = int32_t(k);
     }
     std::vector<int32_t> off(nnz);
-    pw_forward_offsets(ci, order.data(), nnz, g, Hp * Wp, Wp, off.data());
-    const PwKernels<scalar_t> kk = pick_pw<scalar_t>(g.Ho * Wp);
-    const int64_t tile = int64_t(kk.nt) * kk.lanes, lp = (g.Ho * Wp + tile - 1) / tile * tile;
+    pw_forward_offsets(ci, order.data(), nnz, g, src, off.data());
+    const PwKernels<scalar_t> kk = pick_pw<scalar_t>(g.Ho * src.Wq);
+    const int64_t tile = int64_t(kk.nt) * kk.lanes, lp = (g.Ho * src.Wq + tile - 1) / tile * tile;
     at::Tensor hold_x, hold_g;
-    scalar_t* xp = pw_scratch<scalar_t>(0, g.N * g.C * Hp * Wp + kPwSlack, hold_x, x.options());
+    scalar_t* xp = pw_scratch<scalar_t>(0, g.N * src.img() + kPwSlack, hold_x, x.options());
     scalar_t* gp = pw_scratch<scalar_t>(1, g.N * g.O * lp + kPwSlack, hold_g, x.options());
-    pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, Wp, Hp * Wp, xp);
-    pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, 0, 0, Wp, lp, gp);
+    pad_planes<scalar_t>(xc.data_ptr<scalar_t>(), g.N * g.C, g.H, g.W, g.ph, g.pw, src.Wq, src.ps, xp, kPwSlack,
+                         src.split);
+    pad_planes<scalar_t>(gc.data_ptr<scalar_t>(), g.N * g.O, g.Ho, g.Wo, 0, 0, src.Wq, lp, gp);
     std::vector<scalar_t> dvo(nnz);
-    pw_sddmm<scalar_t>(xp, g.C * Hp * Wp, Hp * Wp, g.C, gp, lp, g.N, g.O, ptr.data(), off.data(), kk, dvo.data());
+    pw_sddmm<scalar_t>(xp, src.img(), src.ps, src.n_src(), gp, lp, g.N, g.O, ptr.data(), off.data(), kk, dvo.data());
     scalar_t* d = dv.data_ptr<scalar_t>();
     for (int64_t j = 0; j < nnz; ++j) d[order[j]] = dvo[j];
   });

@@ -15,17 +15,23 @@ from .._ref import CPU_ISAS, assert_close
 GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
     (2, 5, 7, 9, 7, 3, 1, 1, 1), (1, 20, 33, 11, 6, 3, 2, 1, 1), (3, 17, 16, 8, 9, (3, 1), (2, 1), (0, 2), (2, 1)),
     (2, 16, 16, 5, 5, 1, 1, 0, 1), (0, 4, 4, 5, 5, 3, 1, 1, 1),
+    (1, 6, 5, 9, 7, 1, 2, 0, 1), (2, 3, 8, 11, 11, 7, 2, 3, 1), (0, 3, 4, 9, 9, 7, 2, 3, 1),  # 1x1 s2, stems
 ]
 DENSITIES = [0.0, 0.3, 1.0]
 
-# Unstructured stride-1 convs run the padded-width kernels (tiles of 1, 2, 4 or 7 vectors, several
-# images per call); these shapes give each tile width, several tiles per plane, batch tails, 1x1,
-# dilation and asymmetric padding/kernels. The stride-2 shapes run the general per-nonzero loops.
+# Unstructured convs run the padded-width kernels (tiles of 1, 2, 4 or 7 vectors, several images per
+# call), strided ones on the input's stride phases (dX one pass per phase of dx, 1x1 without padding on
+# the subsampled input); these shapes give each tile width, several tiles per plane, batch tails, 1x1,
+# dilation, asymmetric padding/kernels/strides, odd sizes, 7x7 stride-2 stems and strides wider than the
+# kernel (dx phases no tap reaches).
 PW_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
     (9, 6, 5, 3, 2, 3, 1, 1, 1), (7, 5, 9, 5, 5, 3, 1, 1, 1), (3, 7, 6, 19, 23, 3, 1, 2, 2),
     (5, 4, 3, 9, 8, (3, 5), 1, (0, 3), (2, 1)), (10, 3, 4, 6, 6, 1, 1, 0, 1), (2, 6, 5, 7, 7, 3, 1, 3, 1),
     (2, 5, 6, 7, 7, 3, 1, 1, 1), (3, 4, 5, 2, 2, 1, 1, 0, 1),  # 4-vector tiles (ResNet 512@7), 1-vector tiles
     (3, 6, 5, 9, 8, 3, (1, 2), 1, 1), (2, 6, 5, 9, 8, 3, 2, 1, 2),
+    (3, 5, 6, 9, 11, 3, 2, 1, 1), (4, 5, 6, 4, 4, 3, 2, 1, 1), (3, 6, 7, 7, 9, 1, 2, 0, 1), (2, 4, 3, 6, 7, 1, 2, 1, 1),
+    (2, 3, 8, 15, 13, 7, 2, 3, 1), (2, 5, 4, 10, 9, 3, (2, 3), (0, 2), (1, 2)), (2, 5, 6, 9, 9, 3, 3, 2, 2),
+    (2, 4, 5, 3, 3, 3, 4, 1, 1),
 ]
 
 
@@ -109,29 +115,36 @@ def test_csr_conv2d(seed, geom, density, fmt, dtype):
     assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), dtype)
 
 
-def test_noncontiguous_input(seed):
-    x, values, layout, w = csr_case(GEOMS[0], 0.5, torch.float64, torch.contiguous_format)
-    xs = torch.randn(2, 10, 9, 7, dtype=torch.float64)[:, ::2]
-    assert_close(csr_conv2d(xs, values, layout, 3, padding=1), F.conv2d(xs, w, padding=1), torch.float64)
-    xb, vb, lb, wb = bsr_case(GEOMS[0], 0.5, 16, torch.float64, torch.contiguous_format)
-    assert_close(bsr_conv2d(xs, vb, lb, padding=1), F.conv2d(xs, wb, padding=1), torch.float64)
+@pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noncontiguous_input(seed, k, stride, padding, dtype):
+    geom = (2, 5, 7, 9, 7, k, stride, padding, 1)
+    xs = torch.randn(2, 10, 9, 7, dtype=dtype)[:, ::2]
+    _, values, layout, w = csr_case(geom, 0.5, dtype, torch.contiguous_format)
+    ref = F.conv2d(xs.double(), w.double(), stride=stride, padding=padding)
+    assert_close(csr_conv2d(xs, values, layout, k, stride=stride, padding=padding), ref, dtype)
+    _, vb, lb, wb = bsr_case(geom, 0.5, 16, dtype, torch.contiguous_format)
+    ref = F.conv2d(xs.double(), wb.double(), stride=stride, padding=padding)
+    assert_close(bsr_conv2d(xs, vb, lb, stride=stride, padding=padding), ref, dtype)
 
 
 @pytest.mark.parametrize("block", [True, False])
-def test_gradcheck(seed, block):
-    geom = (2, 5, 6, 5, 4, 3, 2, 1, 1)
+@pytest.mark.parametrize("geom", [(2, 5, 6, 5, 4, 3, 2, 1, 1), (2, 5, 6, 5, 4, 1, 2, 0, 1), (1, 2, 6, 7, 6, 5, 2, 2, 1)])
+def test_gradcheck(seed, block, geom):
+    k, stride, padding = geom[5:8]
     if block:
         x, values, layout, _ = bsr_case(geom, 0.6, 16, torch.float64, torch.contiguous_format)
-        fn = lambda x, v, b: bsr_conv2d(x, v, layout, b, 2, 1)  # noqa: E731
+        fn = lambda x, v, b: bsr_conv2d(x, v, layout, b, stride, padding)  # noqa: E731
     else:
         x, values, layout, _ = csr_case(geom, 0.4, torch.float64, torch.contiguous_format)
-        fn = lambda x, v, b: csr_conv2d(x, v, layout, 3, b, 2, 1)  # noqa: E731
+        fn = lambda x, v, b: csr_conv2d(x, v, layout, k, b, stride, padding)  # noqa: E731
     bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (x.requires_grad_(), values.requires_grad_(), bias))
 
 
-def test_opcheck(seed):
-    geom = [1, 1], [1, 1], [1, 1]
+@pytest.mark.parametrize("stride", [1, 2])
+def test_opcheck(seed, stride):
+    geom = [stride, stride], [1, 1], [1, 1]
     x, values, layout, _ = bsr_case((2, 5, 7, 6, 5, 3, 1, 1, 1), 0.6, 16, torch.float32, torch.contiguous_format)
     ops = torch.ops.sparsecl
     y = ops.bsr_conv2d(x, values, layout.row_ptr, layout.col_idx, 7, None, *geom)
@@ -226,19 +239,20 @@ def test_csr_conv2d_dw_any_entry_order(seed, stride):
 
 @pytest.mark.parametrize("structure", ["csr", "bsr"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dvalues_with_inf_in_x_match_dense(seed, structure, dtype):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dvalues_with_inf_in_x_match_dense(seed, structure, dtype, stride):
     """An inf in x's first column is read by the padded-width kernels' garbage columns (times a zero
     grad_out): dValues must still be finite wherever the dense convolution's weight gradient is."""
-    geom = (2, 5, 6, 6, 7, 3, 1, 1, 1)
+    geom = (2, 5, 6, 6, 7, 3, stride, 1, 1)
     if structure == "csr":
         x, values, layout, w = csr_case(geom, 1.0, dtype, torch.contiguous_format)
     else:
         x, values, layout, w = bsr_case(geom, 1.0, 16, dtype, torch.contiguous_format)
     x[:, 1, 3, 0] = float("inf")
     xr, wr = x.double(), w.double().requires_grad_()
-    g = torch.randn(F.conv2d(xr, wr, padding=1).shape, dtype=torch.float64)
-    F.conv2d(xr, wr, padding=1).backward(g)
-    ops, geo = torch.ops.sparsecl, ([1, 1], [1, 1], [1, 1])
+    g = torch.randn(F.conv2d(xr, wr, stride=stride, padding=1).shape, dtype=torch.float64)
+    F.conv2d(xr, wr, stride=stride, padding=1).backward(g)
+    ops, geo = torch.ops.sparsecl, ([stride, stride], [1, 1], [1, 1])
     if structure == "csr":
         dv = ops.csr_conv2d_dw(g.to(dtype), x, layout.row_idx, layout.col_idx, [3, 3], *geo)
         ref = wr.grad.reshape(6, -1)[layout.row_idx.long(), layout.col_idx.long()]
@@ -251,11 +265,14 @@ def test_dvalues_with_inf_in_x_match_dense(seed, structure, dtype):
     torch.testing.assert_close(dv.double(), ref, equal_nan=True, rtol=1e-4, atol=1e-4)
 
 
-# Block-channel fp32 stride-1 convs on AVX2/AVX-512 run the padded-width micro-kernel tiles (14 or 6
-# positions x B channels); other strides, float64 and the generic ISA run the gather-GEMM path.
+# Block-channel fp32 convs on AVX2/AVX-512 run the padded-width micro-kernel tiles (14 or 6 positions x
+# B channels; strided ones on the input's stride phases, dX per phase of dx); float64 and the generic
+# ISA run the gather-GEMM path.
 BLOCK_PW_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
     (3, 40, 33, 9, 7, 3, 1, 1, 1), (2, 17, 70, 5, 11, (3, 5), 1, (0, 3), (2, 1)), (5, 33, 16, 4, 4, 1, 1, 0, 1),
     (2, 20, 20, 6, 6, 3, 1, 3, 2), (2, 33, 20, 7, 6, 3, 2, 1, 1),
+    (3, 20, 40, 9, 11, 3, 2, 1, 1), (2, 17, 33, 7, 9, 1, 2, 0, 1), (2, 3, 16, 15, 13, 7, 2, 3, 1),
+    (2, 20, 20, 8, 7, 3, (2, 3), (0, 2), (1, 2)), (1, 16, 16, 5, 5, 1, 2, 1, 1),
 ]
 
 
