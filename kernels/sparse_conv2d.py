@@ -73,8 +73,10 @@ def _block_gather_mm(a_ptr, w_ptr, bias_ptr, out_ptr, ptr_ptr, idx_ptr, perm_ptr
     acc = tl.zeros((BLOCK_P, B), dtype=ACC)
     start = tl.load(ptr_ptr + nb)
     end = tl.load(ptr_ptr + nb + 1)
-    for j in range(start, end):
-        k0, blk = _gathered_block(idx_ptr, perm_ptr, j, B, HAS_PERM)
+    k0_next, blk_next = _gathered_block(idx_ptr, perm_ptr, start, end, B, HAS_PERM)
+    for j in range(start, end):  # entry j+1's index prefetched in iteration j, as in bsr_linear
+        k0, blk = k0_next, blk_next
+        k0_next, blk_next = _gathered_block(idx_ptr, perm_ptr, j + 1, end, B, HAS_PERM)
         mask_k = (k0 + offs_b) < CK
         a_chan = a_ptr + n[:, None] * sa_n + (k0 + offs_b).to(tl.int64)[None, :] * sa_c
         wb = w_ptr + blk.to(tl.int64) * (KH * KW * B * B)

@@ -219,29 +219,47 @@ SM90_SCRIPT = textwrap.dedent('''
     from _triton_sm90_check import compile_sm90
     from sparsecl.kernels import sparse_conv2d as K
 
-    INTS = dict(SH=2, SW=2, PH=1, PW=1, DH=1, DW=1)  # geometry stays a runtime int in real launches
-    types = {{n: "i32" for n in INTS}}
+    # integer arguments as a real launch passes them (compile_sm90 specialises 1 to a constexpr, as Triton's
+    # launcher does): ResNet 256@14, batch 32, 3x3, padding 1, NCHW; stride 1 (x 14x14) and stride 2 (x 28x28)
+    def nchw(p, c, h, w):
+        return {{p + "_n": c * h * w, p + "_c": h * w, p + "_h": w, p + "_w": 1}}
+
+    def geom(stride, h_in):
+        g = dict(SH=stride, SW=stride, PH=1, PW=1, DH=1, DW=1, n_pix=32 * 14 * 14)
+        return g, h_in
+
+    types_idx = dict(ptr_ptr="*i32", idx_ptr="*i32", perm_ptr="*i32")
     m = K.BLOCK_META_CUDA
-    for dt in ("bf16", "fp32", "fp64"):  # fp64: tl.dot needs out_dtype=fp64 (triton 3.6 asserts otherwise)
-        prec = "tf32" if dt == "bf16" else "ieee"
-        for dx in (False, True):
-            k = compile_sm90(K._block_gather_mm, dict(KH=3, KW=3, B=32, DX=dx, HAS_PERM=dx, HAS_BIAS=not dx,
-                             FP64=dt == "fp64", PRECISION=prec, BLOCK_P=m["BLOCK_P"]), "*" + dt, m["num_warps"],
-                             m["num_stages"], types=dict(types, ptr_ptr="*i32", idx_ptr="*i32", perm_ptr="*i32"))
-            print(f"gather {{dt}} dx={{dx}} mma={{'mma' in k.asm['ttgir']}}")
-        k = compile_sm90(K._block_dw, dict(KH=3, KW=3, B=32, FP64=dt == "fp64", PRECISION=prec, BLOCK_P=m["BLOCK_P"]),
-                         "*" + dt, m["num_warps"], m["num_stages"], types=types)
-        print(f"block_dw {{dt}} mma={{'mma' in k.asm['ttgir']}}")
-    c = K.CSR_META_CUDA
-    for dt in ("fp16", "fp64"):
-        fp64 = dt == "fp64"
-        meta = dict(KH=3, KW=3, FP64=fp64, NZ=c["NZ"], BLOCK_P=c["BLOCK_P"])
-        compile_sm90(K._csr_fwd, dict(meta, HAS_BIAS=True), "*" + dt, c["num_warps"], 1,
-                     types=dict(types, ptr_ptr="*i32", idx_ptr="*i32"))
-        compile_sm90(K._csr_dx, meta, "*" + dt, c["num_warps"], 1,
-                     types=dict(types, ptr_ptr="*i32", idx_ptr="*i32", perm_ptr="*i32"))
-        compile_sm90(K._csr_dw, meta, "*" + dt, c["num_warps"], 1, types=types)
-        print(f"csr {{dt}} compiled")
+    for stride in (1, 2):
+        g, h = geom(stride, 14 * stride)
+        spatial = dict(H=h, W=h, HO=14, WO=14, O=256, C=256)
+        # fp64: tl.dot needs out_dtype=fp64 (triton 3.6 asserts otherwise); stride 2 only in the bench dtypes
+        for dt in ("bf16", "fp32", "fp64") if stride == 1 else ("bf16",):
+            prec = "tf32" if dt == "bf16" else "ieee"
+            for dx in (False, True):  # forward reads x [.., h, h] into y 14x14; dX reads dY 14x14 into dx
+                ha, hd = (14, h) if dx else (h, 14)
+                ints = dict(g, HA=ha, WA=ha, HD=hd, WD=hd, CK=256, CN=256, **nchw("sa", 256, ha, ha),
+                            **nchw("so", 256, hd, hd))
+                k = compile_sm90(K._block_gather_mm, dict(KH=3, KW=3, B=32, DX=dx, HAS_PERM=dx, HAS_BIAS=not dx,
+                                 FP64=dt == "fp64", PRECISION=prec, BLOCK_P=m["BLOCK_P"]), "*" + dt, m["num_warps"],
+                                 m["num_stages"], types=types_idx, ints=ints)
+                print(f"gather {{dt}} stride={{stride}} dx={{dx}} mma={{'mma' in k.asm['ttgir']}}")
+            ints = dict(g, **spatial, **nchw("sg", 256, 14, 14), **nchw("sx", 256, h, h))
+            k = compile_sm90(K._block_dw, dict(KH=3, KW=3, B=32, FP64=dt == "fp64", PRECISION=prec,
+                             BLOCK_P=m["BLOCK_P"]), "*" + dt, m["num_warps"], m["num_stages"], ints=ints)
+            print(f"block_dw {{dt}} stride={{stride}} mma={{'mma' in k.asm['ttgir']}}")
+        c = K.CSR_META_CUDA
+        for dt in ("fp16", "fp64") if stride == 1 else ("fp16",):
+            fp64 = dt == "fp64"
+            meta = dict(KH=3, KW=3, FP64=fp64, NZ=c["NZ"], BLOCK_P=c["BLOCK_P"])
+            fwd = dict(g, **spatial, **nchw("sx", 256, h, h), **nchw("so", 256, 14, 14))
+            compile_sm90(K._csr_fwd, dict(meta, HAS_BIAS=True), "*" + dt, c["num_warps"], 1,
+                         types=dict(ptr_ptr="*i32", idx_ptr="*i32"), ints=fwd)
+            compile_sm90(K._csr_dx, meta, "*" + dt, c["num_warps"], 1, types=types_idx,
+                         ints=dict(g, **spatial, **nchw("sg", 256, 14, 14), **nchw("so", 256, h, h)))
+            compile_sm90(K._csr_dw, meta, "*" + dt, c["num_warps"], 1,
+                         ints=dict(g, **spatial, **nchw("sg", 256, 14, 14), **nchw("sx", 256, h, h)))
+            print(f"csr {{dt}} stride={{stride}} compiled")
 ''')
 
 
@@ -253,7 +271,7 @@ def test_triton_kernels_compile_for_sm90():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
-    assert len(lines) == 11, run.stdout
+    assert len(lines) == 15, run.stdout
     for line in lines:
         if "bf16" in line:  # fp32 runs IEEE products (FMA) unless TF32 is allowed
             assert "mma=True" in line, line
