@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# One command on a CUDA machine: build sparsecl with its CUDA kernels, run the CUDA tests, run the
-# GPU benchmarks. Everything lands in RESULTS_DIR (argument, else $OUT, else bench/results/gpu-<date>):
-#   machine.json  card, driver, nvcc, torch, triton, CUDA, date      build.log, resources.txt (ptxas)
-#   tests.log / tests.xml                                            bench-cuda.json, bench.log
-#   <op>/bench-cuda*.json for csr_linear_gpu, prune_regrow, masked_linear, slimmable
-# Usage: bench/gpu.sh [--sanitize] [--quick] [--no-build] [--no-tests] [--no-bench] [RESULTS_DIR]
-#   --sanitize  instead of tests + bench: every CUDA C++ op/layer test (tests/ops, tests/nn) and a Triton
-#               subset under compute-sanitizer memcheck and racecheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1,
-#               so the caching allocator hides nothing); logs sanitize-{memcheck,racecheck}.log
-#   --quick     the benchmark's quick mode (d=0.1 only)
-#   --no-build / --no-tests / --no-bench  skip that step (to split the work over several calls)
-# Expects torch (CUDA build), triton, nvcc, pytest already installed (no internet needed).
+# The one device script: everything a short GPU lease should measure, in <= 7 minutes, each step under
+# `timeout` (a step that fails or times out is reported and the script goes on):
+#   build     pip install -e . for TORCH_CUDA_ARCH_LIST=9.0a, MAX_JOBS=16  -> build.log
+#   probe     versions, nvidia-smi, what was built                  -> machine.json, nvidia-smi.txt
+#   ceilings  HBM copy, L2->SM read bandwidth, bf16 GEMM at the bar shape  -> ceilings.json
+#   correct   the changed ops against float64, outputs poisoned      -> correct.json
+#   gap       the gap table at the bar shapes (CUDA-graph replays over rotating inputs; ms / floor / x floor /
+#             TFLOP/s / x dense; floors from bench/floors.py)      -> gap.json
+#   ablate    bsr gather GEMM: densities, num_stages, B=64 vs 128   -> ablate.json
+#   ncu       short ncu sections on the 3 cases furthest from their floor, if ncu exists -> ncu-*.txt
+# The gap table is printed last. Results go to RESULTS_DIR (argument, else $OUT, else bench/results/gpu-<date>).
+# Usage: bench/gpu.sh [--dry-run] [--no-build] [--tests] [RESULTS_DIR]
+#   --dry-run   every step on the CPU with tiny shapes, Triton interpreted, no build, no nvidia-smi/ncu: CI runs
+#               it so the script cannot die on a Python error on the device (device: Python 3.12, torch 2.11,
+#               triton 3.6, nvcc)
+#   --no-build  use the installed extension
+#   --tests     after the table, the CUDA test suite (-k cuda), outside the 7-minute budget
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-SANITIZE=0 QUICK="" BUILD=1 TESTS=1 BENCH=1 RESULTS=""
+DRY=0 BUILD=1 TESTS=0 RESULTS=""
 for a in "$@"; do
   case "$a" in
-    --sanitize) SANITIZE=1 ;;
-    --quick) QUICK="--quick" ;;
+    --dry-run) DRY=1 ;;
     --no-build) BUILD=0 ;;
-    --no-tests) TESTS=0 ;;
-    --no-bench) BENCH=0 ;;
+    --tests) TESTS=1 ;;
     -*) echo "unknown option $a" >&2; exit 2 ;;
     *) RESULTS="$a" ;;
   esac
@@ -32,121 +35,67 @@ RESULTS=$(cd "$RESULTS" && pwd)
 PY=${PYTHON:-python3}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
 export MAX_JOBS=${MAX_JOBS:-16}
-export SPARSECL_CUDA=1
-export TRITON_INTERPRET=0  # run the compiled Triton kernels, not the interpreter (tests/conftest.py defaults to 1)
+DRYFLAG="" SCALE=1
+if [ "$DRY" = 1 ]; then
+  DRYFLAG="--dry-run" SCALE=${DRY_RUN_TIME_SCALE:-6}  # the interpreter on a shared CI CPU is slower
+  export TRITON_INTERPRET=1
+else
+  export TRITON_INTERPRET=0  # the compiled Triton kernels, not the interpreter
+fi
 status=0
-step() { echo "== $*" >&2; }
-
-step "machine info"
-nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || true
-"$PY" - > "$RESULTS/machine.json" <<'EOF'
-import datetime, json, platform, subprocess
-import torch
-try:
-    import triton
-    tv = triton.__version__
-except ImportError:
-    tv = None
-def cmd(*a):
-    try:
-        return subprocess.run(a, capture_output=True, text=True, timeout=60).stdout.strip()
-    except OSError:
-        return None
-print(json.dumps({
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    "capability": list(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None,
-    "driver": cmd("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"),
-    "nvcc": (cmd("nvcc", "--version") or "").splitlines()[-1:],
-    "torch": torch.__version__, "torch_cuda": torch.version.cuda, "triton": tv,
-    "python": platform.python_version(), "host": platform.node(),
-}, indent=1))
-EOF
-cat "$RESULTS/machine.json"
-
-if [ "$BUILD" = 1 ]; then
-  step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS)"
-  if ! "$PY" -m pip install --no-build-isolation --no-deps -e . > "$RESULTS/build.log" 2>&1; then
-    tail -40 "$RESULTS/build.log"; echo "build failed" >&2; exit 1
+T0=$SECONDS
+# step NAME SECONDS CMD...: run CMD under `timeout`, log to RESULTS/NAME.log, report and go on
+step() {
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s, at $((SECONDS - T0))s)" >&2
+  timeout --kill-after=5 "$((limit * SCALE))" "$@" > "$RESULTS/$name.log" 2>&1
+  local rc=$?
+  if [ $rc != 0 ]; then
+    status=1
+    echo "!! $name failed (rc=$rc$([ $rc = 124 ] && echo ', timed out')); tail of $name.log:" >&2
+    tail -15 "$RESULTS/$name.log" >&2
   fi
-  so=$(ls sparsecl/_C*.so 2>/dev/null | head -1)
-  [ -n "$so" ] && command -v cuobjdump >/dev/null && cuobjdump --dump-resource-usage "$so" > "$RESULTS/resources.txt" 2>&1
-fi
-"$PY" -m sparsecl.cli info --json > "$RESULTS/info.json" || status=1
-"$PY" -c "import sparsecl, sys; sys.exit(0 if sparsecl.build_info().get('cuda') else 1)" \
-  || { echo "sparsecl was built without CUDA kernels" >&2; exit 1; }
+  return $rc
+}
+BENCH=("$PY" bench/gpu_bench.py)
 
-if [ "$SANITIZE" = 1 ]; then
-  export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-  # CUDA C++ kernels only (Triton's autotuning under the sanitizer would take hours); the T64odd
-  # cases cover every dtype, block size and density with odd features and a partial token tile
-  sanitize() {
-    local tool=$1; shift
-    step "compute-sanitizer --tool $tool: $*"
-    compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
-      "$PY" -m pytest -q -x -p no:cacheprovider "$@" >> "$RESULTS/sanitize-$tool.log" 2>&1 || status=1
-    tail -3 "$RESULTS/sanitize-$tool.log"
-  }
-  # every CUDA C++ op and layer test (all op families: bsr/csr/masked linear, prune_regrow, slimmable,
-  # sparse conv), one Triton config per kernel (no autotuning) for the Triton subset
-  export SPARSECL_TRITON_AUTOTUNE=0
-  for tool in memcheck racecheck; do
-    sanitize "$tool" tests/ops tests/nn -k cuda --ignore-glob="*_triton*" --ignore-glob="*triton_compile*"
-    sanitize "$tool" tests/ops/test_bsr_linear_triton.py -m cuda -k "be_cuda and (T64odd or padding)"
-    sanitize "$tool" tests/ops/test_sparse_conv2d_triton.py -m cuda -k "be_cuda and (rect-dil or padding or block_sizes)"
-  done
-  grep -h "ERROR SUMMARY" "$RESULTS"/sanitize-*.log
-  exit $status
+[ "$DRY" = 1 ] || timeout 15 nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1
+if [ "$BUILD" = 1 ] && [ "$DRY" = 0 ]; then
+  step build 170 "$PY" -m pip install --no-build-isolation --no-deps -e . \
+    || { echo "build failed: the remaining steps would measure a stale extension" >&2; exit 1; }
 fi
+step probe 20 "${BENCH[@]}" probe --out "$RESULTS" $DRYFLAG && { cat "$RESULTS/machine.json"; echo; }
+step ceilings 25 "${BENCH[@]}" ceilings --out "$RESULTS" $DRYFLAG
+step correct 50 "${BENCH[@]}" correct --out "$RESULTS" $DRYFLAG
+step gap 90 "${BENCH[@]}" gap --out "$RESULTS" $DRYFLAG
+step ablate 50 "${BENCH[@]}" ablate --out "$RESULTS" $DRYFLAG
 
-if [ "$TESTS" = 1 ]; then
-  step "CUDA tests"
-  # every test marked `cuda` or parametrized over the cuda device; one config per Triton kernel
-  # here (eight would be compiled per variant), the benchmark autotunes
-  # xdist workers compile the Triton variants in parallel (compilation, not the GPU, bounds this step)
-  workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n ${PYTEST_WORKERS:-8}")
-  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider $workers tests -k "cuda" --durations=15 \
-    --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" | tail -15
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+if [ -f "$RESULTS/gap.json" ] && step ncu-targets 15 "${BENCH[@]}" ncu-targets --out "$RESULTS" $DRYFLAG; then
+  targets=$("$PY" -c "import json,sys; print('\n'.join(json.load(open(sys.argv[1]))['cases']))" "$RESULTS/ncu-targets.json")
+  i=0
+  while IFS= read -r case; do
+    i=$((i + 1))
+    if [ "$DRY" = 1 ]; then  # the profiled command itself, without ncu
+      step "ncu-$i" 60 "${BENCH[@]}" one --out "$RESULTS" $DRYFLAG --case "$case"
+    elif command -v ncu > /dev/null; then
+      step "ncu-$i" 25 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --launch-skip 2 --launch-count 1 \
+        "$PY" bench/gpu_bench.py one --out "$RESULTS" --case "$case"
+    else
+      echo "ncu not found: no kernel profiles" >&2
+      break
+    fi
+  done <<< "$targets"
 fi
 
-if [ "$BENCH" = 1 ]; then
-  step "GPU benchmarks"
-  "$PY" -m sparsecl.cli bench bsr_linear --device cuda $QUICK --out "$RESULTS" -v 2>&1 | tee "$RESULTS/bench.log" | tail -25
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  step "bar: forward t <= 1.25*d*t_dense and faster than torch.sparse BSR (measured in this run)"
-  "$PY" - "$RESULTS"/bench-cuda*.json <<'EOF'
-import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-dense = {r["shape"]: r["ms"] for r in rows if r["method"].startswith("dense") and r["pass_"] == "fwd"}
-for r in rows:
-    if r["method"].startswith("sparsecl") and r["pass_"] == "fwd":
-        ratio = r["ms"] / (r["density"] * dense[r["shape"]])
-        print(f'{r["method"]:16s} d={r["density"]:<4} {r["ms"]:.4f} ms  t/(d*t_dense)={ratio:.2f} '
-              f'density_bar={r["meets_density_bar"]} beats_torch_bsr={r["beats_torch_bsr"]} rel_err={r["rel_err"]:.1e}')
-EOF
-  step "sparse conv2d GPU benchmark (bar: t <= max(1.25*d*t_dense, floor) on 256@14 and 512@7)"
-  mkdir -p "$RESULTS/sparse_conv2d"
-  "$PY" -m sparsecl.cli bench sparse_conv2d --device cuda $QUICK --out "$RESULTS/sparse_conv2d" -v 2>&1 \
-    | tee "$RESULTS/bench-sparse_conv2d.log" | tail -25
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  "$PY" - "$RESULTS"/sparse_conv2d/bench-cuda*.json <<'EOF'
-import json, sys
-for r in json.load(open(sys.argv[1]))["rows"]:
-    if r["layer"] in ("256@14", "512@7"):
-        print(f'{r["method"]:34s} {r["layer"]:6s} {r["dtype"]:8s} d={r["density"]:<4} {r["pass_"]:7s} {r["ms"]:.4f} ms '
-              f'dense {r["dense_ms"]:.4f} floor {r["floor_ms"]:.4f} meets_bar={r["meets_bar"]} rel_err={r["rel_err"]:.1e}')
-EOF
-  # the remaining GPU benchmarks, each in its own folder (each writes bench-cuda*.json)
-  for op in csr_linear_gpu prune_regrow masked_linear slimmable; do
-    step "$op GPU benchmark"
-    mkdir -p "$RESULTS/$op"
-    "$PY" -m sparsecl.cli bench "$op" --device cuda $QUICK --out "$RESULTS/$op" -v 2>&1 \
-      | tee "$RESULTS/bench-$op.log" | tail -20
-    [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  done
+if [ "$TESTS" = 1 ] && [ "$DRY" = 0 ]; then
+  SPARSECL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests -k cuda --junitxml="$RESULTS/tests.xml" \
+    > "$RESULTS/tests.log" 2>&1 || status=1
+  tail -3 "$RESULTS/tests.log"
 fi
-echo "results in $RESULTS (status $status)"
+
+echo "== done in $((SECONDS - T0))s; results in $RESULTS (status $status)" >&2
+[ -f "$RESULTS/ceilings.json" ] && "$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); print('ceilings:', {k: round(v, 3) for k, v in c.items() if isinstance(v, float)})" "$RESULTS/ceilings.json"
+[ -f "$RESULTS/gap.json" ] && "${BENCH[@]}" table --out "$RESULTS"
 exit $status
