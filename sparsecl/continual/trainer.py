@@ -28,13 +28,14 @@ import torch.nn.functional as F
 
 from . import metrics as M
 from ..io import write_bytes_atomic
-from .checkpoint import load_checkpoint, save_checkpoint
-from .models import build_model, init_values
+from ..checkpoint import load_checkpoint, save_checkpoint
+from .memory import check_memory
+from .models import DEFAULT_WIDTH, build_model, init_values
 from .schedules import LRSchedule
 
 DEFAULTS = {
     "data": {"name": "digits", "root": None, "n_tasks": 5, "seed": 0},
-    "model": {"name": "mlp", "width": 1024, "depth": 2},
+    "model": {"name": "mlp", "width": None, "depth": 2},  # width None: the model's default (DEFAULT_WIDTH)
     "mode": "sparse",                # sparse | dense-masked
     "density": 0.1,                  # per-task density of new weights, or "adaptive"
     "init": "erk",                   # erk | er | uniform | adaptive
@@ -57,6 +58,7 @@ DEFAULTS = {
     "progress": True,
     "device": "cpu",
     "stop_after_steps": 0,           # testing aid: exit (as if killed) after this many global steps
+    "memory_check": True,            # refuse (InsufficientMemoryError) a run estimated not to fit in memory
 }
 
 ADAPTIVE_RULES = {
@@ -171,8 +173,12 @@ class ContinualTrainer:
         self.dist, self.rank, self.world = _dist()
         self.device = torch.device(c["device"])
         self.tasks = tasks if tasks is not None else _load(c)
-        torch.manual_seed(c["seed"])
         m = c["model"]
+        if m.get("width") is None and m.get("name") in DEFAULT_WIDTH:
+            m["width"] = DEFAULT_WIDTH[m["name"]]
+        if c["memory_check"] and self.device.type == "cpu":
+            check_memory(c, self.tasks)
+        torch.manual_seed(c["seed"])
         self.model = build_model(m["name"], self.tasks, mode=c["mode"], width=m.get("width"),
                                  depth=m.get("depth")).to(self.device)
         self.layers = list(self.model.sparse_layers)

@@ -1,0 +1,136 @@
+"""Up-front memory check of a continual configuration: refuse, with a message, what would not fit.
+
+``estimate_bytes`` estimates the run's peak host memory before anything large is allocated:
+  * activations: the model is built on the meta device (no memory) and its training forward is traced at
+    batch 3 and 5; every op output counts (autograd keeps most of them for backward), plus two copies of
+    the largest one for the gradients in flight during backward, per sample times the batch size;
+  * trunk state: per weight position (dense-masked: weight, gradient, optimizer slots, mask; both modes:
+    ownership, the DST update's dense gradient and scores, the evaluation view's dense weights) and, in
+    sparse mode, per stored entry (values, gradients, optimizer slots, CSR and union indices) at the
+    largest union density the run reaches (``min(1, tasks * density)`` under ``reuse: all``);
+  * the rest of the model (heads, per-task norms) with gradients and optimizer slots.
+The sum times ``SAFETY`` must fit in the available memory: /proc/meminfo MemAvailable, or less under a
+cgroup (v2 or v1) memory limit. Otherwise ``check_memory`` raises ``InsufficientMemoryError``.
+"""
+import math
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+SAFETY = 1.5
+GiB = 2 ** 30
+
+# bytes per trunk position / stored entry (fp32 values, int32 indices, int64 union positions); see the
+# module docstring. Dense-masked: weight 4 + grad 4 + weight*mask 4 + mask 1; both modes: owner 1 + DST
+# dense grad 4 + prune/grow scores 8 + evaluation view 8 + masks built from layouts 2.
+_PER_POSITION = {"dense-masked": 13 + 23, "sparse": 23}
+# sparse: a union entry holds a value (frozen or the scratch copy) 4+4, CSR + transposed index 16, union
+# index 16, positions 8 + 8; a trainable entry also its own value 4, gradient 4, index 16, SDDMM rows/cols 8
+_PER_UNION_ENTRY, _PER_TRAINABLE_ENTRY = 56, 32
+
+
+class InsufficientMemoryError(ValueError):
+    """A configuration needs more memory than is available (raised before training starts)."""
+
+
+def available_bytes():
+    """MemAvailable from /proc/meminfo, lowered to the cgroup's free room when a memory limit is set; None
+    when neither can be read."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_path) as f:
+                limit = f.read().strip()
+            with open(usage_path) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2 ** 60:  # "max" / a huge number: no limit
+            room = max(0, int(limit) - usage)
+            avail = room if avail is None else min(avail, room)
+        break
+    return avail
+
+
+class _OutputBytes(TorchDispatchMode):
+    """Sums the bytes of every new (non-view, not in-place) op output; remembers the largest batch-led one
+    (first dim ``batch``)."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch, self.total, self.largest = batch, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t._base is None and id(t) not in inputs:
+                n = t.numel() * t.element_size()
+                self.total += n
+                if t.dim() and t.shape[0] == self.batch:
+                    self.largest = max(self.largest, n)
+        return out
+
+
+def estimate_bytes(cfg, tasks):
+    """Estimated peak bytes of a run (see the module docstring): {"activations", "trunk", "other", "total"}."""
+    from .models import build_model
+
+    m = cfg["model"]
+    with torch.device("meta"):
+        model = build_model(m["name"], tasks, mode="dense-masked", width=m.get("width"), depth=m.get("depth"))
+    sample = tasks[0].prepare(tasks[0].x_train[:1])
+    meters = []
+    for n in (3, 5):  # per sample: outputs that do not scale with the batch (weight * mask) cancel
+        meters.append(_OutputBytes(n))
+        with meters[-1]:
+            model(torch.empty(n, *sample.shape[1:], dtype=sample.dtype, device="meta"), 0).sum()
+    per_sample = (meters[1].total - meters[0].total) / 2
+    largest = meters[1].largest / 5
+    activations = math.ceil((per_sample + 2 * largest) * int(cfg["batch_size"]))
+
+    opt = cfg["optimizer"]
+    name = str(opt.get("name", "sgd")).lower()
+    slots = 2 if name in ("adam", "adamw") else (1 if float(opt.get("momentum", 0.0) or 0.0) else 0)
+    trunk = {id(p) for l in model.sparse_layers for p in l.parameters()}
+    positions = sum(l.dst_mask().numel() for l in model.sparse_layers)
+    depthwise = sum(l.dst_mask().numel() for l in model.sparse_layers if getattr(l, "groups", 1) > 1)
+    other = sum(p.numel() * p.element_size() * (2 + slots) for p in model.parameters() if id(p) not in trunk)
+    mode = cfg["mode"]
+    trunk_bytes = positions * _PER_POSITION[mode] + (4 * slots * positions if mode == "dense-masked" else 0)
+    if mode == "sparse":
+        d = cfg["density"]
+        d = 1.0 / max(1, len(tasks)) if d == "adaptive" else float(d)
+        sparse_positions = positions - depthwise  # depthwise convs stay dense-masked in sparse mode
+        trunk_bytes += depthwise * (_PER_POSITION["dense-masked"] + 4 * slots)
+        trunk_bytes += math.ceil(sparse_positions * min(1.0, len(tasks) * d)) * _PER_UNION_ENTRY
+        trunk_bytes += math.ceil(sparse_positions * min(1.0, d)) * (_PER_TRAINABLE_ENTRY + 4 * slots)
+    total = activations + trunk_bytes + other
+    return {"activations": activations, "trunk": trunk_bytes, "other": other, "total": total}
+
+
+def check_memory(cfg, tasks, available=None):
+    """Raise InsufficientMemoryError when ``estimate_bytes(cfg, tasks)["total"] * SAFETY`` exceeds the available
+    memory (``available_bytes()`` unless given). Returns the estimate."""
+    est = estimate_bytes(cfg, tasks)
+    avail = available_bytes() if available is None else available
+    need = est["total"] * SAFETY
+    if avail is not None and need > avail:
+        m = cfg["model"]
+        raise InsufficientMemoryError(
+            f"this configuration needs about {need / GiB:.1f} GiB ({est['trunk'] / GiB:.1f} GiB trunk weights and "
+            f"state, {est['activations'] / GiB:.1f} GiB activations at batch size {cfg['batch_size']}, "
+            f"{est['other'] / GiB:.2f} GiB heads and norms, times a safety factor {SAFETY}) but only "
+            f"{avail / GiB:.1f} GiB is available; lower model.width (now {m.get('width')}, model "
+            f"{m['name']!r}) or batch_size, or use fewer tasks or a lower density")
+    return est
