@@ -18,6 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ..errors import UserError
+
 SAFETY = 1.5
 GiB = 2 ** 30
 
@@ -30,8 +32,9 @@ _PER_POSITION = {"dense-masked": 13 + 23, "sparse": 23}
 _PER_UNION_ENTRY, _PER_TRAINABLE_ENTRY = 56, 32
 
 
-class InsufficientMemoryError(ValueError):
-    """A configuration needs more memory than is available (raised before training starts)."""
+class InsufficientMemoryError(UserError, ValueError):
+    """A configuration needs more memory than is available (raised before training starts; the command line
+    prints it as one line and exits with status 2)."""
 
 
 def available_bytes():

@@ -7,6 +7,7 @@ from sparsecl.continual.data import Task
 from sparsecl.continual.memory import InsufficientMemoryError, available_bytes, check_memory, estimate_bytes
 from sparsecl.continual.models import DEFAULT_WIDTH
 from sparsecl.continual.trainer import DEFAULTS, merge_config
+from sparsecl.errors import UserError
 
 from ._cfg import tiny
 
@@ -51,7 +52,7 @@ def test_oversized_config_is_refused_with_what_it_needs_and_what_to_change():
                                                       r"\(now 64, model 'resnet18'\) or batch_size"):
         check_memory(cfg, tasks, available=2 ** 29)
     assert check_memory(cfg, tasks, available=int(need * 1.5))["total"] == need
-    assert issubclass(InsufficientMemoryError, ValueError)  # a user error (the CLI exits with status 2)
+    assert issubclass(InsufficientMemoryError, UserError) and issubclass(InsufficientMemoryError, ValueError)
 
 
 def test_trainer_refuses_before_building_the_model(monkeypatch, tmp_path):
