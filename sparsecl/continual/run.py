@@ -306,6 +306,8 @@ def _trainer(cfg):
     missing or malformed, a model that does not fit the data, the memory check's refusal) is a UserError."""
     try:
         return ContinualTrainer(cfg)
+    except UserError:  # already says what to do (e.g. continual.memory.InsufficientMemoryError)
+        raise
     except FileNotFoundError as exc:
         raise DataNotFoundError(one_line(exc)) from exc
     except ValueError as exc:

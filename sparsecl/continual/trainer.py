@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -322,7 +323,7 @@ class ContinualTrainer:
             self.global_step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # redrawn at the bar's own interval
             if c["checkpoint_every"] and (step + 1) % c["checkpoint_every"] == 0 and step + 1 < total:
                 self.save(t, step + 1, {"optimizer": opt.state_dict(), "dst": dst.state_dict(), "record": rec})
             if c["stop_after_steps"] and self.global_step >= c["stop_after_steps"]:
@@ -438,7 +439,10 @@ def _progress(c, total, start, desc, rank):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
+    # a log file or a CI console: a plain-text state every 30 s, and the final one kept
+    return tqdm(total=total, initial=start, desc=desc, file=sys.stderr, mininterval=30, ascii=True, ncols=100)
 
 
 def _write_csv(path, log):

@@ -123,6 +123,13 @@ def test_missing_data_directory_is_one_line_naming_the_layout(tmp_path, capsys):
     assert "not found under" in err and "cifar-100-python/train" in err
 
 
+def test_a_model_that_does_not_fit_in_memory_is_refused_in_one_line(tmp_path, capsys):
+    rc, err = _user_error(["--out", str(tmp_path / "run"), "model.width=400000"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "GiB" in err and "model.width" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_corrupted_checkpoint_on_resume_is_one_line_saying_what_to_do(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--out", str(out), "--epochs", "1", "--checkpoint-every", "5", "model.width=16", "--dense-masked"]
@@ -193,3 +200,16 @@ def test_torchrun_two_ranks_identical_masks(tmp_path):
     other = json.loads((out / "rank1.json").read_text())
     assert m["world_size"] == 2
     assert other["mask_sha256"] == m["mask_sha256"]
+
+
+def test_progress_bars_when_stderr_is_not_a_terminal(tmp_path):
+    """Piped (a log, CI): the bars still show each task, as plain text, without a redraw per step."""
+    r = subprocess.run([sys.executable, "-m", "sparsecl.cli", "continual", "--out", str(tmp_path), "--epochs", "2",
+                        "--batch-size", "16", "--dense-masked", "--threads", "1", "model.width=16"],
+                       env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for t in range(1, 6):
+        drawn = r.stderr.count(f"task {t}/5")
+        assert 1 <= drawn <= 3, r.stderr[-2000:]  # the start, the end, and a 30-s update at most (36 steps)
+        assert f"task {t}/5: 100%" in r.stderr
+    assert r.stderr.isascii() and "ACC" in r.stdout
