@@ -497,9 +497,17 @@ void pad_planes(const T* src, int64_t P, int64_t H, int64_t W, int64_t top, int6
           std::copy(s, s + W * e, d + left * e);
           continue;
         }
-        for (int64_t w = 0; w < W; ++w) {
-          const int64_t wp = w + left;
-          std::copy(s + w * e, s + (w + 1) * e, d + (wp % sw) * C * ps + (wp / sw) * e);
+        for (int64_t b = 0; b < sw; ++b) {  // the columns of phase b: w = w0, w0 + sw, ...
+          const int64_t w0 = ((b - left) % sw + sw) % sw, n = w0 < W ? (W - w0 + sw - 1) / sw : 0;
+          const T* sb = s + w0 * e;
+          T* db = d + b * C * ps + ((w0 + left) / sw) * e;
+          if (e > 1) {
+            for (int64_t v = 0; v < n; ++v) std::copy(sb + v * sw * e, sb + (v * sw + 1) * e, db + v * e);
+          } else if (sw == 2) {
+            for (int64_t v = 0; v < n; ++v) db[v] = sb[2 * v];
+          } else {
+            for (int64_t v = 0; v < n; ++v) db[v] = sb[v * sw];
+          }
         }
       }
     }
@@ -554,6 +562,7 @@ PwBuckets<T> pw_bucket(int64_t rows, const int32_t* ptr, int64_t ps, const int32
 
 constexpr int64_t kPwL1 = 32 << 10;  // bytes of source planes a chunk may span per job
 
+
 // Where a padded-width pass stores output pixel (ho, wo), ho < Ho, wo < Wo: at pixel first + ho*row + wo*col
 // of its plane of `plane` pixels (a whole output, or one stride phase of it).
 template <typename T>
@@ -576,7 +585,7 @@ void pw_spmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, int64_t
   const PwKernels<T> kk = pick_pw<T>(len);
   const int64_t tile = int64_t(kk.nt) * kk.lanes, n_tiles = (len + tile - 1) / tile, n_groups = (N + kk.nb - 1) / kk.nb;
   const int64_t span = std::min(plane_sz, tile + 2 * Wp + 2) * int64_t(sizeof(T)) * kk.nb;  // per source plane
-  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, ps, off, val, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
+  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, ps, off, val, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, std::max<int64_t>(n_src, 1)));
   int64_t n_rc = std::clamp<int64_t>((8 * at::get_num_threads() + n_groups * n_tiles - 1) / (n_groups * n_tiles), 1, rows);
   n_rc = std::max(n_rc, (rows + 63) / 64);  // at most 64 rows of partial tiles per job
   const int64_t rc = (rows + n_rc - 1) / n_rc, n_cc = bk.n_cc;
@@ -620,7 +629,7 @@ void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const 
   const int64_t tile = int64_t(kk.nt) * kk.lanes, n_tiles = lp / tile;
   const std::vector<T> zeros(tile, T(0));
   const int64_t span = plane_sz * int64_t(sizeof(T)) * kk.nb_dot;
-  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, 1, off, nullptr, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, n_src));
+  const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, 1, off, nullptr, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, std::max<int64_t>(n_src, 1)));
   const int64_t n_cc = bk.n_cc;
   std::vector<T> dvb(ptr[rows], T(0));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -900,7 +909,7 @@ at::Tensor bsr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   if (strided_pointwise(g)) {
     auto sub = bsr_conv2d_dx_cpu(dy, values, t_row_ptr, t_col_idx, t_perm, {g.N, g.C, g.Ho, g.Wo}, kOnes, kZeros,
                                  kOnes);
-    auto dx = at::zeros(x_shape, dy.options().memory_format(dy.suggest_memory_format()));
+    auto dx = at::empty(x_shape, dy.options().memory_format(dy.suggest_memory_format())).zero_();
     subsample(dx, g).copy_(sub);
     return dx;
   }
@@ -1027,7 +1036,7 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   if (strided_pointwise(g)) {
     auto sub = csr_conv2d_dx_cpu(dy, values, t_row_ptr, t_col_idx, t_perm, {g.N, g.C, g.Ho, g.Wo}, kernel_size,
                                  kOnes, kZeros, kOnes);
-    auto dx = at::zeros(x_shape, dy.options().memory_format(dy.suggest_memory_format()));
+    auto dx = at::empty(x_shape, dy.options().memory_format(dy.suggest_memory_format())).zero_();
     subsample(dx, g).copy_(sub);
     return dx;
   }

@@ -7,7 +7,8 @@ Two layouts, two public functions:
 - ``csr_conv2d``: element sparsity. A ``CSRLayout`` over [out_ch, in_ch*kh*kw] (column
   (i*kh + r)*kw + s, i.e. ``weight.reshape(out, -1)``), values [nnz].
 Backward: dX through the layout's transposed index, dValues only at active entries, dBias = sum of
-grad_out. groups=1 only (depthwise convs stay dense ``nn.Conv2d``). NCHW and channels_last inputs; the
+grad_out. On CPU, 1x1 convolutions without padding (pointwise, strided shortcuts) run as ``csr_linear`` /
+``bsr_linear`` over the (subsampled) pixels, the same channel GEMM with faster kernels. groups=1 only (depthwise convs stay dense ``nn.Conv2d``). NCHW and channels_last inputs; the
 output has the input's memory format. CPU kernels in C++; without the extension a reference that
 builds the dense weight and calls F.conv2d. CUDA tensors: CUDA C++ or Triton kernels, chosen per op
 ("bsr_conv2d" / "csr_conv2d") with ``sparsecl.set_backend``.
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 
 from ..formats import BlockSparseLayout, CSRLayout
 from ._registry import KernelSet, autocast_args, register_reference
+from .bsr_linear import bsr_linear
+from .csr_linear import csr_linear
 
 
 def _pair(v, name):
@@ -144,6 +147,20 @@ class _CsrConv2d(torch.autograd.Function):
         return dx, dv, db, None, None, None, None
 
 
+def _pointwise(linear, x, values, layout, bias, geom):
+    """A 1x1 convolution without padding on CPU: the sparse linear kernels over the pixels of x taken every
+    stride-th row and column (channels-last [N, Ho, Wo, C] rows; their gradient scatters dX back), which
+    run the channel GEMM faster than the conv kernels. Returns [N, out, Ho, Wo] in x's memory format."""
+    (sh, sw), _, _ = geom
+    y = linear(x[:, :, ::sh, ::sw].permute(0, 2, 3, 1), values, layout, bias).permute(0, 3, 1, 2)
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _is_pointwise(x, kernel_size, geom):
+    return tuple(kernel_size) == (1, 1) and geom[1] == [0, 0] and x.device.type == "cpu" and x.dim() == 4
+
+
 def _check_common(x, values, layout, in_cols, stride, padding, dilation):
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
@@ -175,6 +192,8 @@ def bsr_conv2d(x, values, layout, bias=None, stride=1, padding=0, dilation=1):
     if values.dim() != 5 or tuple(values.shape[:3]) != (layout.nnzb, B, B):
         raise ValueError(f"values must be [{layout.nnzb}, {B}, {B}, kh, kw], got {tuple(values.shape)}")
     x, values, bias = autocast_args(x, values, bias)
+    if _is_pointwise(x, values.shape[3:], geom):
+        return _pointwise(bsr_linear, x, values.view(values.shape[:3]), layout, bias, geom)
     return _BsrConv2d.apply(x, values, bias, _idx(layout), out_c, geom)
 
 
@@ -195,4 +214,6 @@ def csr_conv2d(x, values, layout, kernel_size, bias=None, stride=1, padding=0, d
     geom = _check_common(x, values, layout, x.shape[1] if x.dim() == 4 else -1, stride, padding, dilation)
     layout.check_values(values)
     x, values, bias = autocast_args(x, values, bias)
+    if _is_pointwise(x, (kh, kw), geom):
+        return _pointwise(csr_linear, x, values, layout, bias, geom)
     return _CsrConv2d.apply(x, values, bias, _idx(layout), out_c, [kh, kw], geom)

@@ -292,3 +292,42 @@ def test_bsr_conv2d_every_isa_and_path(seed, isa, geom, B, fmt, monkeypatch):
     ref = full.view(layout.n_block_rows, B, layout.n_block_cols, B, kh, kw)[layout.row_idx.long(), :,
                                                                              layout.col_idx.long()]
     assert_close(dv, ref, torch.float32)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("structure", ["csr", "bsr"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_strided_pointwise_ops(seed, isa, structure, fmt, monkeypatch):
+    """The C++ ops on a 1x1 stride-2 conv without padding (the stride-1 kernels on the subsampled input;
+    the public functions route these through the linear kernels): forward, dX, dValues vs float64."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    geom = (3, 20, 18, 9, 8, 1, 2, 0, 1)
+    ops, args = torch.ops.sparsecl, ([2, 2], [0, 0], [1, 1])
+    if structure == "csr":
+        x, values, layout, w = csr_case(geom, 0.4, torch.float32, fmt)
+        y = ops.csr_conv2d(x, values, layout.row_ptr, layout.col_idx, 18, [1, 1], None, *args)
+    else:
+        x, values, layout, w = bsr_case(geom, 0.5, 16, torch.float32, fmt)
+        y = ops.bsr_conv2d(x, values, layout.row_ptr, layout.col_idx, 18, None, *args)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    yr = F.conv2d(xr, wr, stride=2)
+    assert_close(y, yr, torch.float32)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    g = g.float().contiguous(memory_format=fmt)
+    if structure == "csr":
+        dx = ops.csr_conv2d_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, list(x.shape), [1, 1],
+                               *args)
+        dv = ops.csr_conv2d_dw(g, x, layout.row_idx, layout.col_idx, [1, 1], *args)
+        assert_close(dv, layout.values_from_dense(wr.grad.reshape(18, -1)), torch.float32)
+    else:
+        dx = ops.bsr_conv2d_dx(g, values, layout.t_row_ptr, layout.t_col_idx, layout.t_perm, list(x.shape), *args)
+        dv = ops.bsr_conv2d_dw(g, x, layout.row_idx, layout.col_idx, 16, [1, 1], *args)
+        full = wr.grad.new_zeros(layout.n_block_rows * 16, layout.n_block_cols * 16, 1, 1)
+        full[:18, :20] = wr.grad
+        ref = full.view(layout.n_block_rows, 16, layout.n_block_cols, 16, 1, 1)[layout.row_idx.long(), :,
+                                                                                 layout.col_idx.long()]
+        assert_close(dv, ref, torch.float32)
+    assert_close(dx, xr.grad, torch.float32)
+    if fmt == torch.channels_last:
+        assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
