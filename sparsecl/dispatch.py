@@ -176,7 +176,7 @@ def _read(path):
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
@@ -360,9 +360,9 @@ class Dispatcher:
         (picks the calibration bucket); sparse_call(): its usual sparse op call, run when every direction is sparse;
         dense_grad_hook: as the sparse ops take it; extra_parts: further (values, ActiveIndex) of the dense weight
         that get no gradient (a union layer's frozen values), beside (values, spec.index)."""
-        modes = self.modes()
         if torch.compiler.is_compiling():
             return sparse_call()
+        modes = self.modes()
         if all(m == "sparse" for m in modes.values()):
             self.last = {"choice": Choice()._asdict(), "source": "forced", "density": round(float(density), 6),
                          "key": None, "modes": modes, "ms": None}
@@ -374,8 +374,7 @@ class Dispatcher:
         self.last = record
         if choice.all_sparse:
             return sparse_call()
-        weight = self.weight(parts, spec) if choice.needs_weight else None
-        return dense_or_sparse(x, values, bias, spec, choice, weight, dense_grad_hook)
+        return dense_or_sparse(x, values, bias, spec, choice, lambda: self.weight(parts, spec), dense_grad_hook)
 
 
 class DispatchMixin:

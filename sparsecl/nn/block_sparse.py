@@ -1,17 +1,23 @@
-"""BlockSparseLinear: a linear layer that stores and computes only its active B x B weight blocks."""
+"""BlockSparseLinear: a linear layer that stores and computes only its active B x B weight blocks.
+
+Each pass (forward, dX, dValues) runs sparse or densely on the effective weight, as ``sparsecl.dispatch`` decides
+(``layer.dispatch`` overrides, ``layer.dispatch_choice`` reads the last choice); results and gradients are the same.
+"""
 import math
 
 import torch
 from torch import nn
 
+from ..dispatch import DispatchMixin
 from ..formats import BlockSparseLayout, _transpose_index, block_reduce, repack_values_
 from ..ops import bsr_linear
+from ..ops.dense_or_sparse import bsr_linear_spec
 
 _INDEX_BUFFERS = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
 _SAVED_BUFFERS = ("row_ptr", "col_idx")
 
 
-class BlockSparseLinear(nn.Module):
+class BlockSparseLinear(DispatchMixin, nn.Module):
     """``y = x @ W.T + b`` with W [out, in] held as ``values`` [nnzb, B, B] plus a BSR layout.
 
     Parameters: ``values`` (and ``bias``). The layout's index tensors are buffers, so state_dict
@@ -62,7 +68,9 @@ class BlockSparseLinear(nn.Module):
         return layout.values_from_dense(ones)
 
     def forward(self, x):
-        return bsr_linear(x, self.values, self.layout, self.bias, dense_grad_hook=self.dense_grad_hook)
+        layout, hook = self.layout, self.dense_grad_hook
+        return self.dispatcher(x, self.values, self.bias, lambda: bsr_linear_spec(layout), layout.density,
+                               lambda: bsr_linear(x, self.values, layout, self.bias, dense_grad_hook=hook), hook)
 
     def dense_weight(self):
         """The effective dense weight [out, in] (differentiable in ``values``)."""

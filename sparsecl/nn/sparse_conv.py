@@ -6,14 +6,18 @@ structure="block": blocks of B output x B input channels with all taps kept toge
 [nnzb, B, B, kh, kw] in a BlockSparseLayout over [out, in], computed by ``ops.bsr_conv2d``; DST
 granularity B (dst_mask is the channel block grid).
 groups=1 only: depthwise/grouped convs stay dense nn.Conv2d.
+Each pass (forward, dX, dValues) runs sparse or densely on the effective weight, as ``sparsecl.dispatch`` decides
+(``layer.dispatch`` overrides, ``layer.dispatch_choice`` reads the last choice); results and gradients are the same.
 """
 import math
 
 import torch
 from torch import nn
 
+from ..dispatch import DispatchMixin
 from ..formats import BlockSparseLayout, CSRLayout, repack_values_
 from ..ops import bsr_conv2d, csr_conv2d
+from ..ops.dense_or_sparse import bsr_conv2d_spec, csr_conv2d_spec
 from .sparse_linear import topk_mask
 
 STRUCTURES = ("unstructured", "block")
@@ -25,7 +29,7 @@ def _pair(v):
     return (int(v), int(v)) if isinstance(v, int) else tuple(int(e) for e in v)
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(DispatchMixin, nn.Module):
     """conv2d with a sparse weight. ``mask``: bool [out, in*kh*kw] (unstructured) or the block grid
     [ceil(out/B), ceil(in/B)] (block); without it a random topology of ``density``."""
 
@@ -107,10 +111,17 @@ class SparseConv2d(nn.Module):
 
     # compute ---------------------------------------------------------------------------------
     def forward(self, x):
+        layout = self.layout
+        geom = (self.stride, self.padding, self.dilation)
         if self.structure == "unstructured":
-            return csr_conv2d(x, self.values, self.layout, self.kernel_size, self.bias, self.stride, self.padding,
-                              self.dilation)
-        return bsr_conv2d(x, self.values, self.layout, self.bias, self.stride, self.padding, self.dilation)
+            total = layout.shape[0] * layout.shape[1]
+            density = layout.nnz / total if total else 0.0
+            return self.dispatcher(
+                x, self.values, self.bias, lambda: csr_conv2d_spec(x, layout, self.kernel_size, *geom), density,
+                lambda: csr_conv2d(x, self.values, layout, self.kernel_size, self.bias, *geom))
+        return self.dispatcher(
+            x, self.values, self.bias, lambda: bsr_conv2d_spec(x, layout, self.kernel_size, *geom), layout.density,
+            lambda: bsr_conv2d(x, self.values, layout, self.bias, *geom))
 
     def dense_weight(self):
         """The effective dense weight [out, in, kh, kw] (differentiable in values)."""

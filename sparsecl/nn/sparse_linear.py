@@ -6,6 +6,9 @@ Two storage modes behind one interface:
   "masked"  dense weight + bool mask buffer (+ optional ``grad_mask`` for continual learning),
             compute is ``ops.masked_linear`` (moderate density, where CSR does not pay).
 "auto" picks by density from the crossover measured on CPU (see ``CSR_MAX_DENSITY``).
+In csr mode each pass (forward, dX, dValues) runs sparse or densely on the effective weight, as ``sparsecl.dispatch``
+decides (``layer.dispatch`` overrides, ``layer.dispatch_choice`` reads the last choice), with the same results and
+gradients; masked mode always computes densely (masked_linear is a GEMM over ``weight * mask``).
 Implements the DST layer protocol: dst_block_size, dst_mask(), dense_weight(), sparse_parameter,
 set_topology(new_mask) -> src.
 """
@@ -14,8 +17,10 @@ import math
 import torch
 from torch import nn
 
+from ..dispatch import DispatchMixin
 from ..formats import CSRLayout, repack_values_
 from ..ops import csr_linear, masked_linear
+from ..ops.dense_or_sparse import csr_linear_spec
 
 MODES = ("auto", "csr", "masked")
 # Crossover of fwd+bwd time, csr_linear vs masked_linear, 2-core AMD EPYC (Zen 4), fp32, T=512,
@@ -25,6 +30,10 @@ MODES = ("auto", "csr", "masked")
 #   d=0.4: 3129 / 3350 ms (0.93x)                d=0.5: 4114 / 3501 ms (1.17x)
 # so "auto" uses CSR up to density 0.4 and the masked dense path above (crossover ~0.44).
 CSR_MAX_DENSITY = 0.4
+
+# dispatch record of masked mode: masked_linear's kernels are dense GEMMs over weight * mask in every direction
+_MASKED_RECORD = {"choice": {"forward": "dense", "dx": "dense", "dw": "dense"}, "source": "masked storage",
+                  "density": None, "key": None, "modes": None, "ms": None}
 
 _INDEX_BUFFERS = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
 _SAVED_BUFFERS = ("row_ptr", "col_idx")
@@ -48,7 +57,7 @@ def topk_mask(weight, density):
     return mask.view(weight.shape)
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(DispatchMixin, nn.Module):
     """``y = x @ W.T + b`` with an unstructured sparse W [out, in].
 
     density: fraction of active weights (a random topology) unless ``mask`` (bool [out, in]) is given;
@@ -135,10 +144,14 @@ class SparseLinear(nn.Module):
 
     # compute ---------------------------------------------------------------------------------
     def forward(self, x):
+        hook = self.dense_grad_hook
         if self.mode == "csr":
-            return csr_linear(x, self.values, self.layout, self.bias, dense_grad_hook=self.dense_grad_hook)
+            layout = self.layout
+            return self.dispatcher(x, self.values, self.bias, lambda: csr_linear_spec(layout), layout.density,
+                                   lambda: csr_linear(x, self.values, layout, self.bias, dense_grad_hook=hook), hook)
+        self.dispatcher.last = _MASKED_RECORD
         return masked_linear(x, self.weight, self.weight_mask, self.bias, self.weight_grad_mask,
-                             dense_grad_hook=self.dense_grad_hook)
+                             dense_grad_hook=hook)
 
     def dense_weight(self):
         """The effective dense weight [out, in] (differentiable in the sparse parameter)."""

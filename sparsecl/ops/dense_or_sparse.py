@@ -11,13 +11,14 @@ machine and layer geometry). Pieces:
   layer's shape for the calibration cache. Factories for the sparsecl ops: ``csr_linear_spec``,
   ``bsr_linear_spec``, ``csr_conv2d_spec``, ``bsr_conv2d_spec``.
 * ``DenseWeight``: a persistent dense copy of the effective weight. ``refresh(parts)`` keeps it in step with the
-  values incrementally: an O(nnz) scatter of the values when they changed (their version counter moved: an
-  optimizer step), and, when an index changed (a topology change: set_topology, load_state_dict), zeros written
-  at the old positions first. The dense buffer is never zero-filled or rebuilt per step. ``parts`` is a list of
-  (values, ActiveIndex) with disjoint positions, so a frozen + trainable union is two parts of one buffer.
-* ``dense_or_sparse(x, values, bias, spec, choice, weight=None, dense_grad_hook=None)``: the autograd op.
-  ``choice`` is a ``Choice(forward, dx, dw)`` of "sparse" | "dense"; ``weight`` is ``DenseWeight.refresh(...)``
-  whenever forward or dx is "dense". Gradients: dX for x, dValues shaped like ``values`` (only the active
+  values incrementally: an O(nnz) scatter of the values where they differ from the buffer's entries (after an
+  optimizer step; found by an O(nnz) comparison, not by version counters, which writes through ``.data`` do not
+  move), and, when an index changed (a topology change: set_topology, load_state_dict), zeros written at the old
+  positions first. The buffer is never zero-filled or rebuilt per step. ``parts`` is a list of (values,
+  ActiveIndex) with disjoint positions, so a frozen + trainable union is two parts of one buffer.
+* ``dense_or_sparse(x, values, bias, spec, choice, dense_weight=None, dense_grad_hook=None)``: the autograd op.
+  ``choice`` is a ``Choice(forward, dx, dw)`` of "sparse" | "dense"; ``dense_weight()`` returns the refreshed dense
+  weight (``DenseWeight.refresh``) whenever forward or dx is "dense". Gradients: dX for x, dValues shaped like ``values`` (only the active
   positions exist), dBias. A dense dW direction computes the dense gradient GEMM (or conv weight gradient) and
   gathers it at the active positions; ``dense_grad_hook`` (DST growth steps) receives that dense dW as a 2-D
   [rows, cols] tensor, as with the sparse ops.
@@ -182,6 +183,15 @@ def _scatter_(buffer, positions, block_size, values):
     blocks[positions[0], :, positions[1]] = values
 
 
+def _gather(buffer, positions, block_size):
+    """The entries of the padded buffer at ``positions`` (the inverse of ``_scatter_``)."""
+    if block_size == 1:
+        return buffer.view(-1).index_select(0, positions)
+    B = block_size
+    return buffer.view(buffer.shape[0] // B, B, buffer.shape[1] // B, B, *buffer.shape[2:])[positions[0], :,
+                                                                                           positions[1]]
+
+
 def gather_active(dense, geometry, index):
     """dValues from a dense weight gradient of ``geometry.weight_shape``: its entries at ``index``."""
     rows, cols, tail = geometry.matrix
@@ -198,24 +208,18 @@ def gather_active(dense, geometry, index):
 
 
 class _Part:
-    """Bookkeeping of one (values, ActiveIndex) part of a DenseWeight: the index tensors it was scattered from
-    (and their versions), its positions (a private copy, so later in-place index edits cannot misdirect the
-    zeroing), and the values' identity/version/storage at the last scatter."""
+    """Bookkeeping of one (values, ActiveIndex) part of a DenseWeight: the index tensors it was scattered from (and
+    their versions) and its positions (a private copy, so later in-place index edits cannot misdirect the zeroing)."""
 
     def __init__(self, index, positions):
         self.index = index
         self.index_versions = tuple(t._version for t in index[:2])
         self.positions = positions
-        self.values_token = None
 
     def index_matches(self, index):
         return (index.block_size == self.index.block_size and index.row_idx is self.index.row_idx
                 and index.col_idx is self.index.col_idx
                 and tuple(t._version for t in index[:2]) == self.index_versions)
-
-
-def _values_token(values):
-    return values, values._version, values.data_ptr()
 
 
 class DenseWeight:
@@ -246,45 +250,54 @@ class DenseWeight:
                                for st, m, (_, idx) in zip(self._parts, moved, parts)]
             for st, (values, _) in zip(self._parts, parts):
                 # after a topology change every part is rewritten: zeroing one part's old positions may have
-                # cleared positions another part owns now (a trainable entry that became frozen)
-                token = _values_token(values)
-                old = st.values_token
-                if any(moved) or old is None or token[0] is not old[0] or token[1:] != old[1:]:
-                    _scatter_(self.buffer, st.positions, st.index.block_size, values.detach())
-                    st.values_token = token
+                # cleared positions another part owns now (a trainable entry that became frozen). Otherwise the
+                # values are compared with the buffer (not trusted to their version counter, which writes through
+                # .data, as gradcheck's, do not move) and written only if they differ, so a buffer that an earlier
+                # forward saved for its backward is not bumped by a second forward of the same weights.
+                values = values.detach()
+                if any(moved) or not torch.equal(_gather(self.buffer, st.positions, st.index.block_size),
+                                                 values.reshape(-1) if st.index.block_size == 1 else values):
+                    _scatter_(self.buffer, st.positions, st.index.block_size, values)
         rows, cols, _ = self.geometry.matrix
         view = self.buffer if tuple(self.buffer.shape[:2]) == (rows, cols) else self.buffer[:rows, :cols]
         return view.reshape(self.geometry.weight_shape)
 
 
 # the autograd op ------------------------------------------------------------------------------------------------
+def _weight_for(dense_weight, x):
+    w = dense_weight()
+    return w if w.dtype == x.dtype else w.to(x.dtype)  # autocast
+
+
 class _DenseOrSparse(torch.autograd.Function):
     # ctx-style forward: apply() then skips the per-call signature binding of the setup_context style
     @staticmethod
-    def forward(ctx, x, values, bias, spec, choice, weight, dense_grad_hook):
+    def forward(ctx, x, values, bias, spec, choice, dense_weight, dense_grad_hook):
         ctx.spec, ctx.choice, ctx.dense_grad_hook = spec, choice, dense_grad_hook
+        ctx.dense_weight = dense_weight
         ctx.has_bias, ctx.x_shape = bias is not None, tuple(x.shape)
-        ctx.save_for_backward(x, values, weight if choice.dx == "dense" else None)
+        ctx.save_for_backward(x, values)
         if choice.forward == "dense":
-            return spec.geometry.forward(x, weight, bias)
+            return spec.geometry.forward(x, _weight_for(dense_weight, x), bias)
         return spec.forward(x, values, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, values, weight = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         spec, choice, geometry = ctx.spec, ctx.choice, ctx.spec.geometry
         dx = dv = db = None
         if ctx.needs_input_grad[0]:
             if choice.dx == "dense":
-                dx = geometry.dx(grad_out, weight, ctx.x_shape)
+                # refreshed again (an O(nnz) comparison when nothing changed): other forwards of the same layer
+                # may have rewritten the shared buffer since this one (gradient accumulation, gradcheck)
+                dx = geometry.dx(grad_out, _weight_for(ctx.dense_weight, grad_out), ctx.x_shape)
             else:
                 dx = spec.dx(grad_out, values, ctx.x_shape)
         if ctx.needs_input_grad[1] or ctx.dense_grad_hook is not None:
             if choice.dw == "dense" or ctx.dense_grad_hook is not None:
                 dense = geometry.dweight(grad_out, x)
                 if ctx.dense_grad_hook is not None:
-                    rows, cols, tail = geometry.matrix
-                    ctx.dense_grad_hook(dense.reshape(rows, -1))
+                    ctx.dense_grad_hook(dense.reshape(geometry.matrix[0], -1))
                 if ctx.needs_input_grad[1]:
                     dv = gather_active(dense, geometry, spec.index).to(values.dtype)
             else:
@@ -294,24 +307,26 @@ class _DenseOrSparse(torch.autograd.Function):
         return dx, dv, db, None, None, None, None
 
 
-def dense_or_sparse(x, values, bias, spec, choice, weight=None, dense_grad_hook=None):
+def dense_or_sparse(x, values, bias, spec, choice, dense_weight=None, dense_grad_hook=None):
     """The layer call described by ``spec``, each direction on the path ``choice`` names.
 
     x: the layer input (linear: [..., in], conv: [N, C, H, W]); values: the layer's sparse values (only they get a
-    gradient, shaped like them); bias or None; weight: the dense effective weight (``DenseWeight.refresh``),
-    required when choice.forward or choice.dx is "dense". Returns what the sparse op returns. Nothing is mutated.
+    gradient, shaped like them); bias or None; dense_weight: a callable returning the dense effective weight in
+    step with ``values`` (``lambda: dense.refresh(parts)`` of a ``DenseWeight``), required when choice.forward or
+    choice.dx is "dense"; it is called in forward and again in backward. Returns what the sparse op returns.
+    Nothing is mutated apart from the DenseWeight buffer.
     """
     spec.geometry.check(x)
-    if choice.needs_weight and weight is None:
-        raise ValueError("choice has a dense forward or dx: pass the layer's dense weight (DenseWeight.refresh)")
+    if choice.needs_weight and dense_weight is None:
+        raise ValueError("choice has a dense forward or dx: pass dense_weight, e.g. lambda: DenseWeight.refresh(parts)")
     check_dense_grad_hook(dense_grad_hook)
-    x, values, bias, weight = autocast_args(x, values, bias, weight)
+    x, values, bias = autocast_args(x, values, bias)
     if isinstance(spec.geometry, LinearGeometry):
         lead = x.shape[:-1]
-        y = _DenseOrSparse.apply(x.reshape(lead.numel(), x.shape[-1]), values, bias, spec, choice, weight,
+        y = _DenseOrSparse.apply(x.reshape(lead.numel(), x.shape[-1]), values, bias, spec, choice, dense_weight,
                                  dense_grad_hook)
         return y.reshape(*lead, y.shape[-1])
-    return _DenseOrSparse.apply(x, values, bias, spec, choice, weight, dense_grad_hook)
+    return _DenseOrSparse.apply(x, values, bias, spec, choice, dense_weight, dense_grad_hook)
 
 
 def candidates(spec, x, values, bias, weight):
