@@ -11,6 +11,9 @@ Index tensors (all int32, on the layout's device):
   t_row_ptr [n_block_cols + 1]  transposed offsets over block columns
   t_col_idx [nnzb]              block row of each transposed entry
   t_perm    [nnzb]              index into values of each transposed entry (no second values copy)
+
+``CSRLayout`` is the element-granular twin; ``UnionLayout`` is one CSRLayout over two disjoint parts of a
+weight, frozen (read-only values) and trainable, for the ops that compute both in one kernel call.
 """
 import math
 
@@ -473,7 +476,8 @@ class UnionLayout:
     to that part: frozen value k lives at union entry ``frozen_pos[k]``, trainable value k at
     ``trainable_pos[k]``. Derived, int64: ``frozen_pos``, ``trainable_pos`` and their positions in the
     transposed order (``frozen_pos_t``, ``trainable_pos_t``); int32 ``trainable_rows``/``trainable_cols``
-    (where dValues is computed). ``scratch`` holds the union ops' value buffers (derived, never saved).
+    (where dValues is computed) and ``frozen_rows``/``frozen_cols``. ``scratch`` holds the union ops' value
+    buffers (derived, never saved).
     A topology change (``update``, ``with_trainable_repack``) returns a NEW object: autograd graphs built
     before it keep theirs. It merges sorted index lists (``CSRLayout.update``); the union is never re-sorted.
     """
@@ -494,6 +498,8 @@ class UnionLayout:
         self.frozen_pos_t = t_of.index_select(0, self.frozen_pos)
         self.trainable_rows = layout.row_idx.index_select(0, self.trainable_pos)
         self.trainable_cols = layout.col_idx.index_select(0, self.trainable_pos)
+        self.frozen_rows = layout.row_idx.index_select(0, self.frozen_pos)
+        self.frozen_cols = layout.col_idx.index_select(0, self.frozen_pos)
         self.scratch = {}
 
     @classmethod

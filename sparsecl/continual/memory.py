@@ -25,8 +25,9 @@ GiB = 2 ** 30
 
 # bytes per trunk position / stored entry (fp32 values, int32 indices, int64 union positions); see the
 # module docstring. Dense-masked: weight 4 + grad 4 + weight*mask 4 + mask 1; both modes: owner 1 + DST
-# dense grad 4 + prune/grow scores 8 + evaluation view 8 + masks built from layouts 2.
-_PER_POSITION = {"dense-masked": 13 + 23, "sparse": 23}
+# dense grad 4 + prune/grow scores 8 + evaluation view 8 + masks built from layouts 2; sparse: the dense
+# weight of a layer that sparsecl.dispatch runs densely 4.
+_PER_POSITION = {"dense-masked": 13 + 23, "sparse": 23 + 4}
 # sparse: a union entry holds a value (frozen or the scratch copy) 4+4, CSR + transposed index 16, union
 # index 16, positions 8 + 8; a trainable entry also its own value 4, gradient 4, index 16, SDDMM rows/cols 8
 _PER_UNION_ENTRY, _PER_TRAINABLE_ENTRY = 56, 32

@@ -6,7 +6,9 @@ Layers (``mode``):
     unstructured ``SparseConv2d`` holding the current task's trainable weights (the only module the DST
     engine sees; its mask never contains a frozen position). Each pass is ONE ``union_linear`` /
     ``union_conv2d`` kernel call over their ``UnionLayout`` (derived data: built at a task boundary, updated
-    incrementally after a DST repack of ``inner``).
+    incrementally after a DST repack of ``inner``), or, where ``sparsecl.dispatch`` measured it faster for the
+    layer's shape, union density and input, the dense computation on the effective weight (the same
+    gradient contract: only the trainable values get one). ``layer.inner.dispatch`` overrides the choice.
   * ``"dense-masked"``: ``DenseMaskedLinear`` / ``MaskedConv2d``, the peer-library baseline
     ``F.linear(x, weight * mask)`` / ``F.conv2d(x, weight * mask)`` (frozen entries protected by the
     trainer's FrozenGuard). The sparse conv kernels are groups=1 only, so depthwise convs stay ``MaskedConv2d``
@@ -22,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dispatch import DispatchMixin
 from ..formats import CSRLayout, UnionLayout
 from ..nn import SparseConv2d, SparseLinear
 from ..ops import union_conv2d, union_linear
+from ..ops.union import frozen_part, union_conv2d_spec, union_linear_spec
 
 
 def _identity_src(old_mask, new_mask):
@@ -142,26 +146,39 @@ class _CountsRepacks:
         return src
 
 
-class TrainableLinear(_CountsRepacks, SparseLinear):
+class TrainableLinear(_CountsRepacks, SparseLinear, DispatchMixin):
     """csr ``SparseLinear`` whose forward can also take its trunk layer's frozen values and union: then the
-    whole layer (frozen + trainable) is ONE ``union_linear`` call. The DST engine sees this module (its
+    whole layer (frozen + trainable) is ONE ``union_linear`` call, or per pass the dense computation on the
+    effective weight where ``sparsecl.dispatch`` measured it faster. The DST engine sees this module (its
     dense-gradient hook gets the whole layer's dW)."""
 
     def forward(self, x, frozen_values=None, union=None):
         if union is None:
             return super().forward(x)
-        return union_linear(x, frozen_values, self.values, union, dense_grad_hook=self.dense_grad_hook)
+        hook = self.dense_grad_hook
+        return self.dispatcher(x, self.values, None, lambda: union_linear_spec(union, frozen_values), _density(union),
+                               lambda: union_linear(x, frozen_values, self.values, union, dense_grad_hook=hook), hook,
+                               [frozen_part(union, frozen_values)])
 
 
-class TrainableConv2d(_CountsRepacks, SparseConv2d):
+class TrainableConv2d(_CountsRepacks, SparseConv2d, DispatchMixin):
     """Unstructured ``SparseConv2d`` whose forward can also take its trunk layer's frozen values and union:
-    then the whole layer is ONE ``union_conv2d`` call (the DST engine's forward hook sees the layer's output)."""
+    then the whole layer is ONE ``union_conv2d`` call, or per pass the dense conv where ``sparsecl.dispatch``
+    measured it faster (the DST engine's forward hook sees the layer's output)."""
 
     def forward(self, x, frozen_values=None, union=None):
         if union is None:
             return super().forward(x)
-        return union_conv2d(x, frozen_values, self.values, union, self.kernel_size, None, self.stride, self.padding,
-                            self.dilation)
+        geom = (self.stride, self.padding, self.dilation)
+        return self.dispatcher(
+            x, self.values, None, lambda: union_conv2d_spec(x, union, frozen_values, self.kernel_size, *geom),
+            _density(union), lambda: union_conv2d(x, frozen_values, self.values, union, self.kernel_size, None, *geom),
+            None, [frozen_part(union, frozen_values)])
+
+
+def _density(union):
+    total = union.shape[0] * union.shape[1]
+    return union.nnz / total if total else 0.0
 
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")

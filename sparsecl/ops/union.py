@@ -8,12 +8,17 @@ bit-identical. The values are gathered into the union's order for each call: eag
 union's scratch buffers, which hold the frozen values in union order (refreshed when ``frozen_values``
 changes: another tensor, storage or version) and get the trainable values written in right before each
 kernel call, so a step copies the trainable entries only.
+
+For ``sparsecl.dispatch`` (per pass sparse or dense on the effective weight): ``union_linear_spec`` /
+``union_conv2d_spec`` are the ``DispatchSpec`` of these calls (values = the trainable values; the frozen
+values are the dense weight's other part, ``frozen_part(union, frozen_values)``).
 """
 import torch
 
 from ..formats import UnionLayout, entries_at
 from ._registry import autocast_args, check_dense_grad_hook, hook_dense_grad
 from .csr_linear import _kernels as _linear_kernels
+from .dense_or_sparse import ActiveIndex, DispatchSpec, LinearGeometry, _conv_geometry, _conv_signature
 from .sparse_conv2d import _check_common, _csr_kernels as _conv_kernels, _pair
 
 
@@ -147,3 +152,53 @@ def union_conv2d(x, frozen_values, trainable_values, union, kernel_size, bias=No
                          dilation)
     x, trainable_values, frozen_values, bias = autocast_args(x, trainable_values, frozen_values, bias)
     return _UnionConv2d.apply(x, trainable_values, bias, frozen_values, union, out_c, [kh, kw], geom)
+
+
+# sparsecl.dispatch specs --------------------------------------------------------------------------------------
+def frozen_part(union, frozen_values):
+    """(frozen_values, ActiveIndex): the frozen part of a union layer's dense weight (it gets no gradient)."""
+    return frozen_values, ActiveIndex(union.frozen_rows, union.frozen_cols, 1)
+
+
+def union_linear_spec(union, frozen_values):
+    """DispatchSpec of ``union_linear(x, frozen_values, values, union, bias)`` (values: the trainable values)."""
+    out_f, in_f = union.shape
+    lay = union.layout
+
+    def forward(x, values, bias):
+        return _linear_kernels(x.device)[0](x, _union_values(union, frozen_values, values, False), lay.row_ptr,
+                                            lay.col_idx, out_f, bias)
+
+    def dx(grad_out, values, x_shape):
+        return _linear_kernels(grad_out.device)[0](grad_out.contiguous(), _union_values(union, frozen_values, values,
+                                                                                        True),
+                                                   lay.t_row_ptr, lay.t_col_idx, in_f, None)
+
+    def dw(grad_out, x):
+        return _linear_kernels(x.device)[2](grad_out.contiguous(), x, union.trainable_rows, union.trainable_cols)
+
+    return DispatchSpec(f"union_linear|{out_f}x{in_f}", LinearGeometry(out_f, in_f),
+                        ActiveIndex(union.trainable_rows, union.trainable_cols, 1), forward, dx, dw)
+
+
+def union_conv2d_spec(x, union, frozen_values, kernel_size, stride=1, padding=0, dilation=1):
+    """DispatchSpec of ``union_conv2d(x, frozen_values, values, union, kernel_size, bias, stride, padding,
+    dilation)`` (values: the trainable values)."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    geom, geometry = _conv_geometry(x, union.layout, union.shape[1] // (kh * kw), (kh, kw), stride, padding,
+                                    dilation, False)
+    lay, ks = union.layout, [kh, kw]
+
+    def forward(x, values, bias):
+        return _conv_kernels(x.device)[0](x, _union_values(union, frozen_values, values, False), lay.row_ptr,
+                                          lay.col_idx, geometry.out_channels, ks, bias, *geom)
+
+    def dx(grad_out, values, x_shape):
+        return _conv_kernels(grad_out.device)[1](grad_out, _union_values(union, frozen_values, values, False),
+                                                 lay.t_row_ptr, lay.t_col_idx, lay.t_perm, list(x_shape), ks, *geom)
+
+    def dw(grad_out, x):
+        return _conv_kernels(x.device)[2](grad_out, x, union.trainable_rows, union.trainable_cols, ks, *geom)
+
+    return DispatchSpec(_conv_signature("union_conv2d", geometry, 1), geometry,
+                        ActiveIndex(union.trainable_rows, union.trainable_cols, 1), forward, dx, dw)

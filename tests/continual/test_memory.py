@@ -37,8 +37,11 @@ def test_estimate_grows_with_width_batch_and_density():
     assert wide["trunk"] > 3.5 * base["trunk"] and wide["activations"] > 1.5 * base["activations"]
     big_batch = estimate_bytes(_cfg(model={"name": "resnet18", "width": 8}, batch_size=16), tasks)
     assert big_batch["activations"] > 3.5 * base["activations"] and big_batch["trunk"] == base["trunk"]
-    dense = estimate_bytes(_cfg(model={"name": "resnet18", "width": 8}, batch_size=4, mode="dense-masked"), tasks)
-    assert dense["trunk"] > base["trunk"]  # at density 0.1 x 2 tasks the sparse trunk state is smaller
+    denser = estimate_bytes(_cfg(model={"name": "resnet18", "width": 8}, batch_size=4, density=0.3), tasks)
+    assert denser["trunk"] > base["trunk"]  # sparse state scales with the stored entries
+    dense, dense3 = (estimate_bytes(_cfg(model={"name": "resnet18", "width": 8}, batch_size=4, mode="dense-masked",
+                                         density=d), tasks) for d in (0.1, 0.3))
+    assert dense["trunk"] == dense3["trunk"]  # dense-masked state does not
     adam = estimate_bytes(_cfg(model={"name": "resnet18", "width": 8}, batch_size=4, mode="dense-masked",
                                optimizer={"name": "adam", "lr": 1e-3}), tasks)
     assert adam["trunk"] > dense["trunk"]

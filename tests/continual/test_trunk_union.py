@@ -118,3 +118,36 @@ def test_frozen_values_are_never_written(make, x, seed):
         opt.step()
     assert torch.equal(l.frozen_values.view(torch.int32), before.view(torch.int32))
     assert torch.equal(l.dense_weight().detach()[frozen].view(torch.int32), before.view(torch.int32))
+
+
+_DISPATCH = ["dense", {"forward": "dense", "dx": "sparse", "dw": "dense"}, {"forward": "sparse", "dx": "dense",
+                                                                           "dw": "sparse"}]
+
+
+@pytest.mark.parametrize("mode", _DISPATCH)
+@pytest.mark.parametrize("make", [lambda: SparseTrunkLinear(31, 23), lambda: SparseTrunkConv2d(3, 7, 3, stride=2,
+                                                                                               padding=1)])
+def test_dense_dispatch_matches_the_union_kernels(make, mode, seed):
+    """sparsecl.dispatch may run a pass densely on the effective weight: same results, gradients only at the
+    trainable entries, the DST repack and the frozen values unaffected, and switching paths mid-training loses
+    nothing."""
+    l, frozen = _split(make(), 0.35, 0.2)
+    linear = isinstance(l, SparseTrunkLinear)
+    x = torch.randn(6, 31, dtype=torch.float64) if linear else torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    fn = _linear if linear else _conv(l)
+    before = l.frozen_values.clone()
+    opt = torch.optim.SGD(l.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    for step in range(4):
+        chosen = mode if step % 2 else "sparse"
+        l.inner.dispatch = chosen
+        _check_against_dense(l, x, fn)
+        choice = l.inner.dispatch_choice
+        assert choice == ({d: chosen for d in choice} if isinstance(chosen, str) else chosen)
+        opt.step()  # a step with the gradient of the last check: the next pass must see the moved values
+        if step == 1:
+            m = l.inner.dst_mask()
+            on, off = m.flatten().nonzero().squeeze(1), (~(frozen | m)).flatten().nonzero().squeeze(1)
+            new = m.flatten().clone()
+            new[on[:2]], new[off[:2]] = False, True
+            l.inner.set_topology(new.view(m.shape))
+    assert torch.equal(l.frozen_values, before)
