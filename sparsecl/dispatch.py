@@ -320,11 +320,22 @@ class Dispatcher:
         self.override = None
         self.dense = None
         self.last = None
+        self._memo = {}  # (modes, input shape/stride/dtype/device, density) -> (Choice, record)
 
     def modes(self):
         """{direction: mode} after the override, the process-wide setting, the environment and the default."""
         own = self.override or {}
-        return {d: own.get(d) or get_dispatch(d) for d in DIRECTIONS}
+        if len(own) == len(DIRECTIONS):
+            return own
+        default = None
+        modes = {}
+        for d in DIRECTIONS:
+            mode = own.get(d) or _global.get(d, _global.get(None))
+            if mode is None:
+                default = default or get_dispatch()
+                mode = default
+            modes[d] = mode
+        return modes
 
     def _choose(self, modes, x, values, bias, spec, parts, density):
         """The Choice for this call (calibrating on these inputs if "auto" meets a new key) and its record."""
@@ -363,17 +374,27 @@ class Dispatcher:
         if torch.compiler.is_compiling():
             return sparse_call()
         modes = self.modes()
-        if all(m == "sparse" for m in modes.values()):
-            self.last = {"choice": Choice()._asdict(), "source": "forced", "density": round(float(density), 6),
-                         "key": None, "modes": modes, "ms": None}
-            return sparse_call()
-        spec = make_spec()
-        parts = [(values, spec.index), *extra_parts]
-        choice, record = self._choose(modes, x, values, bias, spec, parts, density)
-        record["choice"] = choice._asdict()
-        self.last = record
+        # the decision depends only on this key (while the layer's shape stays): decided once, not per call
+        memo_key = (tuple(modes.values()), tuple(x.shape), x.stride(), x.dtype, x.device, density)
+        decided = self._memo.get(memo_key)
+        spec = None
+        if decided is None:
+            if all(m == "sparse" for m in modes.values()):
+                choice, record = Choice(), {"source": "forced", "density": round(float(density), 6), "key": None,
+                                            "modes": modes, "ms": None}
+            else:
+                spec = make_spec()
+                choice, record = self._choose(modes, x, values, bias, spec, [(values, spec.index), *extra_parts],
+                                              density)
+            record["choice"] = choice._asdict()
+            if len(self._memo) >= 16:
+                self._memo.clear()
+            decided = self._memo[memo_key] = (choice, record)
+        choice, self.last = decided
         if choice.all_sparse:
             return sparse_call()
+        spec = spec or make_spec()
+        parts = [(values, spec.index), *extra_parts]
         return dense_or_sparse(x, values, bias, spec, choice, lambda: self.weight(parts, spec), dense_grad_hook)
 
 
