@@ -170,6 +170,9 @@ class ContinualTrainer:
 
     def __init__(self, cfg, tasks=None):
         self.cfg = merge_config(DEFAULTS, cfg)
+        from .run import check_config  # the command line's checks (run.py imports this module)
+
+        check_config(self.cfg)  # ConfigError (a ValueError) for a value of the wrong type or out of range
         c = self.cfg
         self.dist, self.rank, self.world = _dist()
         self.device = torch.device(c["device"])

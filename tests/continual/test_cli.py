@@ -213,3 +213,13 @@ def test_progress_bars_when_stderr_is_not_a_terminal(tmp_path):
         assert 1 <= drawn <= 3, r.stderr[-2000:]  # the start, the end, and a 30-s update at most (36 steps)
         assert f"task {t}/5: 100%" in r.stderr
     assert r.stderr.isascii() and "ACC" in r.stdout
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"epochs": -1}, {"optimizer": {"lr": float("nan")}},
+                                 {"model": {"width": -5}}, {"lr_schedule": {"name": "step"}}])
+def test_the_trainer_checks_its_config_too(tmp_path, bad):
+    from sparsecl.continual import ContinualTrainer
+    from sparsecl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config key"):
+        ContinualTrainer({"out": str(tmp_path), **bad})
