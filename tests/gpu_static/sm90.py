@@ -16,7 +16,6 @@ Gates, CUDA C++ kernels:
   * tensor-core kernels (SASS ``HMMA``) load fragments with ``LDSM``, or use ``HGMMA`` (wgmma);
   * no 64-bit integer division (PTX ``div``/``rem`` ``.s64``/``.u64``) inside a loop (a backward branch).
 """
-import glob
 import hashlib
 import os
 import re
@@ -144,13 +143,27 @@ def _nvcc_flags():
     return ["-O3", "-std=c++20", "-DNDEBUG", "-DSPARSECL_WITH_CUDA", *ext.COMMON_NVCC_FLAGS] + inc
 
 
+def _local_sources(path, seen=None):
+    """``path`` and, recursively, the project headers it ``#include "..."``s (resolved against its folder and csrc/)."""
+    seen = [] if seen is None else seen
+    seen.append(path)
+    with open(path) as f:
+        for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', f.read(), re.M):
+            for base in (os.path.dirname(path), os.path.join(ROOT, "csrc")):
+                h = os.path.normpath(os.path.join(base, name))
+                if os.path.exists(h):
+                    if h not in seen:
+                        _local_sources(h, seen)
+                    break
+    return seen
+
+
 def compile_cu(path):
     """(ptxas log, ptx text, cubin path) for one .cu file, compiled once per source hash into CACHE.
     Raises RuntimeError with nvcc's output tail if it does not compile."""
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read())
-    for h in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True)):  # headers change it too
-        with open(h, "rb") as f:
+    digest = hashlib.sha256()
+    for src in _local_sources(path):  # the file and the project headers it includes
+        with open(src, "rb") as f:
             digest.update(f.read())
     key = f"{os.path.basename(path)[:-3]}-{ARCH}-{digest.hexdigest()[:16]}"
     out = os.path.join(CACHE, key)
@@ -174,6 +187,10 @@ def compile_cu(path):
                 os.remove(os.path.join(tmp, n))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
+        stem = key.rsplit("-", 1)[0] + "-"
+        for old in os.listdir(CACHE):  # entries of this file's older sources
+            if old.startswith(stem) and old != key and ".tmp" not in old:
+                shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
     with open(files[0]) as f, open(files[1]) as g:
         return f.read(), g.read(), files[2]
 

@@ -1,6 +1,6 @@
 """Static performance gates on the CUDA C++ kernels (no GPU needed).
 
-Each csrc/cuda/*.cu is compiled once per source hash (cached under build/gpu_static) with
+Each csrc/cuda/*.cu is compiled once per source hash (cached under build/gpu_static, or SPARSECL_GATE_CACHE) with
 ``nvcc -cubin -arch=sm_90a -Xptxas -v`` and the flags of setup.py's build; SASS comes from triton's
 ``cuobjdump``. Gates (sm90.cuda_gate_failures): 0 spill bytes, tensor-core kernels load fragments with
 LDSM (or use wgmma), no 64-bit integer division inside a loop.
@@ -12,6 +12,7 @@ so a fix or a regression both show up here.
 """
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -42,8 +43,11 @@ KNOWN_FAILURES = {
 
 @pytest.fixture(scope="module")
 def reports():
+    """Per file: the kernel reports; files compile SPARSECL_GATE_JOBS at a time (default: up to 2 CPUs)."""
     pytest.importorskip("torch.utils.cpp_extension")
-    return {os.path.basename(p): sm90.cuda_kernel_report(p) for p in CU}
+    jobs = int(os.environ.get("SPARSECL_GATE_JOBS", min(2, os.cpu_count() or 1)))
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return dict(zip((os.path.basename(p) for p in CU), pool.map(sm90.cuda_kernel_report, CU)))
 
 
 def _failures(reports, files):
