@@ -3,6 +3,7 @@ import copy
 import hashlib
 import json
 import os
+import pickle
 import sys
 
 import yaml
@@ -11,7 +12,7 @@ from .._config import OneOf, Range, check_types, check_values
 from ..errors import ConfigError, DataNotFoundError, UserError, one_line
 from ..io import write_json_atomic
 from ..dst.criteria import GROWTH, PRUNE
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_checkpoint
 from .data import DATASETS
 from .models import MODELS
 from .schedules import NAMES as LR_SCHEDULES
@@ -63,13 +64,11 @@ def check_config(cfg):
         check_values(cfg, CONFIG_VALUES, _how_to_set)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    m, d = cfg["model"], cfg["data"]
+    m = cfg["model"]
     if m["width"] is not None and m["name"] != "mobilenetv2" and m["width"] != int(m["width"]):
-        raise ConfigError(f"config key 'model.width' of model {m['name']!r} is a channel/unit count and must be a whole "
-                          f"number, got {m['width']!r} (only mobilenetv2 takes a width multiplier){_how_to_set('model.width')}")
-    if d["name"] != "digits" and not d["root"]:
-        raise ConfigError(f"dataset {d['name']!r} reads its files from a directory: pass --data-root DIR "
-                          f"(or data.root=DIR)")
+        raise ConfigError(f"config key 'model.width' of model {m['name']!r} is a channel/unit count and must be a "
+                          f"whole number, got {m['width']!r} (only mobilenetv2 takes a width multiplier)"
+                          f"{_how_to_set('model.width')}")
     if not cfg["out"]:
         raise ConfigError(f"config key 'out' must name an output directory{_how_to_set('out')}")
     try:
@@ -77,7 +76,8 @@ def check_config(cfg):
 
         device = torch.device(cfg["device"])
     except RuntimeError as exc:
-        raise ConfigError(f"config key 'device' is not a torch device ({one_line(exc)}){_how_to_set('device')}") from None
+        raise ConfigError(f"config key 'device' is not a torch device ({one_line(exc)})"
+                          f"{_how_to_set('device')}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg['device']!r} asked for, but no CUDA device is available here; use --device cpu")
 
@@ -145,7 +145,20 @@ def build_config(args):
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({one_line(exc)})") from None
         set_dotted(cfg, k.strip(), value)
     check_config(cfg)
+    _check_data(cfg)
     return cfg
+
+
+def _check_data(cfg):
+    """The dataset the config names: its files' directory is given and the model takes its inputs (the
+    trainer may be handed its tasks instead, so this is the command line's check)."""
+    m, d = cfg["model"], cfg["data"]
+    if d["name"] == "digits" and m["name"] != "mlp":
+        raise ConfigError(f"model {m['name']!r} needs images, and Split-Digits is 64 features per sample: use "
+                          f"--model mlp, or --dataset cifar100 / miniimagenet with --data-root DIR")
+    if d["name"] != "digits" and not d["root"]:
+        raise ConfigError(f"dataset {d['name']!r} reads its files from a directory: pass --data-root DIR "
+                          f"(or data.root=DIR)")
 
 
 def add_arguments(p):
@@ -310,12 +323,39 @@ def _trainer(cfg):
         raise
     except FileNotFoundError as exc:
         raise DataNotFoundError(one_line(exc)) from exc
+    except (pickle.UnpicklingError, EOFError, OSError) as exc:  # a truncated download, an unreadable file
+        d = cfg["data"]
+        raise UserError(f"cannot read the {d['name']} files under {d['root']!r} ({type(exc).__name__}: "
+                        f"{one_line(exc)}); replace them with a complete copy") from exc
     except ValueError as exc:
         raise UserError(one_line(exc)) from exc
 
 
+# what a checkpoint's model and data must share with the run that resumes from it
+_RESUME_KEYS = ("data.name", "data.n_tasks", "data.seed", "model.name", "model.width", "model.depth", "mode")
+
+
+def _dotted(cfg, key):
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def _check_resumable(trainer):
+    """With --resume and a checkpoint in --out: it must verify and come from a run of the same model and data."""
+    if not (trainer.cfg["resume"] and os.path.exists(trainer.ckpt_path)):
+        return
+    saved = json.loads(load_checkpoint(trainer.ckpt_path)["config"])
+    differ = [f"{k}={_dotted(saved, k)!r} there, {_dotted(trainer.cfg, k)!r} here" for k in _RESUME_KEYS
+              if _dotted(saved, k) != _dotted(trainer.cfg, k)]
+    if differ:
+        raise UserError(f"{trainer.ckpt_path} was written by a run of another model or data ({'; '.join(differ)}): "
+                        f"resume with its settings, or use another --out")
+
+
 def _train(trainer):
     try:
+        _check_resumable(trainer)
         return trainer.run()
     except CheckpointError as exc:
         raise UserError(f"{one_line(exc)}. To start this run from scratch, delete {trainer.ckpt_path}, drop --resume "

@@ -15,8 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FLAG_CASES = [
     (["--out", "o"], "out", "o"), (["--dataset", "cifar100", "--data-root", "/d"], "data.name", "cifar100"),
     (["--data-root", "/d"], "data.root", "/d"), (["--tasks", "10"], "data.n_tasks", 10),
-    (["--model", "resnet18"], "model.name", "resnet18"), (["--width", "512"], "model.width", 512),
-    (["--width", "0.5", "--model", "mobilenetv2"], "model.width", 0.5), (["--depth", "3"], "model.depth", 3),
+    (["--model", "resnet18", "--dataset", "cifar100", "--data-root", "/d"], "model.name", "resnet18"),
+    (["--width", "512"], "model.width", 512), (["--depth", "3"], "model.depth", 3),
+    (["--width", "0.5", "--model", "mobilenetv2", "--dataset", "cifar100", "--data-root", "/d"], "model.width", 0.5),
     (["--density", "0.05"], "density", 0.05), (["--density", "adaptive"], "density", "adaptive"),
     (["--init", "uniform"], "init", "uniform"), (["--growth", "unfired"], "growth", "unfired"),
     (["--update-every", "7"], "update_every", 7), (["--drop-fraction", "0.3"], "drop_fraction", 0.3),
@@ -90,12 +91,13 @@ USER_ERRORS = [
     (["--update-every", "0"], ["'update_every'"]), (["--seed", "-1"], ["'seed'"]), (["--threads", "-2"], ["'threads'"]),
     (["--checkpoint-every", "-1"], ["'checkpoint_every'"]), (["lr_schedule.gamma=0"], ["'lr_schedule.gamma'"]),
     (["lr_schedule.milestones=[0.5, 2]"], ["'lr_schedule.milestones'", "each element"]),
-    (["lr_schedule.name=step"], ["'lr_schedule.name'", "'multistep'"]), (["optimizer.name=rmsprop"], ["'optimizer.name'"]),
+    (["lr_schedule.name=step"], ["'lr_schedule.name'", "'multistep'"]),
+    (["optimizer.name=rmsprop"], ["'optimizer.name'"]),
     (["model.name=vgg"], ["'model.name'", "'resnet18'"]), (["epochs=ten"], ["'epochs'", "int"]),
     (["model.widht=3"], ["unknown config key 'model.widht'"]), (["epochs=[1"], ["not valid YAML"]),
     (["--device", "foo"], ["'device'"]),
     *([(["--device", "cuda:0"], ["no CUDA device", "--device cpu"])] if not torch.cuda.is_available() else []),
-    (["--dataset", "cifar100"], ["--data-root"]), (["--model", "cnn"], ["image inputs"]),
+    (["--dataset", "cifar100"], ["--data-root"]), (["--model", "cnn"], ["needs images", "--model mlp"]),
     (["--config", "/nonexistent/run.yaml"], ["cannot read config file", "/nonexistent/run.yaml"]),
 ]
 
@@ -142,6 +144,28 @@ def test_corrupted_checkpoint_on_resume_is_one_line_saying_what_to_do(tmp_path, 
     rc, err = _user_error(args + ["--resume"], capsys)
     assert rc == 2 and len(err.splitlines()) == 1
     assert "corrupted" in err and str(path) in err and "delete" in err
+
+
+def test_resume_from_another_models_checkpoint_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--epochs", "1", "--dense-masked"]
+    assert main(["continual", "--no-progress", "--threads", "1", "model.width=16"] + args) == 0
+    capsys.readouterr()
+    rc, err = _user_error(args + ["model.width=24", "--resume"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "model.width=16 there, 24 here" in err and "another --out" in err
+
+
+def test_a_truncated_dataset_file_is_one_line(tmp_path, capsys):
+    from .test_presets import write_cifar100
+
+    write_cifar100(str(tmp_path / "data"))
+    train = tmp_path / "data" / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:1000])
+    rc, err = _user_error(["--out", str(tmp_path / "run"), "--dataset", "cifar100", "--data-root",
+                           str(tmp_path / "data"), "--model", "mobilenetv2"], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "cannot read the cifar100 files" in err and "complete copy" in err
 
 
 def test_debug_shows_the_traceback(tmp_path):
