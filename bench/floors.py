@@ -82,6 +82,28 @@ def bsr_linear(T, in_f, out_f, density, block=64, block_t=128, dtype="bf16", clu
                 s * T * nnz * (1 / (cluster * block_t) + 1 / block))
 
 
+def _total(op, shape, parts):
+    """One Work for several kernel calls (a training step's forward, dX and dW)."""
+    return Work(op, shape, sum(p.flops for p in parts), parts[0].unit, sum(p.hbm_bytes for p in parts),
+                sum(p.l2_bytes for p in parts))
+
+
+def gemm_train(T, in_f, out_f, dtype="bf16"):
+    """Forward, dX and dW of a dense linear layer."""
+    parts = [gemm(T, in_f, out_f, dtype), gemm(T, out_f, in_f, dtype), gemm(out_f, T, in_f, dtype)]
+    return _total("dense_linear fwd+bwd", parts[0].shape, parts)
+
+
+def bsr_linear_train(T, in_f, out_f, density, block=64, block_t=128, dtype="bf16"):
+    """Forward and dX (gather GEMMs) plus the dValues SDDMM: per active block it reads T x B of dY and of x."""
+    s, nnz = SIZE[dtype], density * in_f * out_f
+    fwd = bsr_linear(T, in_f, out_f, density, block, block_t, dtype)
+    dx = bsr_linear(T, out_f, in_f, density, block, block_t, dtype)
+    dw = Work("bsr_linear dw", fwd.shape, 2.0 * T * nnz, fwd.unit, s * (T * in_f + T * out_f + nnz),
+              2 * s * T * nnz / block)
+    return _total("bsr_linear fwd+bwd", fwd.shape, [fwd, dx, dw])
+
+
 def csr_linear(T, in_f, out_f, density, dtype="fp16"):
     s, nnz = SIZE[dtype], density * in_f * out_f
     hbm = s * (T * in_f + T * out_f) + (s + INDEX_BYTES) * nnz
@@ -147,6 +169,7 @@ def bar_shapes():
         bsr_linear(**LLAMA, density=0.1, block=64, block_t=256),
         bsr_linear(**LLAMA, density=0.1, block=64, block_t=256, cluster=2),
         bsr_linear(**LLAMA, density=0.1, block=128, block_t=256),
+        gemm_train(**LLAMA), bsr_linear_train(**LLAMA, density=0.1),
         gemm(**LLAMA, dtype="fp16"),
         csr_linear(**LLAMA, density=0.1, dtype="fp16"),
         csr_linear(T=16, in_f=4096, out_f=11008, density=0.1, dtype="fp16"),
@@ -183,9 +206,9 @@ def main(argv=None):
     if a.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'card':5s} {'op':16s} {'shape':56s} {'GFLOP':>8s} {'HBM MB':>8s} {'L2 MB':>8s} {'floor ms':>9s} bound")
+    print(f"{'card':5s} {'op':20s} {'shape':56s} {'GFLOP':>8s} {'HBM MB':>8s} {'L2 MB':>8s} {'floor ms':>9s} bound")
     for r in rows:
-        print(f"{r['card']:5s} {r['op']:16s} {r['shape']:56s} {r['flops'] / 1e9:8.1f} {r['hbm_bytes'] / 1e6:8.1f} "
+        print(f"{r['card']:5s} {r['op']:20s} {r['shape']:56s} {r['flops'] / 1e9:8.1f} {r['hbm_bytes'] / 1e6:8.1f} "
               f"{r['l2_bytes'] / 1e6:8.1f} {r['floor_ms']:9.4f} {r['bound']}")
     for block, cluster in ((64, 1), (64, 2), (128, 1)):
         ok, floor, bar = bar_reachable(block=block, cluster=cluster, peaks=peaks)

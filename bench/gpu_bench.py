@@ -259,6 +259,29 @@ def _linear_case(kind, s, density, backend):
     return (lambda: (torch.randn(T, in_f, dtype=dtype, device=DEV),)), fn, T * in_f * dtype.itemsize
 
 
+def _train_case(s, backend):
+    """fwd+bwd of bsr_linear at d=0.1 through ``backend``, or of F.linear on a dense weight ("dense")."""
+    T, in_f, out_f = s["T"], s["in_f"], s["out_f"]
+    dtype, B = _bf16(), (32 if DRY else 64)
+    lay = BlockSparseLayout.random((out_f, in_f), 0.1, B, device=DEV)
+    v = torch.randn(lay.nnzb, B, B, dtype=dtype, device=DEV, requires_grad=True)
+    w = torch.randn(out_f, in_f, dtype=dtype, device=DEV, requires_grad=True)
+    g = torch.randn(T, out_f, dtype=dtype, device=DEV)
+
+    def fn(x):
+        if backend == "dense":
+            y = torch.nn.functional.linear(x, w)
+        else:
+            with sparsecl.use_backend(backend, op="bsr_linear"):
+                y = sparsecl.ops.bsr_linear(x, v, lay)
+        y.backward(g)
+
+    work = floors.gemm_train(T, in_f, out_f) if backend == "dense" else floors.bsr_linear_train(T, in_f, out_f, 0.1)
+    op = "dense" if backend == "dense" else "bsr_linear"
+    return (op, lambda: (torch.randn(T, in_f, dtype=dtype, device=DEV, requires_grad=True),), fn, T * in_f * 2,
+            work)
+
+
 def gap_cases():
     """name -> (op, make_inputs, fn, bytes per input set, floors.Work)."""
     s = shapes()
@@ -273,6 +296,9 @@ def gap_cases():
         mk, fn, nb = _linear_case("bsr", s, 0.1, be)
         cases[f"bsr_linear d=0.1 {be}"] = ("bsr_linear", mk, fn, nb,
                                            floors.bsr_linear(T, in_f, out_f, 0.1, 64, 128))
+    for be in ("dense", "auto", "triton", "cuda"):  # a training step: forward + backward
+        name = "dense linear fwd+bwd (cuBLAS)" if be == "dense" else f"bsr_linear d=0.1 {be} fwd+bwd"
+        cases[name] = _train_case(s, be)
     for be in ("auto", "cuda"):
         mk, fn, nb = _linear_case("csr", s, 0.1, be)
         cases[f"csr_linear d=0.1 {be}"] = ("csr_linear", mk, fn, nb, floors.csr_linear(T, in_f, out_f, 0.1))
@@ -321,9 +347,10 @@ def step_gap():
         except Exception as e:  # a backend missing here (no CUDA kernels in a CPU build) is a row, not a crash
             rows.append(dict(case=name, op=op, error=f"{type(e).__name__}: {str(e)[:200]}"))
             continue
-        ref = dense.get("conv" if "conv" in name else "linear")
+        group = "conv" if "conv" in name else ("train" if "fwd+bwd" in name else "linear")
+        ref = dense.get(group)
         if op == "dense":
-            dense["conv" if "conv" in name else "linear"] = ms
+            dense[group] = ms
         rows.append(_row(name, op, ms, work, ref))
     s = shapes()
     n = s["prune"]
