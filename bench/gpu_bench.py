@@ -202,7 +202,7 @@ def step_correct():
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     rows = []
-    dtypes = [torch.float32] if DRY else [torch.float32, torch.float16, torch.bfloat16]
+    dtypes = [torch.float32] if DRY else [torch.float32, torch.bfloat16]  # fp16 compiles the same Triton path
     for dtype in dtypes:
         for T, in_f, out_f, B, d in [(1, 64, 64, 64, 0.5), (37, 100, 130, 32, 0.3), (64, 17, 200, 16, 1.0),
                                      (5, 64, 64, 64, 0.0)]:
