@@ -433,13 +433,23 @@ def step_ncu_targets(out):
     return dict(cases=[r["case"] for r in worst])
 
 
+NVTX_RANGE = "sparsecl_target"
+
+
 def step_one(name):
+    """Run one gap-table case: two warm-up calls (compiles, autotunes), then one inside the NVTX range
+    ``NVTX_RANGE``, which is what gpu.sh's ncu profiles (--nvtx-include)."""
     op, mk, fn, nb, work = gap_cases()[name]
     inputs = mk()
-    for _ in range(3):
+    for _ in range(2):
         fn(*inputs)
     if not DRY:
         torch.cuda.synchronize()
+        torch.cuda.nvtx.range_push(NVTX_RANGE)
+    fn(*inputs)
+    if not DRY:
+        torch.cuda.synchronize()
+        torch.cuda.nvtx.range_pop()
     return dict(case=name)
 
 
