@@ -4,7 +4,7 @@ import importlib
 import torch
 
 from .. import _extension
-from ..backend import gpu_backend
+from ..backend import gpu_backend, weight_density
 from ..formats import entries_at
 from ..kernels_loader import triton_available
 
@@ -47,8 +47,9 @@ class KernelSet:
                                     getattr(launchers, launcher), mutates_args=mutates)
             for name, launcher, mutates in self.specs)
 
-    def __call__(self, device):
-        backend = gpu_backend(self.op, device)
+    def __call__(self, device, **shape_class):
+        """The op callables for ``device``; ``shape_class`` (dtype, density, block, tokens) feeds "auto"."""
+        backend = gpu_backend(self.op, device, **shape_class)
         if backend == "triton":
             if self._triton is None:
                 self._register_triton()
@@ -83,6 +84,12 @@ def hook_dense_grad(dense_grad_hook, grad_out, x):
     return dense
 
 
+def _shape_class(x, values, out_features, blocked):
+    """What backend "auto" keys on (sparsecl.backend.auto_backend): x [T, in], values of an [out, in] weight."""
+    return dict(dtype=x.dtype, density=weight_density(values, (out_features, x.shape[1])),
+                block=values.shape[1] if blocked else None, tokens=x.shape[0])
+
+
 def indexed_linear_function(kernels, name, pass_block_size):
     """The autograd Function of ``x @ W.T + bias`` over an indexed sparse layout (CSR or BSR).
 
@@ -101,7 +108,8 @@ def indexed_linear_function(kernels, name, pass_block_size):
         @staticmethod
         def forward(x, values, bias, layout_tensors, out_features, dense_grad_hook):
             row_ptr, col_idx = layout_tensors[0], layout_tensors[1]
-            return _INDEXED_KERNELS[op](x.device)[0](x, values, row_ptr, col_idx, out_features, bias)
+            kernels = _INDEXED_KERNELS[op](x.device, **_shape_class(x, values, out_features, pass_block_size))
+            return kernels[0](x, values, row_ptr, col_idx, out_features, bias)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
@@ -113,7 +121,8 @@ def indexed_linear_function(kernels, name, pass_block_size):
         @staticmethod
         def backward(ctx, grad_out):
             x, values, row_ptr, col_idx, row_idx, t_row_ptr, t_col_idx, t_perm = ctx.saved_tensors
-            _, dx_op, dw_op = _INDEXED_KERNELS[op](x.device)
+            _, dx_op, dw_op = _INDEXED_KERNELS[op](
+                x.device, **_shape_class(x, values, grad_out.shape[1], pass_block_size))
             grad_out = grad_out.contiguous()
             dx = dv = db = None
             if ctx.needs_input_grad[0]:
