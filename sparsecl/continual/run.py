@@ -6,6 +6,7 @@ import os
 import pickle
 import sys
 
+import torch
 import yaml
 
 from .._config import OneOf, Range, check_types, check_values
@@ -72,8 +73,6 @@ def check_config(cfg):
     if not cfg["out"]:
         raise ConfigError(f"config key 'out' must name an output directory{_how_to_set('out')}")
     try:
-        import torch
-
         device = torch.device(cfg["device"])
     except RuntimeError as exc:
         raise ConfigError(f"config key 'device' is not a torch device ({one_line(exc)})"
