@@ -106,7 +106,8 @@ __attribute__((always_inline)) inline void pw_row_body(const T* const* xb, const
     for (int t = 0; t < NT; ++t) __builtin_memcpy(out + (b * NT + t) * L, &acc[b][t], VB);
 }
 
-// dv[k] += sum_b sum_{j < NT*L} gb[b][j] * xb[b][off[k] + j].
+// dv[k*L + l] += sum_b sum_{t < NT} gb[b][t*L + l] * xb[b][off[k] + t*L + l]: per-lane partial sums, reduced
+// once by the caller (a horizontal sum per call and nonzero cost as much as the products).
 template <typename T, int VB, int NT, int NB>
 __attribute__((always_inline)) inline void pw_dot_body(const T* const* xb, const T* const* gb, const int32_t* off,
                                                        int64_t nnz, T* dv) {
@@ -132,11 +133,10 @@ __attribute__((always_inline)) inline void pw_dot_body(const T* const* xb, const
         s[(b * NT + t) & 1] += g[b][t] * x;
       }
     }
-    s[0] += s[1];
-    T sum = 0;
-#pragma GCC unroll 16
-    for (int i = 0; i < L; ++i) sum += s[0][i];
-    dv[k] += sum;
+    V acc;
+    __builtin_memcpy(&acc, dv + k * L, VB);
+    acc += s[0] + s[1];
+    __builtin_memcpy(dv + k * L, &acc, VB);
   }
 }
 
@@ -369,7 +369,8 @@ void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const 
   const int64_t span = plane_sz * int64_t(sizeof(T)) * kk.nb_dot;
   const PwBuckets<T> bk = pw_bucket<T>(rows, ptr, 1, off, nullptr, plane_sz, n_src, std::clamp<int64_t>(kPwL1 / span, 1, std::max<int64_t>(n_src, 1)));
   const int64_t n_cc = bk.n_cc;
-  std::vector<T> dvb(ptr[rows], T(0));
+  const int64_t L = kk.lanes;
+  std::vector<T> dvb(ptr[rows] * L, T(0));
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     const T *xb[8], *gb[8];
     for (int64_t n0 = 0; n0 < N; n0 += kk.nb_dot)  // images, then source chunks outer: the chunk stays in L1
@@ -383,11 +384,15 @@ void pw_sddmm(const T* src, int64_t img, int64_t plane_sz, int64_t n_src, const 
               xb[b] = src + (ok ? n0 + b : n0) * img + i * tile;
               gb[b] = ok ? gw + ((n0 + b) * rows + o) * lp + i * tile : zeros.data();
             }
-            kk.dot(xb, gb, bk.off.data() + k0, k1 - k0, dvb.data() + k0);
+            kk.dot(xb, gb, bk.off.data() + k0, k1 - k0, dvb.data() + k0 * L);
           }
         }
   });
-  for (int64_t d = 0; d < ptr[rows]; ++d) dv[bk.idx[d]] = dvb[d];
+  for (int64_t d = 0; d < ptr[rows]; ++d) {
+    T sum = 0;
+    for (int64_t l = 0; l < L; ++l) sum += dvb[d * L + l];
+    dv[bk.idx[d]] = sum;
+  }
 }
 
 // Scratch for padded planes: the thread's reusable workspace for fp32 (megabytes: a fresh
