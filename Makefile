@@ -25,7 +25,7 @@ $(VENV)/.installed: $(SOURCES)
 
 run: install
 	$(BIN)/sparsecl info
-	$(BIN)/sparsecl continual -c configs/continual/digits.yaml --compare-dense-masked --no-progress
+	$(BIN)/sparsecl continual -c configs/continual/digits.yaml --compare-dense-masked
 
 bench: install
 	$(BIN)/sparsecl bench --quick

@@ -68,8 +68,8 @@ def _override(draw, known):
 def _type_ok(value, default, key):
     if key == "density":
         return value == "adaptive" or (isinstance(value, (int, float)) and not isinstance(value, bool))
-    if key == "model.width":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "model.width":  # null: the model's own default width
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
     if default is None:
         return value is None or isinstance(value, (str, dict, list))
     if isinstance(default, bool):
