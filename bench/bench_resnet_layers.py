@@ -11,7 +11,10 @@ t_dense x density); floor_ms = FLOPs at the layer's density / ``--peak`` (defaul
 t_sparseprop / t_sparse (fwd+bwd).
 
     python bench/bench_resnet_layers.py [--model resnet18|mobilenetv2|all] [--batch 64] [--quick]
-                                        [--threads 2] [--out FILE.json]
+                                        [--threads 2] [--no-sparseprop] [--out FILE.json]
+
+SparseProp 0.1.14's backend segfaulted (2026-12-07, Zen 4) on one of the MobileNetV2 pointwise convs, which
+kills the run: measure MobileNetV2 with --no-sparseprop.
 """
 import argparse
 import json
@@ -80,7 +83,7 @@ def _sparseprop_convs(w, stride, padding):
                                             vectorizing_over_on=v == "on") for v in ("batch", "on")}
 
 
-def rows(model_name="resnet18", batch=64, quick=False, peak=PEAK):
+def rows(model_name="resnet18", batch=64, quick=False, peak=PEAK, sparseprop=True):
     min_time = 0.2 if quick else 0.6
     cases = conv_cases(model_name)
     if quick:
@@ -100,7 +103,7 @@ def rows(model_name="resnet18", batch=64, quick=False, peak=PEAK):
                    "dense_fb": fwd_bwd(lambda: F.conv2d(xg, wg, stride=s, padding=p), xg, wg),
                    "sparse_fb": fwd_bwd(lambda: csr_conv2d(xg, vg, layout, k, stride=s, padding=p), xg, vg)}
             xs = x.clone().requires_grad_()
-            for name, sp in _sparseprop_convs(w, s, p).items():
+            for name, sp in (_sparseprop_convs(w, s, p) if sparseprop else {}).items():
                 torch.testing.assert_close(sp(x), F.conv2d(x, w, stride=s, padding=p), rtol=1e-3, atol=1e-3)
                 fns[name] = fwd_bwd(lambda sp=sp: sp(xs), xs, *sp.parameters())
             t = measure_interleaved(fns, "cpu", min_time)
@@ -131,18 +134,21 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak", type=float, default=PEAK, help="fp32 FLOP/s of the machine, for floor_ms")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-sparseprop", action="store_true",
+                    help="leave SparseProp out (its backend segfaulted on a MobileNetV2 pointwise conv here)")
     ap.add_argument("--out", help="write the rows and machine info as JSON")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = []
     for m in (list(MODELS) if a.model == "all" else [a.model]):
-        res = list(rows(m, a.batch, a.quick, a.peak))
-        print(f"\n{m}, batch {a.batch}, {a.threads} threads")
-        print(format_table(res, COLUMNS), flush=True)
-        out += res
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"machine": machine_info(), "peak_flops": a.peak, "rows": out}, f, indent=1)
+        print(f"\n{m}, batch {a.batch}, {a.threads} threads", flush=True)
+        for i, row in enumerate(rows(m, a.batch, a.quick, a.peak, not a.no_sparseprop)):
+            lines = format_table([row], COLUMNS).split("\n")
+            print("\n".join(lines if i == 0 else lines[2:]), flush=True)
+            out.append(row)
+            if a.out:  # rewritten after every row: an interrupted run keeps what it measured
+                with open(a.out, "w") as f:
+                    json.dump({"machine": machine_info(), "peak_flops": a.peak, "rows": out}, f, indent=1)
 
 
 if __name__ == "__main__":
