@@ -27,6 +27,7 @@ FLAGS = {
     "batch_size": "batch_size", "optimizer": "optimizer.name", "lr": "optimizer.lr",
     "weight_decay": "optimizer.weight_decay", "momentum": "optimizer.momentum", "seed": "seed",
     "threads": "threads", "checkpoint_every": "checkpoint_every", "device": "device", "lr_schedule": "lr_schedule.name",
+    "reuse": "reuse",
 }
 
 # keys whose values may have another type than their default (model.width: null = the model's own default)
@@ -40,7 +41,7 @@ _FRACTION = Range(0.0, 1.0)
 CONFIG_VALUES = {
     "data.name": OneOf(*DATASETS), "data.n_tasks": _POSITIVE_INT, "data.seed": _COUNT,
     "model.name": OneOf(*MODELS), "model.width": Range(0, lo_open=True),
-    "model.depth": _POSITIVE_INT, "mode": OneOf("sparse", "dense-masked"),
+    "model.depth": _POSITIVE_INT, "mode": OneOf("sparse", "dense-masked"), "reuse": OneOf("mask", "all"),
     "density": (_FRACTION, OneOf("adaptive")), "init": OneOf("erk", "er", "uniform", "adaptive"),
     "growth": OneOf(*GROWTH, "adaptive"), "prune": OneOf(*PRUNE),
     "drop_fraction": _FRACTION, "drop_fraction_end": _FRACTION, "update_every": _POSITIVE_INT,
@@ -173,6 +174,10 @@ def add_arguments(p):
     p.add_argument("--density", type=density_arg, help="per-task density of new weights, or 'adaptive'")
     p.add_argument("--init", choices=["erk", "er", "uniform", "adaptive"])
     p.add_argument("--growth", choices=["random", "unfired", "gradient", "momentum", "adaptive"])
+    p.add_argument("--reuse", choices=["mask", "all"],
+                   help="mask (default, the paper's protocol): each task trains one density-d subnetwork over the "
+                        "whole trunk, reusing the frozen weights inside it; all: each task reads every frozen "
+                        "weight of earlier tasks and adds density-d new ones (cost grows per task)")
     p.add_argument("--update-every", dest="update_every", type=int, help="steps between DST updates")
     p.add_argument("--drop-fraction", dest="drop_fraction", type=float, help="initial drop fraction (cosine decay)")
     p.add_argument("--epochs", type=int, help="epochs per task")
@@ -331,7 +336,8 @@ def _trainer(cfg):
 
 
 # what a checkpoint's model and data must share with the run that resumes from it
-_RESUME_KEYS = ("data.name", "data.n_tasks", "data.seed", "model.name", "model.width", "model.depth", "mode")
+_RESUME_KEYS = ("data.name", "data.n_tasks", "data.seed", "model.name", "model.width", "model.depth", "mode",
+                "reuse")
 
 
 def _dotted(cfg, key):

@@ -1,13 +1,24 @@
 """Task-incremental continual learning with dynamic sparse training (DST) on a shared sparse trunk.
 
-Per task t (owner id t+1; owner 0 = free):
-  1. allocate: each trunk layer gets ``round(d_l * numel)`` new positions drawn at random from its free
-     positions (``d_l`` from ``sparsecl.dst.layer_densities`` at the task density; clipped to what is free).
-     All frozen positions of earlier tasks stay in the layer's mask and are reused (read, never written).
-  2. train with the DST engine, restricted by ``eligible = (owner == 0)``: frozen positions can never be
-     dropped or grown; the drop fraction restarts its cosine decay each task.
-  3. freeze: ``owner[mask & owner == 0] = t + 1``.
-Ownership is one uint8 per weight position (``Ownership.owner``), not per-task masks.
+Two protocols (config key ``reuse``), per task t (owner id t+1; owner 0 = free):
+
+``reuse: mask`` (default; the reference paper's per-task subnetwork):
+  1. allocate: each trunk layer's task mask is ``round(d_l * numel)`` positions drawn at random over ALL its
+     positions (``d_l`` from ``sparsecl.dst.layer_densities``). Earlier tasks' weights inside it are reused
+     with their frozen values (read, never trained); free positions in it are new trainable weights (fresh
+     init). Compute per task stays at density d.
+  2. train with the DST engine over the whole task mask (every position eligible): magnitude pruning may drop
+     reused frozen connections, growth may pick free positions or re-add frozen ones, which come back with
+     their frozen value and are never trained (no gradient, no optimizer state). nnz stays exact.
+  3. freeze: ``owner[mask & owner == 0] = t + 1``; the final task mask is kept (int32 flat positions per
+     layer, ``task_masks``) and task j is evaluated through mask j alone.
+
+``reuse: all`` (forward transfer from everything learnt so far; cost grows with t):
+  1. allocate: ``round(d_l * numel)`` new positions drawn from the free ones (clipped to what is free); all
+     frozen positions of earlier tasks stay in the layer's mask and are reused.
+  2. train with DST restricted by ``eligible = (owner == 0)``: frozen positions are never dropped or grown.
+  3. freeze as above; task j is evaluated through ``owner in 1..j+1``.
+The drop fraction restarts its cosine decay each task. Ownership is one uint8 per weight position.
 
 Frozen weights are bit-identical through later tasks under any optimizer: their gradient is zeroed, and
 the optimizer step is wrapped (``FrozenGuard``) so weight decay / momentum / Adam moments cannot move them
@@ -32,12 +43,14 @@ from ..io import write_bytes_atomic
 from ..checkpoint import load_checkpoint, save_checkpoint
 from .memory import check_memory
 from .models import DEFAULT_WIDTH, build_model, init_values
+from .trunk import subnetwork_dst
 from .schedules import LRSchedule
 
 DEFAULTS = {
     "data": {"name": "digits", "root": None, "n_tasks": 5, "seed": 0},
     "model": {"name": "mlp", "width": None, "depth": 2},  # width None: the model's default (DEFAULT_WIDTH)
     "mode": "sparse",                # sparse | dense-masked
+    "reuse": "mask",                 # mask (per-task density-d subnetwork) | all (reuse every frozen weight)
     "density": 0.1,                  # per-task density of new weights, or "adaptive"
     "init": "erk",                   # erk | er | uniform | adaptive
     "growth": "gradient",            # random | unfired | gradient | momentum | adaptive
@@ -191,6 +204,7 @@ class ContinualTrainer:
         self.acc = [[None] * self.T for _ in range(self.T)]
         self.baseline = None
         self.log = []  # per-task records
+        self.task_masks = []  # reuse: mask: per finished task, per layer the int32 flat positions of its mask
         self.out = c["out"]
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
 
@@ -212,6 +226,8 @@ class ContinualTrainer:
         shapes = [tuple(l.dst_mask().shape) for l in self.layers]
         dens = layer_densities(shapes, density, init=init)
         g = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + t)
+        if self.cfg["reuse"] == "mask":
+            return self._allocate_subnetwork(dens, g)
         for i, (l, d) in enumerate(zip(self.layers, dens)):
             free = self.own.free(i).flatten()
             n_free = int(free.sum())
@@ -225,15 +241,46 @@ class ContinualTrainer:
             l.allocate(new.view(shape), values.view(shape).to(l.dense_weight().dtype))
         self.layers = list(self.model.sparse_layers)
 
+    def _allocate_subnetwork(self, dens, g):
+        """reuse: mask: per layer a mask of round(d_l * numel) positions drawn over all positions; its free
+        positions get fresh values, its earlier tasks' positions are reused frozen."""
+        for i, (l, d) in enumerate(zip(self.layers, dens)):
+            owned = ~self.own.free(i).flatten()
+            pick = torch.randperm(owned.numel(), generator=g)[:int(round(d * owned.numel()))]
+            task = torch.zeros_like(owned)
+            task[pick] = True
+            new = task & ~owned
+            values = torch.zeros(owned.numel())
+            values[new] = init_values(l, (int(new.sum()),), g)
+            shape = l.dst_mask().shape
+            l.allocate(new.view(shape), values.view(shape).to(l.dense_weight().dtype), reused=(task & owned).view(shape),
+                       owned=owned.view(shape))
+        self.layers = list(self.model.sparse_layers)
+
+    def _select_task_mask(self, k):
+        """reuse: mask, between tasks: every trunk layer computes over task k's final mask alone."""
+        for i, (l, keys) in enumerate(zip(self.layers, self.task_masks[k])):
+            shape = l.dst_mask().shape
+            owned = ~self.own.free(i)
+            mask = torch.zeros(owned.numel(), dtype=torch.bool, device=owned.device)
+            mask[keys.long()] = True
+            l.allocate(torch.zeros_like(owned), torch.zeros(shape, dtype=l.dense_weight().dtype), reused=mask.view(shape),
+                       owned=owned)
+        self.layers = list(self.model.sparse_layers)
+
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, j, upto, batch=512):
-        """Test accuracy of task j through the trunk view of tasks 0..upto (None: the live weights)."""
+        """Test accuracy of task j through the trunk view of tasks 0..upto (None: the live weights). Under
+        reuse: mask, the view is task min(j, upto)'s own final mask (one kernel call per layer over it), and
+        it is left selected."""
         task = self.tasks[j]
         was = self.model.training
         self.model.eval()
         weights = None
-        if upto is not None:
+        if upto is not None and self.cfg["reuse"] == "mask":
+            self._select_task_mask(min(j, upto))
+        elif upto is not None:
             weights = [l.dense_weight() * self.own.view(i, upto) for i, l in enumerate(self.layers)]
         correct = 0
         for s in range(0, len(task.y_test), batch):
@@ -262,6 +309,11 @@ class ContinualTrainer:
         from ..dst import DST
 
         c = self.cfg
+        if c["reuse"] == "mask":  # DST over each layer's whole task mask; every position may be dropped or grown
+            return DST(torch.nn.ModuleList(subnetwork_dst(l) for l in self.layers), optimizer, density=None,
+                       prune=c["prune"], growth=growth, update_every=c["update_every"], end_step=total_steps,
+                       drop_fraction=c["drop_fraction"], decay="cosine", final_drop_fraction=c["drop_fraction_end"],
+                       seed=c["seed"] * 1000 + 17)
         index = {id(l.dst_module()): i for i, l in enumerate(self.layers)}
 
         def eligible(name, module):  # never drop or grow a position an earlier task owns
@@ -314,6 +366,9 @@ class ContinualTrainer:
             loss = F.cross_entropy(self.model(x, t), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # drop the step's graph now: under reuse: mask a DST update may change the trainable count, and a
+            # live graph would keep the values' gradient accumulator (with the old shape) for the next step
+            loss = loss.detach()
             self._sync_grads(params)
             guard.zero_grads()
             guard.step(opt)
@@ -341,6 +396,14 @@ class ContinualTrainer:
         rec["owner_bytes"] = sum(o.numel() for o in self.own.owner)
         rec["throughput"] = rec["samples"] / rec["train_seconds"] if rec["train_seconds"] else None
         rec["dst_updates"] = len(dst.history)  # the engine state (history included) survives resume
+        masks = [l.dst_mask() for l in self.layers]
+        size = sum(m.numel() for m in masks)
+        inside = sum(int(m.sum()) for m in masks)
+        reused = sum(int((m & ~self.own.free(i)).sum()) for i, m in enumerate(masks))
+        rec["subnetwork_density"] = inside / size if size else 0.0
+        rec["reused_fraction"] = reused / inside if inside else 0.0
+        if c["reuse"] == "mask":
+            self.task_masks.append([_mask_keys(m) for m in masks])
         rec["positions_changed"] = sum(sum(h["changed"].values()) for h in dst.history)
         dst.remove()
         return rec
@@ -349,23 +412,33 @@ class ContinualTrainer:
     def save(self, task, step, task_state):
         if self.rank != 0:
             return
-        trunk = [{"values": l.dense_weight().detach()[l.dst_mask()], "mask": l.dst_mask().clone()}
-                 for l in self.layers]
+        stored = [l.dst_mask() | ~self.own.free(i) for i, l in enumerate(self.layers)]
+        trunk = [{"values": l.stored_weight().detach()[m], "mask": m} for l, m in zip(self.layers, stored)]
+        current = [_mask_keys(l.dst_mask()) for l in self.layers] if task_state is not None else None
         rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith("sparse_layers.")}
         save_checkpoint(self.ckpt_path, {
             "config": json.dumps(self.cfg, default=str), "task": task, "step": step, "global_step": self.global_step,
             "trunk": trunk, "model": rest, "owner": list(self.own.owner),
             "acc": json.dumps(self.acc), "baseline": json.dumps(self.baseline), "log": json.dumps(self.log),
+            "task_masks": self.task_masks, "task_mask": current,
             "task_state": task_state, "rng": torch.get_rng_state()})
 
     def load(self):
         s = load_checkpoint(self.ckpt_path)
         for o, so in zip(self.own.owner, s["owner"]):
             o.copy_(so)
+        self.task_masks = s.get("task_masks", [])
+        current = s.get("task_mask") if self.cfg["reuse"] == "mask" else None
         for i, (l, tr) in enumerate(zip(self.layers, s["trunk"])):
             w = torch.zeros(tr["mask"].shape, dtype=tr["values"].dtype)
             w[tr["mask"]] = tr["values"]
-            l.load_split(w, tr["mask"], ~self.own.free(i))
+            owned = ~self.own.free(i)
+            reused = None
+            if current is not None:  # mid-task: the task mask's earlier-task positions are read, not trained
+                reused = torch.zeros(owned.numel(), dtype=torch.bool)
+                reused[current[i].long()] = True
+                reused = reused.view(owned.shape) & owned
+            l.load_split(w, tr["mask"], owned, reused)
         self.layers = list(self.model.sparse_layers)
         missing, unexpected = self.model.load_state_dict(s["model"], strict=False)
         if unexpected or any(not k.startswith("sparse_layers.") for k in missing):
@@ -426,8 +499,15 @@ class ContinualTrainer:
                "capacity_per_layer": [r["capacity"] for r in self.log],
                "state_bytes_per_task": [r["state_bytes"] for r in self.log],
                "owner_index_bytes": self.log[-1]["owner_bytes"],
+               "mask_bytes": sum(k.numel() * k.element_size() for masks in self.task_masks for k in masks),
                "tasks": self.log, "world_size": self.world}
         return res
+
+
+def _mask_keys(mask):
+    """A bool mask as its sorted flat positions, int32 where they fit (4 bytes per position in the mask)."""
+    keys = mask.flatten().nonzero().squeeze(1)
+    return keys.to(torch.int32 if mask.numel() <= 2**31 - 1 else torch.int64).cpu()
 
 
 def _load(c):

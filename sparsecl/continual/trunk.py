@@ -17,15 +17,22 @@ Layers (``mode``):
 Trunk layers offer to the trainer: ``dst_module()`` (the module the DST engine updates), ``dst_mask()`` /
 ``dense_weight()`` over all positions (frozen and trainable) in the 2-D DST view ([out, in] or
 [out, in*kh*kw]), ``sparse_parameter`` (the trained values; ``parameter_holds_frozen`` says whether it also
-holds frozen entries, which the trainer must then guard), ``allocate(new, values)`` at a task start,
-``freeze()`` at its end, ``load_split`` on resume, and ``functional(x, w)`` for the per-task evaluation view.
+holds frozen entries, which the trainer must then guard), ``allocate(new, values, reused, owned)`` at a task
+start, ``freeze()`` at its end, ``stored_weight()`` (every stored value: frozen, in the task mask or not, and
+trainable) for checkpoints, ``load_split`` on resume, and ``functional(x, w)`` for the ``reuse: all`` evaluation.
+
+Reuse (the trainer's ``reuse`` key): with ``reused=None`` a layer reads every frozen weight of earlier tasks
+(``reuse: all``). With a bool ``reused`` mask (``reuse: mask``, the paper's per-task subnetwork) it reads only
+the frozen weights inside the task mask ``reused | trainable``; ``subnetwork_dst(layer)`` then gives the DST
+engine that whole task mask, so magnitude pruning may drop reused frozen connections and growth may re-add
+them (they come back with their frozen value, never trained: no gradient, no optimizer state).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..dispatch import DispatchMixin
-from ..formats import CSRLayout, UnionLayout
+from ..formats import CSRLayout, UnionLayout, repack_values_
 from ..nn import SparseConv2d, SparseLinear
 from ..ops import union_conv2d, union_linear
 from ..ops.union import frozen_part, union_conv2d_spec, union_linear_spec
@@ -42,6 +49,7 @@ class _DenseMasked(nn.Module):
 
     dst_block_size = 1
     parameter_holds_frozen = True
+    _owned = None  # reuse: mask: bool positions of earlier tasks, whose values set_topology must keep
 
     @property
     def sparse_parameter(self):
@@ -59,8 +67,11 @@ class _DenseMasked(nn.Module):
     def set_topology(self, new_mask):
         new_mask = new_mask.to(torch.bool).reshape(self._mask.shape)
         src = _identity_src(self._mask, new_mask)
+        dropped = src < 0  # under reuse: mask an earlier task's value stays, in the mask or out of it
+        if self._owned is not None:
+            dropped &= ~self._owned.flatten()
         with torch.no_grad():
-            self.weight.view(-1).masked_fill_(src < 0, 0.0)
+            self.weight.view(-1).masked_fill_(dropped, 0.0)
         self._mask.copy_(new_mask)
         return src
 
@@ -73,17 +84,34 @@ class _DenseMasked(nn.Module):
         self._mask.copy_(mask.reshape(self._mask.shape))
         return self
 
-    def allocate(self, new, values):
-        """Start a task: add the free positions ``new`` to the mask with ``values`` there."""
+    def allocate(self, new, values, reused=None, owned=None):
+        """Start a task: the free positions ``new`` get ``values``. ``reused`` None: add them to the mask (which
+        keeps every earlier task's position); else the mask becomes ``reused | new`` (bool masks of the 2-D
+        view; ``owned``, the positions of earlier tasks, keep their values when DST drops them)."""
         with torch.no_grad():
             self.weight.view(-1)[new.flatten()] = values.flatten()[new.flatten()].to(self.weight)
-        self._mask |= new.reshape(self._mask.shape)
+        if reused is None:
+            self._mask |= new.reshape(self._mask.shape)
+        else:
+            self._mask.copy_((reused | new).reshape(self._mask.shape))
+            self._owned = owned.reshape(self._mask.shape).clone()
 
     def freeze(self):
         """Ownership alone protects frozen entries here (see FrozenGuard)."""
 
-    def load_split(self, weight, mask, owned):
+    def stored_weight(self):
+        """Every stored value over the 2-D view: earlier tasks' (in the task mask or not) and trainable."""
+        return self.weight.view(self._mask.shape)
+
+    def load_split(self, weight, mask, owned, reused=None):
+        """Restore from a dense weight: ``mask`` the stored positions, ``owned`` earlier tasks'; ``reused``
+        (reuse: mask) the earlier tasks' positions in the current task mask."""
+        if reused is None:
+            self.set_weight_and_mask(weight, mask)
+            return
         self.set_weight_and_mask(weight, mask)
+        self._mask.copy_((reused | (mask & ~owned)).reshape(self._mask.shape))
+        self._owned = owned.reshape(self._mask.shape).clone()
 
 
 class DenseMaskedLinear(_DenseMasked):
@@ -145,6 +173,19 @@ class _CountsRepacks:
         self.last_repack = (self.topology_version, src)
         return src
 
+    @torch.no_grad()
+    def set_trainable_mask(self, new_mask):
+        """Repack to ``new_mask`` whatever its count (reuse: mask: a DST update moves entries between the
+        reused frozen part and this one): kept values bit-identical, new ones 0, ``values`` the same Parameter.
+        Returns src as ``set_topology`` does. Call it with no autograd graph through ``values`` alive: a live
+        graph keeps the values' gradient accumulator, with the old count, for the next backward."""
+        layout, src = self.layout.with_topology(new_mask.to(self.values.device))
+        self._set_layout(layout)
+        src = repack_values_(self.values, src)
+        self.topology_version += 1
+        self.last_repack = (self.topology_version, src)
+        return src
+
 
 class TrainableLinear(_CountsRepacks, SparseLinear, DispatchMixin):
     """csr ``SparseLinear`` whose forward can also take its trunk layer's frozen values and union: then the
@@ -190,6 +231,8 @@ class _FrozenPlusTrainable(nn.Module):
     trainable weights, and their ``UnionLayout`` (``union()``), which every pass computes over."""
 
     parameter_holds_frozen = False  # sparse_parameter is the inner layer's values: trainable entries only
+    _reused = None  # reuse: mask: (CSRLayout, values) of the frozen weights in the task mask; None: all of them
+    _reuse_version = 0
 
     def _init_parts(self):
         empty = torch.zeros(self._shape2d, dtype=torch.bool)
@@ -202,6 +245,26 @@ class _FrozenPlusTrainable(nn.Module):
         for name, t in layout.index_tensors().items():
             self.register_buffer("frozen_" + name, t)
         self._union, self._union_key = None, None
+        self._select(None)
+
+    def _select(self, reused):
+        """Read the frozen weights at bool ``reused`` (2-D view, a subset of the frozen positions) only, or all
+        of them (None). Their values are gathered from the frozen store by key, bit-identical."""
+        self._reuse_version += 1
+        self._union, self._union_key = None, None
+        if reused is None:
+            self._reused = None
+            return
+        layout = CSRLayout.from_mask(reused.reshape(self._shape2d).to(self.frozen_values.device))
+        store, keys = self.frozen_layout.keys(), layout.keys()
+        at = torch.searchsorted(store, keys)
+        if keys.numel() and (int(at.max()) >= store.numel() or not torch.equal(store[at], keys)):
+            raise ValueError("reused positions must be frozen positions of earlier tasks")
+        self._reused = (layout, self.frozen_values[at])
+
+    def _active_frozen(self):
+        """(CSRLayout, values) of the frozen weights this layer reads now."""
+        return (self.frozen_layout, self.frozen_values) if self._reused is None else self._reused
 
     @property
     def frozen_layout(self):
@@ -212,20 +275,21 @@ class _FrozenPlusTrainable(nn.Module):
         """The frozen + trainable ``UnionLayout``: rebuilt after a task boundary (new buffers) or a device
         move, updated incrementally (one index merge) after a single DST repack of the inner layer."""
         inner = self.inner
-        key = (id(inner), inner.topology_version, self.frozen_values.data_ptr(), inner.values.data_ptr())
+        key = (id(inner), inner.topology_version, self.frozen_values.data_ptr(), inner.values.data_ptr(),
+               self._reuse_version)
         if self._union_key != key:
             old = self._union_key
             if (old is not None and old[0] == key[0] and old[2:] == key[2:] and inner.last_repack is not None
                     and old[1] + 1 == inner.topology_version == inner.last_repack[0]):
                 self._union = self._union.with_trainable_repack(inner.last_repack[1], inner.layout)
             else:
-                self._union = UnionLayout.from_parts(self.frozen_layout, inner.layout)
+                self._union = UnionLayout.from_parts(self._active_frozen()[0], inner.layout)
             self._union_key = key
         return self._union
 
     def forward(self, x):
         # also without frozen weights: the union path's linear dX needs no per-step gather through t_perm
-        return self.inner(x, self.frozen_values, self.union())
+        return self.inner(x, self._active_frozen()[1], self.union())
 
     def dst_module(self):
         return self.inner
@@ -235,26 +299,48 @@ class _FrozenPlusTrainable(nn.Module):
         return self.inner.sparse_parameter
 
     def dst_mask(self):
-        """Union of frozen and trainable positions over the 2-D view."""
-        return self.frozen_layout.mask() | self.inner.dst_mask()
+        """The positions the layer computes with, over the 2-D view: the frozen ones it reads (all, or the
+        reused ones of the task mask) and the trainable ones."""
+        return self._active_frozen()[0].mask() | self.inner.dst_mask()
 
     mask = dst_mask
 
     def dense_weight(self):
+        layout, values = self._active_frozen()
+        return layout.to_dense(values) + self.inner.dense_weight().view(self._shape2d)
+
+    def stored_weight(self):
+        """Every stored value over the 2-D view: all frozen ones (in the task mask or not) and trainable."""
         return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
 
-    def allocate(self, new, values):
-        """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``."""
+    def allocate(self, new, values, reused=None, owned=None):
+        """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``; the layer
+        reads every frozen weight (``reused`` None) or those at ``reused`` only (``owned`` is implied by the
+        frozen part here)."""
         self._set_inner(values, new)
+        self._select(reused)
+
+    def set_task_mask(self, new_mask):
+        """reuse: mask: the task mask after a DST update (same count): its frozen positions are read with their
+        frozen values, the rest is the trainable part (kept values bit-identical, new ones 0). Returns the
+        trainable values' src (see ``set_topology``)."""
+        new_mask = new_mask.reshape(self._shape2d)
+        frozen = self.frozen_layout.mask().to(new_mask.device)
+        src = self.inner.set_trainable_mask(new_mask & ~frozen)
+        self._select(new_mask & frozen)
+        return src
 
     def freeze(self):
-        """End a task: merge the trainable part into the frozen CSR part."""
-        self.load_split(self.dense_weight().detach(), self.dst_mask(), self.dst_mask())
+        """End a task: merge the trainable part into the frozen CSR part; the layer then reads all of it."""
+        stored = self.frozen_layout.mask() | self.inner.dst_mask()
+        self.load_split(self.stored_weight().detach(), stored, stored)
 
-    def load_split(self, weight, mask, owned):
-        """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable."""
+    def load_split(self, weight, mask, owned, reused=None):
+        """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable; ``reused`` as
+        in ``allocate``."""
         self._set_frozen(weight, mask & owned)
         self._set_inner(weight, mask & ~owned)
+        self._select(reused)
 
 
 class SparseTrunkLinear(_FrozenPlusTrainable):
@@ -306,6 +392,57 @@ class SparseTrunkConv2d(_FrozenPlusTrainable):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"frozen={self.frozen_values.numel()}, trainable={self.inner.values.numel()}")
+
+
+class SubnetworkDST(nn.Module):
+    """The DST layer protocol over a sparse trunk layer's whole task mask (``reuse: mask``): ``dst_mask()`` is
+    the task mask (reused frozen + trainable positions), ``dense_weight()`` its values (magnitude pruning
+    weighs reused frozen weights like trainable ones), ``sparse_parameter`` the trainable values only, and
+    ``set_topology`` splits the new mask into reused frozen positions (read with their frozen values, never
+    trained) and trainable ones. Dense gradients for growth come from the trainable part's hook or forward
+    (the whole layer's dW). Not a submodule of anything: the model owns the layer."""
+
+    dst_block_size = 1
+
+    def __init__(self, layer):
+        super().__init__()
+        object.__setattr__(self, "layer", layer)
+        for name in ("kernel_size", "stride", "padding", "dilation", "groups"):
+            if hasattr(layer, name):
+                object.__setattr__(self, name, getattr(layer, name))
+
+    def __getattr__(self, name):  # the dense-gradient hook exists where the trainable part has one
+        if name == "dense_grad_hook" and hasattr(self.layer.inner, name):
+            return self.layer.inner.dense_grad_hook
+        return super().__getattr__(name)
+
+    def __setattr__(self, name, value):
+        if name == "dense_grad_hook":
+            self.layer.inner.dense_grad_hook = value
+        else:
+            super().__setattr__(name, value)
+
+    def register_forward_hook(self, hook, **kwargs):
+        return self.layer.inner.register_forward_hook(hook, **kwargs)
+
+    @property
+    def sparse_parameter(self):
+        return self.layer.inner.sparse_parameter
+
+    def dst_mask(self):
+        return self.layer.dst_mask()
+
+    def dense_weight(self):
+        return self.layer.dense_weight()
+
+    def set_topology(self, new_mask):
+        return self.layer.set_task_mask(new_mask)
+
+
+def subnetwork_dst(layer):
+    """What the DST engine updates under ``reuse: mask``: a ``SubnetworkDST`` over a frozen + trainable trunk
+    layer, or the dense-masked layer itself (its mask is the task mask already)."""
+    return SubnetworkDST(layer) if isinstance(layer, _FrozenPlusTrainable) else layer
 
 
 def make_linear(in_features, out_features, mode):
