@@ -84,7 +84,7 @@ def test_unknown_model_and_input_mismatch():
 def test_cnn_continual_run_keeps_frozen_weights_and_bwt_zero(tmp_path, mode, name, width):
     from .test_trainer import Recording, _check_frozen_bits
 
-    cfg = tiny(tmp_path, mode=mode, model={"name": name, "width": width}, batch_size=8, epochs=2,
+    cfg = tiny(tmp_path, mode=mode, model={"name": name, "width": width}, batch_size=8, epochs=2, reuse="all",
                optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.05})
     tr = Recording(cfg, _image_tasks(3))
     res = tr.run()

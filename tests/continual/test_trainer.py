@@ -50,7 +50,9 @@ GROWTH_FOR = {"sgd+weight_decay": "random", "sgd+momentum": "gradient", "adam+we
 def test_frozen_weights_stay_bit_identical(tmp_path, seed, mode, opt):
     growth = GROWTH_FOR[opt]
     tasks = split_digits(seed=seed % 1000)
-    tr = Recording(tiny(tmp_path, mode=mode, optimizer=OPTIMIZERS[opt], growth=growth, seed=seed % 1000), tasks)
+    # reuse: all (frozen positions stay in every later mask); reuse: mask has its own tests (test_reuse_mask.py)
+    cfg = tiny(tmp_path, mode=mode, optimizer=OPTIMIZERS[opt], growth=growth, seed=seed % 1000, reuse="all")
+    tr = Recording(cfg, tasks)
     res = tr.run()
     assert _check_frozen_bits(tr) > 0
     # multi-head task-incremental with frozen trunk views: earlier tasks' accuracy cannot change
@@ -62,7 +64,8 @@ def test_frozen_weights_stay_bit_identical(tmp_path, seed, mode, opt):
 def test_frozen_check_fails_without_the_guard(tmp_path, seed, monkeypatch):
     """The bit-identity test is sensitive: AdamW's decoupled weight decay moves frozen weights unguarded."""
     monkeypatch.setattr(FrozenGuard, "step", lambda self, opt: opt.step())
-    tr = Recording(tiny(tmp_path, mode="dense-masked", optimizer=OPTIMIZERS["adamw+weight_decay"]), split_digits())
+    cfg = tiny(tmp_path, mode="dense-masked", optimizer=OPTIMIZERS["adamw+weight_decay"], reuse="all")
+    tr = Recording(cfg, split_digits())
     tr.run()
     with pytest.raises(AssertionError, match="frozen bits changed"):
         _check_frozen_bits(tr)
@@ -70,7 +73,7 @@ def test_frozen_check_fails_without_the_guard(tmp_path, seed, monkeypatch):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ownership_and_capacity(tmp_path, mode):
-    tr = ContinualTrainer(tiny(tmp_path, mode=mode, init="uniform", density=0.1), split_digits())
+    tr = ContinualTrainer(tiny(tmp_path, mode=mode, init="uniform", density=0.1, reuse="all"), split_digits())
     res = tr.run()
     for i, l in enumerate(tr.layers):
         o = tr.own.owner[i]
@@ -85,7 +88,7 @@ def test_ownership_and_capacity(tmp_path, mode):
 
 
 def test_adaptive_density_uses_remaining_capacity(tmp_path):
-    tr = ContinualTrainer(tiny(tmp_path, mode="dense-masked", density="adaptive", init="uniform",
+    tr = ContinualTrainer(tiny(tmp_path, mode="dense-masked", density="adaptive", init="uniform", reuse="all",
                                growth="adaptive"), split_digits())
     res = tr.run()
     ds = [r["density"] for r in res["tasks"]]
