@@ -246,6 +246,8 @@ def ratios(sparse, dense):
         "train_speedup_cpu_time": tp(sparse, "train_cpu_seconds") / tp(dense, "train_cpu_seconds"),
         "train_speedup_per_task": [a / b for a, b in zip(sparse["throughput_samples_per_s"],
                                                            dense["throughput_samples_per_s"])],
+        "train_speedup_cpu_time_per_task": [d["train_cpu_seconds"] / s["train_cpu_seconds"] if s["train_cpu_seconds"]
+                                            else None for s, d in zip(sparse["tasks"], dense["tasks"])],
         "weight_optimizer_memory_ratio_per_task": mem,
         "weight_optimizer_memory_ratio_max": max(mem),
         "total_state_memory_ratio_per_task": [total(s) / total(d) for s, d in pairs],
