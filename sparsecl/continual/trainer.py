@@ -20,12 +20,14 @@ Two protocols (config key ``reuse``), per task t (owner id t+1; owner 0 = free):
   3. freeze as above; task j is evaluated through ``owner in 1..j+1``.
 The drop fraction restarts its cosine decay each task. Ownership is one uint8 per weight position.
 
-Frozen weights are bit-identical through later tasks under any optimizer: their gradient is zeroed, and
-the optimizer step is wrapped (``FrozenGuard``) so weight decay / momentum / Adam moments cannot move them
-(the frozen values are gathered before ``optimizer.step()`` and scattered back after it).
+Frozen weights are bit-identical through later tasks under any optimizer. Sparse trunk layers hold them
+outside every parameter (no gradient, no optimizer state); in dense-masked layers their gradient is zeroed
+and the optimizer step is wrapped (``FrozenGuard``) so weight decay / momentum / Adam moments cannot move
+them (the frozen values are gathered before ``optimizer.step()`` and scattered back after it).
 
-Evaluation of task j uses the trunk view ``owner in 1..j+1`` (the weights task j was trained with) plus
-head j and task j's normalisation, so later tasks cannot change task j's predictions.
+Evaluation of task j uses the weights task j was trained with (its own mask, or under ``reuse: all`` the
+view ``owner in 1..j+1``) plus head j and task j's normalisation, so later tasks cannot change task j's
+predictions.
 """
 import copy
 import glob

@@ -41,6 +41,13 @@ def _validate(s):
         assert tr["values"].numel() == int(tr["mask"].sum())
         assert bool(((own != 0) <= tr["mask"]).all())  # frozen positions stay in the mask
     assert (s["task_state"] is None) == (s["step"] == 0)
+    # reuse: mask (the default): one compact mask per finished task and layer (int32 flat positions, no dense
+    # masks), and mid-task the current task's mask too
+    assert len(s["task_masks"]) == s["task"] + (s["step"] == 0)
+    current = [] if s["task_mask"] is None else [s["task_mask"]]
+    assert (s["task_mask"] is None) == (s["step"] == 0)
+    for masks in s["task_masks"] + current:
+        assert len(masks) == len(s["trunk"]) and all(k.dtype == torch.int32 and k.dim() == 1 for k in masks)
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, seed):
