@@ -224,6 +224,9 @@ def masks_digest(trainer):
     for m, o in zip(trainer.masks(), trainer.own.owner):
         h.update(m.cpu().numpy().tobytes())
         h.update(o.cpu().numpy().tobytes())
+    for masks in trainer.task_masks:  # reuse: mask: each task's own final mask
+        for keys in masks:
+            h.update(keys.cpu().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -488,7 +488,9 @@ class ContinualTrainer:
         return self.finish()
 
     def masks(self):
-        return [l.dst_mask().clone() for l in self.layers]
+        """Per trunk layer, the positions holding a weight (every task's and the current trainable ones),
+        whichever task mask is selected."""
+        return [l.dst_mask() | ~self.own.free(i) for i, l in enumerate(self.layers)]
 
     def finish(self):
         res = {"config": self.cfg, "acc_matrix": self.acc, "baseline_acc": self.baseline,
