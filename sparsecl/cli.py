@@ -16,7 +16,12 @@ def cmd_info(args):
     else:
         width = max(map(len, info))
         for k, v in info.items():
-            print(f"{k.ljust(width)}  {v}")
+            if isinstance(v, dict):  # e.g. the dispatch cache: one entry per line
+                print(f"{k.ljust(width)}  {len(v)} entries")
+                for key, entry in v.items():
+                    print(f"  {key}: {entry}")
+            else:
+                print(f"{k.ljust(width)}  {v}")
     return 0
 
 
