@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from . import metrics as M
 from ..io import write_bytes_atomic
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..dispatch import dispatch_report
 from .memory import check_memory
 from .models import DEFAULT_WIDTH, build_model, init_values
 from .trunk import subnetwork_dst
@@ -407,6 +408,7 @@ class ContinualTrainer:
         if c["reuse"] == "mask":
             self.task_masks.append([_mask_keys(m) for m in masks])
         rec["positions_changed"] = sum(sum(h["changed"].values()) for h in dst.history)
+        rec["dispatch"] = _dispatch_choices(self.model)  # before freeze: it replaces the trunk's inner layers
         dst.remove()
         return rec
 
@@ -519,6 +521,13 @@ def _load(c):
 
     d = c["data"]
     return load_tasks(d["name"], n_tasks=d.get("n_tasks"), root=d.get("root"), seed=d.get("seed", 0))
+
+
+def _dispatch_choices(model):
+    """{layer name: {"forward", "dx", "dw": "sparse" | "dense", "density", "source"}} of the layers that ran
+    through sparsecl.dispatch in this task (its calibration timings stay out: they differ between runs)."""
+    return {name: {**r["choice"], "density": r["density"], "source": r["source"]}
+            for name, r in dispatch_report(model).items() if r is not None}
 
 
 def _progress(c, total, start, desc, rank):
