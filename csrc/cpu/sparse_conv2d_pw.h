@@ -149,15 +149,16 @@ struct PwKernels {
 
 // Images per call: the NB*NT accumulators (row) or grad_out registers (dot, which also needs two
 // partial sums and a load) fit the ISA's register file (R = 28 of 32 zmm, 12 of 16 ymm/xmm). Rows
-// stop at 16 accumulators (enough to hide the FMA latency): fewer images keep the source chunk small.
-constexpr int pw_nb(int nt, int regs) { return std::min(8, std::max(1, std::min(regs, 16) / nt)); }
+// stop at ROW_REGS accumulators: 16 zmm hide the FMA latency, and fewer images keep the source chunk small;
+// half-width vectors on AVX-512 take 24 (8 images of a 3-vector tile).
+constexpr int pw_nb(int nt, int regs) { return std::min(8, std::max(1, regs / nt)); }
 constexpr int pw_nb_dot(int nt, int regs) { return std::min(8, std::max(1, (regs - 4) / nt)); }
 
-#define SPARSECL_PW_ISA(NAME, TARGET, VB, REGS)                                                              \
+#define SPARSECL_PW_ISA(NAME, TARGET, VB, REGS, ROW_REGS)                                                    \
   template <typename T, int NT>                                                                              \
   __attribute__((target(TARGET))) void pw_row_##NAME(const T* const* xb, const int32_t* off, const T* val,   \
                                                      int64_t nnz, T init, const T* prev, T* out) {           \
-    pw_row_body<T, VB, NT, pw_nb(NT, REGS)>(xb, off, val, nnz, init, prev, out);                             \
+    pw_row_body<T, VB, NT, pw_nb(NT, ROW_REGS)>(xb, off, val, nnz, init, prev, out);                         \
   }                                                                                                          \
   template <typename T, int NT>                                                                              \
   __attribute__((target(TARGET))) void pw_dot_##NAME(const T* const* xb, const T* const* gb,                 \
@@ -169,15 +170,16 @@ constexpr int pw_nb_dot(int nt, int regs) { return std::min(8, std::max(1, (regs
     PwKernels<T> k;                                                                                          \
     k.lanes = VB / sizeof(T);                                                                                \
     k.nt = NT;                                                                                               \
-    k.nb = pw_nb(NT, REGS);                                                                                  \
+    k.nb = pw_nb(NT, ROW_REGS);                                                                              \
     k.nb_dot = pw_nb_dot(NT, REGS);                                                                          \
     k.row = &pw_row_##NAME<T, NT>;                                                                           \
     k.dot = &pw_dot_##NAME<T, NT>;                                                                           \
     return k;                                                                                                \
   }
-SPARSECL_PW_ISA(avx512, "avx512f,avx512vl,avx512bw,avx512dq,fma", 64, 28)
-SPARSECL_PW_ISA(avx2, "avx2,fma", 32, 12)
-SPARSECL_PW_ISA(generic, "sse2", 16, 12)
+SPARSECL_PW_ISA(avx512, "avx512f,avx512vl,avx512bw,avx512dq,fma", 64, 28, 16)
+SPARSECL_PW_ISA(avx512y, "avx512f,avx512vl,avx512bw,avx512dq,fma", 32, 28, 24)  // 8 lanes with 32 registers
+SPARSECL_PW_ISA(avx2, "avx2,fma", 32, 12, 12)
+SPARSECL_PW_ISA(generic, "sse2", 16, 12, 12)
 #undef SPARSECL_PW_ISA
 
 // Kernels of the active ISA with the widest tile (7, 4, 2 or 1 vectors) that computes at most 25% more
@@ -193,13 +195,27 @@ PwKernels<T> pw_by_len(int64_t len, int lanes) {
   return Pick<T, 1>::get();
 }
 template <typename T, int NT> struct PwPick512 { static PwKernels<T> get() { return pw_kernels_avx512<T, NT>(); } };
+template <typename T, int NT> struct PwPick512y { static PwKernels<T> get() { return pw_kernels_avx512y<T, NT>(); } };
 template <typename T, int NT> struct PwPick2 { static PwKernels<T> get() { return pw_kernels_avx2<T, NT>(); } };
 template <typename T, int NT> struct PwPickG { static PwKernels<T> get() { return pw_kernels_generic<T, NT>(); } };
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return a > 0 ? (a + b - 1) / b : 0; }
 
 template <typename T>
 PwKernels<T> pick_pw(int64_t len) {
   switch (cpu::active_isa()) {
-    case cpu::Isa::kAvx512: return pw_by_len<T, PwPick512>(len, 64 / sizeof(T));
+    case cpu::Isa::kAvx512: {
+      // Small planes waste much of a 16-lane tile (4x4 output: len 20-24 in 32 lanes). There the 8-lane
+      // kernel (32 ymm registers, 8 images of up to 3 vectors) with the tile that computes fewest outputs
+      // takes over when it computes at least 20% fewer: on Zen 4 a ymm FMA costs half a zmm one. At smaller
+      // savings (8x8: 80 vs 96) the zmm kernel measured as fast or faster.
+      const PwKernels<T> wide = pw_by_len<T, PwPick512>(len, 64 / sizeof(T));
+      auto computed = [&](const PwKernels<T>& k) { return ceil_div(len, int64_t(k.nt) * k.lanes) * k.nt * k.lanes; };
+      PwKernels<T> half = PwPick512y<T, 4>::get();
+      for (const PwKernels<T>& k : {PwPick512y<T, 3>::get(), PwPick512y<T, 2>::get(), PwPick512y<T, 1>::get()})
+        if (computed(k) < computed(half)) half = k;
+      return 5 * computed(half) <= 4 * computed(wide) ? half : wide;
+    }
     case cpu::Isa::kAvx2: return pw_by_len<T, PwPick2>(len, 32 / sizeof(T));
     default: return pw_by_len<T, PwPickG>(len, 16 / sizeof(T));
   }
@@ -413,8 +429,6 @@ inline bool pw_fits(int64_t planes, int64_t plane) { return planes * plane + kPw
 // The padded-width dValues kernels multiply x by grad_out's zero garbage columns: 0 * inf would turn
 // entries NaN that the dense convolution keeps finite, so non-finite x takes the general path.
 inline bool pw_dw_safe(const at::Tensor& x) { return x.numel() == 0 || at::isfinite(x).all().item<bool>(); }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return a > 0 ? (a + b - 1) / b : 0; }
 
 // The source of a forward or dValues pass in padded-width space: x padded by (ph, pw) and split into its
 // sh x sw stride phases (`split`), each Hq x Wq. Output (ho, wo) flattened as q = ho*Wq + wo reads tap

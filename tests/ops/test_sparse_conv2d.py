@@ -223,6 +223,35 @@ def test_csr_conv2d_every_isa_and_path(seed, isa, geom, dtype, monkeypatch):
     assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), dtype)
 
 
+# On AVX-512 small planes take 8-lane tiles when they compute at least 20% fewer outputs than 16-lane ones
+# (fp32 4x4: len 24 / dX 20 -> 3-vector tiles of 8 images; fp64 len 12 and 4). These shapes sit at and
+# around that threshold (8x8 len 80 and len 35, 15, 16 keep 16 lanes) with batch tails, batches 0 and 1.
+SMALL_PLANE_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
+    (17, 6, 5, 4, 4, 3, 1, 1, 1), (1, 7, 6, 4, 4, 3, 1, 1, 1), (0, 4, 5, 4, 4, 3, 1, 1, 1),
+    (9, 4, 6, 8, 8, 3, 2, 1, 1), (3, 5, 4, 8, 8, 3, 1, 1, 1), (5, 4, 3, 5, 5, 3, 1, 1, 1),
+    (6, 3, 4, 3, 3, 3, 1, 1, 1), (4, 3, 5, 4, 4, 1, 1, 0, 1), (5, 4, 3, 5, 4, 3, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("geom", SMALL_PLANE_GEOMS)
+@pytest.mark.parametrize("layout_kind", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_conv2d_small_planes(seed, isa, geom, layout_kind, dtype, monkeypatch):
+    """Forward, dX, dValues, dBias on small planes under each forced ISA vs float64, x contiguous,
+    channels-last or a channel slice of a wider tensor."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    fmt = torch.channels_last if layout_kind == "channels_last" else torch.contiguous_format
+    x, values, layout, w = csr_case(geom, 0.4, dtype, fmt)
+    if layout_kind == "sliced":
+        x = torch.randn(x.shape[0], 2 * x.shape[1], *x.shape[2:], dtype=dtype)[:, ::2]
+        assert x.numel() == 0 or not x.is_contiguous()
+    k = geom[5]
+    fn = lambda x, v, b, s, p, d: csr_conv2d(x, v, layout, k, b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, fmt)
+    assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), dtype)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_csr_conv2d_dw_any_entry_order(seed, stride):
     """csr_conv2d_dw takes (row, col) pairs in any order: dValues follow the order given."""
