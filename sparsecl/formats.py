@@ -601,13 +601,16 @@ class UnionLayout:
             grow_trainable = grow_trainable.index_select(0, order)
         layout, src = self.layout.update(keep, grow)
         grown = src < 0
-        old = src.clamp(min=0)
-        trainable = self.trainable.index_select(0, old).masked_scatter_(grown, grow_trainable)
-        # an entry's index within its part: the running count of that part's entries before it
-        rank_t = self.trainable.long().cumsum(0) - 1
-        rank_f = (~self.trainable).long().cumsum(0) - 1
-        part_src = torch.where(self.trainable.index_select(0, old), rank_t.index_select(0, old),
-                               rank_f.index_select(0, old)) if self.nnz else old
+        if self.nnz:
+            old = src.clamp(min=0)
+            # an entry's index within its part: the running count of that part's entries before it
+            rank_t = self.trainable.long().cumsum(0) - 1
+            rank_f = (~self.trainable).long().cumsum(0) - 1
+            was_trainable = self.trainable.index_select(0, old)
+            part_src = torch.where(was_trainable, rank_t.index_select(0, old), rank_f.index_select(0, old))
+        else:  # an empty union: every entry is grown (nothing to gather from)
+            was_trainable, part_src = torch.zeros_like(grown), src
+        trainable = was_trainable.masked_scatter(grown, grow_trainable)
         part_src = part_src.masked_fill(grown, -1)
         new = UnionLayout(layout, trainable)
         return new, part_src.index_select(0, new.frozen_pos), part_src.index_select(0, new.trainable_pos)
