@@ -174,6 +174,17 @@ def _check_common(x, values, layout, in_cols, stride, padding, dilation):
     return geom
 
 
+def _check_taps(x, shape, kernel_size, what):
+    """(kh, kw) of ``kernel_size``, checked positive and against the [out, in*kh*kw] ``shape`` of ``what``."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"kernel_size must be positive, got {kernel_size}")
+    cols = shape[1]
+    if x.dim() == 4 and cols != x.shape[1] * kh * kw:
+        raise ValueError(f"{what} has {cols} columns but x has {x.shape[1]} channels x {kh}x{kw} taps")
+    return kh, kw
+
+
 def _idx(layout):
     return (layout.row_ptr, layout.col_idx, layout.row_idx, layout.t_row_ptr, layout.t_col_idx, layout.t_perm)
 
@@ -205,12 +216,8 @@ def csr_conv2d(x, values, layout, kernel_size, bias=None, stride=1, padding=0, d
     """
     if not isinstance(layout, CSRLayout):
         raise TypeError(f"layout must be a CSRLayout, got {type(layout).__name__}")
-    kh, kw = _pair(kernel_size, "kernel_size")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"kernel_size must be positive, got {kernel_size}")
-    out_c, cols = layout.shape
-    if x.dim() == 4 and cols != x.shape[1] * kh * kw:
-        raise ValueError(f"layout has {cols} columns but x has {x.shape[1]} channels x {kh}x{kw} taps")
+    kh, kw = _check_taps(x, layout.shape, kernel_size, "layout")
+    out_c = layout.shape[0]
     geom = _check_common(x, values, layout, x.shape[1] if x.dim() == 4 else -1, stride, padding, dilation)
     layout.check_values(values)
     x, values, bias = autocast_args(x, values, bias)

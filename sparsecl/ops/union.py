@@ -19,7 +19,7 @@ from ..formats import UnionLayout, entries_at
 from ._registry import autocast_args, check_dense_grad_hook, hook_dense_grad
 from .csr_linear import _kernels as _linear_kernels
 from .dense_or_sparse import ActiveIndex, DispatchSpec, LinearGeometry, _conv_geometry, _conv_signature
-from .sparse_conv2d import _check_common, _csr_kernels as _conv_kernels, _pair
+from .sparse_conv2d import _check_common, _check_taps, _csr_kernels as _conv_kernels, _pair
 
 
 def _union_values(union, frozen, trainable, transposed):
@@ -141,12 +141,8 @@ def union_conv2d(x, frozen_values, trainable_values, union, kernel_size, bias=No
     """
     if not isinstance(union, UnionLayout):
         raise TypeError(f"union must be a sparsecl.formats.UnionLayout, got {type(union).__name__}")
-    kh, kw = _pair(kernel_size, "kernel_size")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"kernel_size must be positive, got {kernel_size}")
-    out_c, cols = union.shape
-    if x.dim() == 4 and cols != x.shape[1] * kh * kw:
-        raise ValueError(f"union has {cols} columns but x has {x.shape[1]} channels x {kh}x{kw} taps")
+    kh, kw = _check_taps(x, union.shape, kernel_size, "union")
+    out_c = union.shape[0]
     _check_union(union, frozen_values, trainable_values, x)
     geom = _check_common(x, trainable_values, union.layout, x.shape[1] if x.dim() == 4 else -1, stride, padding,
                          dilation)
