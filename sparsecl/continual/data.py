@@ -115,8 +115,9 @@ def _get(d, key):
     return d[key.encode()] if key.encode() in d else d[key]
 
 
-def split_cifar100(root, n_tasks=10, seed=0):
-    """Split-CIFAR-100 in ``n_tasks`` (5, 10 or 20) tasks over class order 0..99; the official train/test split."""
+def split_cifar100(root, n_tasks=10, seed=0, size=32):
+    """Split-CIFAR-100 in ``n_tasks`` (5, 10 or 20) tasks over class order 0..99; the official train/test split.
+    ``size``: side of the square images returned (resized bilinearly when not 32)."""
     if n_tasks not in (5, 10, 20):
         raise ValueError(f"Split-CIFAR-100 has 5, 10 or 20 tasks, got {n_tasks}")
     base = os.path.join(root, "cifar-100-python")
@@ -130,7 +131,7 @@ def split_cifar100(root, n_tasks=10, seed=0):
             raise ValueError(f"{base}/{split}: 'data' must be [N, 3072] uint8, got shape {data.shape}")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(np.asarray(_get(d, "fine_labels"), dtype=np.int64))
-    x = np.concatenate(xs)
+    x = _resize(np.concatenate(xs), size)
     y = np.concatenate(ys)
     n_tr = xs[0].shape[0]
     tr, te = np.arange(n_tr), np.arange(n_tr, x.shape[0])
@@ -141,6 +142,19 @@ _MINI_LAYOUT = ("  <root>/train/<class>/*.jpg  (optionally <root>/test/<class>/*
                 "  <root>/mini-imagenet-cache-train.pkl, -val.pkl, -test.pkl  (dicts with 'image_data' "
                 "[N,84,84,3] uint8 and 'class_dict' {class: [indices]})")
 _IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def _resize(images, size):
+    """uint8 [N, 3, H, W] -> [N, 3, size, size] by PIL's bilinear resize (antialiased when shrinking, as
+    torchvision's ``transforms.Resize`` on PIL images); unchanged when already that size."""
+    if images.shape[2:] == (size, size):
+        return images
+    from PIL import Image
+
+    out = np.empty((images.shape[0], 3, size, size), dtype=np.uint8)
+    for i, im in enumerate(images.transpose(0, 2, 3, 1)):
+        out[i] = np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+    return out
 
 
 def _read_folder(folder, classes, size):
@@ -160,7 +174,8 @@ def _read_folder(folder, classes, size):
 
 
 def mini_imagenet(root, n_tasks=10, seed=0, size=84):
-    """miniImageNet-100 in ``n_tasks`` tasks (classes in sorted-name order)."""
+    """miniImageNet-100 in ``n_tasks`` tasks (classes in sorted-name order), images resized to ``size`` x
+    ``size`` (84: the cache pickles' size; the reference paper trains at 32)."""
     pkls = [os.path.join(root, f"mini-imagenet-cache-{s}.pkl") for s in ("train", "val", "test")]
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if os.path.isdir(train_dir):
@@ -184,7 +199,7 @@ def mini_imagenet(root, n_tasks=10, seed=0, size=84):
                 xs.append(images[idx])
                 ys.append(np.full(idx.size, len(classes), dtype=np.int64))
                 classes.append(name.decode() if isinstance(name, bytes) else name)
-        x, y = np.concatenate(xs).transpose(0, 3, 1, 2), np.concatenate(ys)
+        x, y = _resize(np.concatenate(xs).transpose(0, 3, 1, 2), size), np.concatenate(ys)
         tr, te = _stratified(y, 1 / 6, seed)
     else:
         raise _missing(root, "miniImageNet", _MINI_LAYOUT)
@@ -197,8 +212,9 @@ def mini_imagenet(root, n_tasks=10, seed=0, size=84):
 DATASETS = {"digits": split_digits, "cifar100": split_cifar100, "miniimagenet": mini_imagenet}
 
 
-def load_tasks(name, n_tasks=None, root=None, seed=0):
-    """Dispatch by dataset name; ``root`` is required for the image datasets."""
+def load_tasks(name, n_tasks=None, root=None, seed=0, size=None):
+    """Dispatch by dataset name; ``root`` is required for the image datasets, ``size`` (image side in pixels;
+    None: the dataset's own, 32 for CIFAR-100 and 84 for miniImageNet) applies to them only."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     kw = {"seed": seed}
@@ -208,4 +224,6 @@ def load_tasks(name, n_tasks=None, root=None, seed=0):
         return split_digits(**kw)
     if root is None:
         raise ValueError(f"dataset {name!r} needs data.root=<directory>")
+    if size is not None:
+        kw["size"] = size
     return DATASETS[name](root, **kw)

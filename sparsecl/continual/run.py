@@ -32,6 +32,7 @@ FLAGS = {
 
 # keys whose values may have another type than their default (model.width: null = the model's own default)
 CONFIG_TYPES = {"density": ((int, float, str), "a number or 'adaptive'"),
+                "data.image_size": ((int, type(None)), "an integer or null"),
                 "model.width": ((int, float, type(None)), "a number or null")
                 if DEFAULTS["model"]["width"] is None else ((int, float), "a number")}
 
@@ -40,6 +41,7 @@ _FRACTION = Range(0.0, 1.0)
 # allowed values of every continual config key (types are checked first, against DEFAULTS and CONFIG_TYPES)
 CONFIG_VALUES = {
     "data.name": OneOf(*DATASETS), "data.n_tasks": _POSITIVE_INT, "data.seed": _COUNT,
+    "data.image_size": Range(8, 512, integral=True),
     "model.name": OneOf(*MODELS), "model.width": Range(0, lo_open=True),
     "model.depth": _POSITIVE_INT, "mode": OneOf("sparse", "dense-masked"), "reuse": OneOf("mask", "all"),
     "density": (_FRACTION, OneOf("adaptive")), "init": OneOf("erk", "er", "uniform", "adaptive"),

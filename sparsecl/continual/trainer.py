@@ -50,7 +50,8 @@ from .trunk import subnetwork_dst
 from .schedules import LRSchedule
 
 DEFAULTS = {
-    "data": {"name": "digits", "root": None, "n_tasks": 5, "seed": 0},
+    "data": {"name": "digits", "root": None, "n_tasks": 5, "seed": 0,
+             "image_size": None},       # image side in pixels (image datasets; None: the files' own size)
     "model": {"name": "mlp", "width": None, "depth": 2},  # width None: the model's default (DEFAULT_WIDTH)
     "mode": "sparse",                # sparse | dense-masked
     "reuse": "mask",                 # mask (per-task density-d subnetwork) | all (reuse every frozen weight)
@@ -520,7 +521,8 @@ def _load(c):
     from .data import load_tasks
 
     d = c["data"]
-    return load_tasks(d["name"], n_tasks=d.get("n_tasks"), root=d.get("root"), seed=d.get("seed", 0))
+    return load_tasks(d["name"], n_tasks=d.get("n_tasks"), root=d.get("root"), seed=d.get("seed", 0),
+                      size=d.get("image_size"))
 
 
 def _dispatch_choices(model):

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from sparsecl.cli import main, parse_args
 from sparsecl.continual.run import build_config
@@ -85,7 +86,8 @@ def test_every_paper_preset_is_listed_here_and_in_the_readme():
 def test_preset_holds_the_papers_settings(name):
     dataset, tasks, model, width, batch, epochs, density, init, growth = PAPER[name]
     cfg = _config(name, "--data-root", "/data")
-    assert cfg["data"] == {"name": dataset, "n_tasks": tasks, "seed": 0, "root": "/data"}
+    size = {"miniimagenet": 32}.get(dataset)  # the paper resizes miniImageNet to CIFAR's 32x32
+    assert cfg["data"] == {"name": dataset, "n_tasks": tasks, "seed": 0, "root": "/data", "image_size": size}
     assert cfg["model"]["name"] == model and cfg["model"]["width"] == width
     assert (cfg["batch_size"], cfg["epochs"]) == (batch, epochs)
     assert (cfg["density"], cfg["init"], cfg["growth"], cfg["prune"]) == (density, init, growth, "magnitude")
@@ -112,3 +114,24 @@ def test_preset_runs_on_files_in_the_real_format(name, data_roots, tmp_path, cap
     assert len(m["acc_matrix"]) == tasks and all(a is not None for row in m["acc_matrix"] for a in row)
     assert m["config"]["model"]["name"] == model and m["config"]["lr_schedule"]["name"] == "multistep"
     assert all(t["steps"] >= 1 and t["dst_updates"] >= 1 for t in m["tasks"])
+
+
+def test_miniimagenet_is_resized_to_the_requested_size_as_torchvision_resize_on_pil(data_roots):
+    from PIL import Image
+
+    from sparsecl.continual.data import load_tasks
+
+    full = load_tasks("miniimagenet", n_tasks=10, root=data_roots["miniimagenet"])
+    small = load_tasks("miniimagenet", n_tasks=10, root=data_roots["miniimagenet"], size=32)
+    x84, x32 = full[3].x_train, small[3].x_train
+    assert tuple(x84.shape[1:]) == (3, 84, 84) and tuple(x32.shape[1:]) == (3, 32, 32)
+    assert torch.equal(full[3].y_train, small[3].y_train)
+    im = Image.fromarray(x84[0].permute(1, 2, 0).numpy().astype(np.uint8)).resize((32, 32), Image.BILINEAR)
+    assert torch.equal(x32[0], torch.as_tensor(np.asarray(im)).permute(2, 0, 1).to(x32.dtype))
+
+
+@pytest.mark.parametrize("bad", ["0", "7", "-32", "1000"])
+def test_image_size_out_of_range_is_a_config_error(bad, capsys):
+    rc = main(["continual", "--dataset", "miniimagenet", "--data-root", "/nonexistent", "--model", "resnet18",
+               "data.image_size=" + bad])
+    assert rc == 2 and "data.image_size" in capsys.readouterr().err
