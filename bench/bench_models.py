@@ -6,7 +6,11 @@ One step = zero_grad, forward, cross-entropy, backward, SGD (momentum 0.9) step;
 sparse model runs with dispatch "auto" (each layer direction sparse or dense on its effective weight, calibrated once
 per machine, see ``sparsecl.dispatch``) and, as a third candidate, forced "sparse" (the kernels alone); the three are
 timed round-robin in one loop (bench.harness.measure_interleaved), so ratios see the same load. Speedup = dense step
-time / sparse step time in that run.
+time / sparse step time in that run. With SparseProp installed (``pip install sparseprop``, the CPU sparse-training
+peer), a fourth candidate is its own whole-model conversion of the same sparse weights
+(``sparseprop.utils.swap_modules_with_sparse``: every conv/linear below density 0.2 that its timing finds faster
+becomes a SparseProp module); ``vs_sparseprop`` = SparseProp step / our step. ResNet-18 only: SparseProp 0.1.14's
+backend segfaulted on a MobileNetV2 pointwise conv here (2026-12-07, Zen 4), which would kill the run.
 
 ``--layers`` adds where the time goes: each sparse layer timed alone (forward + backward at its real input; its
 dispatched path, its sparse kernels, and F.conv2d / F.linear on the effective weight, alternating), and the rest of
@@ -60,6 +64,22 @@ def build(name, init, batch=BATCH, seed=0):
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 100, (batch,))
     return dense, sparse, x, y
+
+
+def sparseprop_model(dense, sparse, batch):
+    """SparseProp's conversion of ``dense`` carrying ``sparse``'s effective weights (zeros outside its masks), or None
+    when sparseprop is not installed."""
+    try:
+        from sparseprop.utils import swap_modules_with_sparse
+    except ImportError:
+        return None
+    peer = copy.deepcopy(dense)
+    with torch.no_grad():
+        for name, module in sparse.named_modules():
+            if isinstance(module, sparsecl.dispatch.DispatchMixin):
+                w = peer.get_submodule(name).weight
+                w.copy_(module.dense_weight().detach().reshape(w.shape))
+    return swap_modules_with_sparse(peer, (batch, 3, 32, 32), inplace=True)
 
 
 def _layer_inputs(model, x, y):
@@ -123,13 +143,17 @@ def layer_rows(sparse, x, y, min_time):
     return out
 
 
-def run_case(name, init, batch=BATCH, min_time=3.0, layers=False, sparse_only=True):
-    """One model/init: the step timings (dense, sparse auto, sparse forced) and the per-layer dispatch choices."""
+def run_case(name, init, batch=BATCH, min_time=3.0, layers=False, sparse_only=True, sparseprop=True):
+    """One model/init: the step timings (dense, sparse auto, sparse forced, SparseProp when installed and
+    ``sparseprop``) and the per-layer dispatch choices."""
     dense, sparse, x, y = build(name, init, batch)
     steps = {"dense": _trainer(dense, x, y), "sparse": _trainer(sparse, x, y, "auto")}
     steps["sparse"]()  # calibrates the layers this machine has not seen yet (cached for later runs)
     if sparse_only:
         steps["sparse kernels only"] = _trainer(sparse, x, y, "sparse")
+    peer = sparseprop_model(dense, sparse, batch) if sparseprop and name == "resnet18" else None
+    if peer is not None:
+        steps["sparseprop"] = _trainer(peer, x, y)
     t = measure_interleaved(steps, min_time=min_time, min_runs=5)
     steps["sparse"]()  # the report records the last call: the dispatched step
     choices = {n: r and {**r["choice"], "density": r["density"], "source": r["source"]}
@@ -139,10 +163,15 @@ def run_case(name, init, batch=BATCH, min_time=3.0, layers=False, sparse_only=Tr
     if sparse_only:
         result["sparse_only_ms"] = t["sparse kernels only"] * 1e3
         result["sparse_only_speedup"] = t["dense"] / t["sparse kernels only"]
+    if peer is not None:
+        result["sparseprop_ms"] = t["sparseprop"] * 1e3
+        result["vs_sparseprop"] = t["sparseprop"] / t["sparse"]
     print(f"\n{name} {init} d={DENSITY} batch {batch}: dense {result['dense_ms']:.1f} ms, sparse+dispatch "
           f"{result['sparse_ms']:.1f} ms ({result['speedup']:.2f}x)"
           + (f", sparse kernels only {result['sparse_only_ms']:.1f} ms ({result['sparse_only_speedup']:.2f}x)"
-             if sparse_only else ""), flush=True)
+             if sparse_only else "")
+          + (f", SparseProp {result['sparseprop_ms']:.1f} ms (ours {result['vs_sparseprop']:.2f}x faster)"
+             if peer is not None else ""), flush=True)
     if layers:
         result["layers"] = layer_rows(sparse, x, y, min_time=0.3)
         result["layers_dispatched_ms"] = sum(r["dispatched_ms"] for r in result["layers"])
@@ -156,7 +185,8 @@ def rows(quick=False, device="cpu"):
     if torch.device(device).type != "cpu":
         return
     for name, init, bar in (CASES[:1] if quick else CASES):
-        r = run_case(name, init, batch=16 if quick else BATCH, min_time=1.0 if quick else 3.0, sparse_only=False)
+        r = run_case(name, init, batch=16 if quick else BATCH, min_time=1.0 if quick else 3.0, sparse_only=False,
+                     sparseprop=False)
         yield dict(op="model_step", shape=f"{name} batch {r['batch']} 32x32", method=f"sparsify {init} + dispatch",
                    density=DENSITY, pass_="train step", dense_ms=r["dense_ms"], ms=r["sparse_ms"],
                    speedup=r["speedup"], bar=bar, bar_ok=r["speedup"] >= bar)
@@ -176,12 +206,14 @@ def main():
     ap.add_argument("--layers", action="store_true", help="also time every sparse layer alone")
     ap.add_argument("--cases", nargs="*", default=None, help="model:init pairs, e.g. resnet18:erk")
     ap.add_argument("--min-time", type=float, default=3.0)
+    ap.add_argument("--no-sparseprop", action="store_true", help="leave SparseProp's whole-model step out")
     ap.add_argument("--out", default=None, help="directory for models.json")
     args = ap.parse_args()
     cases = [(m, i, b) for m, i, b in CASES if args.cases is None or f"{m}:{i}" in args.cases]
     results = []
     for name, init, bar in (cases[:1] if args.quick else cases):
-        r = run_case(name, init, batch=16 if args.quick else BATCH, min_time=args.min_time, layers=args.layers)
+        r = run_case(name, init, batch=16 if args.quick else BATCH, min_time=args.min_time, layers=args.layers,
+                     sparseprop=not args.no_sparseprop)
         r["bar"], r["bar_ok"] = bar, r["speedup"] >= bar
         results.append(r)
         print(f"bar {bar}x: {'met' if r['bar_ok'] else 'NOT met'}")
