@@ -12,8 +12,10 @@ Index tensors (all int32, on the layout's device):
   t_col_idx [nnzb]              block row of each transposed entry
   t_perm    [nnzb]              index into values of each transposed entry (no second values copy)
 
-``CSRLayout`` is the element-granular twin; ``UnionLayout`` is one CSRLayout over two disjoint parts of a
-weight, frozen (read-only values) and trainable, for the ops that compute both in one kernel call.
+``CSRLayout`` is the element-granular twin (its derived index is computed on first use);
+``UnionLayout`` (``formats_union``) is one CSRLayout over two disjoint parts of a weight, frozen (read-only
+values) and trainable, for the ops that compute both in one kernel call; ``CompactCSR`` (``formats_compact``)
+stores a sparse matrix in the fewest bytes (16-bit column indices where the shape allows, no derived index).
 """
 import math
 
@@ -200,6 +202,13 @@ class BlockSparseLayout:
                 f"density={self.density:.3f})")
 
 
+def rows_of(row_ptr, nnz):
+    """int32 [nnz]: the row of each entry of a CSR index (row_ptr [rows + 1])."""
+    counts = row_ptr[1:] - row_ptr[:-1]
+    return torch.repeat_interleave(torch.arange(counts.numel(), dtype=torch.int32, device=row_ptr.device),
+                                   counts.long(), output_size=nnz)
+
+
 def _flat_keys(row_idx, col_idx, n_cols):
     """int64 row-major flat positions row * n_cols + col of index pairs."""
     return torch.add(col_idx, row_idx.long(), alpha=n_cols)
@@ -285,9 +294,36 @@ class CSRLayout:
                 raise ValueError(f"row_ptr ({row_ptr.device}) and col_idx ({col_idx.device}) are on different devices")
             validate_csr(row_ptr, col_idx, out_f, in_f, "CSRLayout")
         self.row_ptr, self.col_idx = row_ptr, col_idx
-        if _derived is None:
-            _derived = _transpose_index(row_ptr, col_idx, in_f)
-        self.row_idx, self.t_row_ptr, self.t_col_idx, self.t_perm = _derived
+        # the derived index (row_idx and the transposed one), each computed on first use and kept; None: not yet
+        self._derived = dict(zip(_INDEX_NAMES[2:], _derived if _derived is not None else (None,) * 4))
+
+    def _get_derived(self, name):
+        t = self._derived[name]
+        if t is None:
+            if name == "row_idx":
+                t = rows_of(self.row_ptr, self.nnz)
+            else:
+                full = _transpose_index(self.row_ptr, self.col_idx, self.shape[1])
+                for n, v in zip(_INDEX_NAMES[3:], full[1:]):
+                    if self._derived[n] is None:
+                        self._derived[n] = v
+                t = self._derived[name]
+            self._derived[name] = t
+        return t
+
+    row_idx = property(lambda self: self._get_derived("row_idx"), doc="int32 [nnz] row of each entry (derived)")
+    t_row_ptr = property(lambda self: self._get_derived("t_row_ptr"), doc="int32 [in+1] transposed offsets (derived)")
+    t_col_idx = property(lambda self: self._get_derived("t_col_idx"), doc="int32 [nnz] transposed rows (derived)")
+    t_perm = property(lambda self: self._get_derived("t_perm"), doc="int32 [nnz] value of each transposed entry")
+
+    def drop_derived(self, *names):
+        """Forget derived index tensors (``row_idx``, ``t_row_ptr``, ``t_col_idx``, ``t_perm``) to free their
+        memory; they are recomputed on their next use. Returns self."""
+        for n in names:
+            if n not in self._derived:
+                raise ValueError(f"{n!r} is not a derived index tensor of a CSRLayout ({_INDEX_NAMES[2:]})")
+            self._derived[n] = None
+        return self
 
     # construction ----------------------------------------------------------------------------
     @classmethod
@@ -329,7 +365,12 @@ class CSRLayout:
     # topology changes --------------------------------------------------------------------------
     def keys(self):
         """int64 [nnz] row-major flat positions (row * in + col), sorted."""
-        return _flat_keys(self.row_idx, self.col_idx, self.shape[1])
+        return _flat_keys(self._rows(), self.col_idx, self.shape[1])
+
+    def _rows(self):
+        """row_idx, kept if it is, else computed for this use only."""
+        rows = self._derived["row_idx"]
+        return rows if rows is not None else rows_of(self.row_ptr, self.nnz)
 
     def update(self, keep, grow):
         """New layout after dropping and growing entries, and ``src`` for repacking values.
@@ -455,7 +496,7 @@ class CSRLayout:
         """Values [nnz] of a dense [out, in] ``weight`` at this layout's entries."""
         if tuple(weight.shape) != self.shape:
             raise ValueError(f"weight shape {tuple(weight.shape)} != layout shape {self.shape}")
-        return entries_at(weight, self.row_idx, self.col_idx)
+        return entries_at(weight, self._rows(), self.col_idx)
 
     def check_values(self, values):
         if values.dim() != 1 or values.shape[0] != self.nnz:
@@ -465,170 +506,5 @@ class CSRLayout:
         return f"CSRLayout(shape={self.shape}, nnz={self.nnz}, density={self.density:.3f})"
 
 
-class UnionLayout:
-    """One CSR index over two disjoint parts of a [out, in] weight: *frozen* entries (read-only values that
-    get no gradient and no optimizer state) and *trainable* entries (values with a gradient), so one kernel
-    call computes both (``sparsecl.ops.union_linear`` / ``union_conv2d``). Any split works: all earlier
-    tasks' weights plus new ones, or a task mask that reuses some frozen weights.
-
-    ``layout``: CSRLayout over the union; ``trainable``: bool [nnz], True at trainable entries (union CSR
-    order). Each part keeps its values in its own row-major order, which is the union's order restricted
-    to that part: frozen value k lives at union entry ``frozen_pos[k]``, trainable value k at
-    ``trainable_pos[k]``. Derived, int64: ``frozen_pos``, ``trainable_pos`` and their positions in the
-    transposed order (``frozen_pos_t``, ``trainable_pos_t``); int32 ``trainable_rows``/``trainable_cols``
-    (where dValues is computed) and ``frozen_rows``/``frozen_cols``. ``scratch`` holds the union ops' value
-    buffers (derived, never saved).
-    A topology change (``update``, ``with_trainable_repack``) returns a NEW object: autograd graphs built
-    before it keep theirs. It merges sorted index lists (``CSRLayout.update``); the union is never re-sorted.
-    """
-
-    def __init__(self, layout, trainable):
-        if not isinstance(layout, CSRLayout):
-            raise TypeError(f"layout must be a CSRLayout, got {type(layout).__name__}")
-        trainable = torch.as_tensor(trainable, device=layout.device)
-        if trainable.dtype != torch.bool or tuple(trainable.shape) != (layout.nnz,):
-            raise ValueError(f"trainable must be bool [{layout.nnz}] (one flag per union entry), got "
-                             f"{trainable.dtype} {tuple(trainable.shape)}")
-        self.layout, self.trainable = layout, trainable
-        self.trainable_pos = trainable.nonzero().squeeze(1)
-        self.frozen_pos = (~trainable).nonzero().squeeze(1)
-        t_perm = layout.t_perm.long()
-        t_of = torch.empty_like(t_perm).index_copy_(0, t_perm, torch.arange(t_perm.numel(), device=t_perm.device))
-        self.trainable_pos_t = t_of.index_select(0, self.trainable_pos)
-        self.frozen_pos_t = t_of.index_select(0, self.frozen_pos)
-        self.trainable_rows = layout.row_idx.index_select(0, self.trainable_pos)
-        self.trainable_cols = layout.col_idx.index_select(0, self.trainable_pos)
-        self.frozen_rows = layout.row_idx.index_select(0, self.frozen_pos)
-        self.frozen_cols = layout.col_idx.index_select(0, self.frozen_pos)
-        self.scratch = {}
-
-    @classmethod
-    def from_parts(cls, frozen, trainable):
-        """The union of two disjoint CSRLayouts of one shape (the trainable index merged into the frozen one)."""
-        if not (isinstance(frozen, CSRLayout) and isinstance(trainable, CSRLayout)):
-            raise TypeError("frozen and trainable must be CSRLayouts")
-        if frozen.shape != trainable.shape:
-            raise ValueError(f"frozen {frozen.shape} and trainable {trainable.shape} layouts differ in shape")
-        keep_all = torch.ones(frozen.nnz, dtype=torch.bool, device=frozen.device)
-        try:
-            layout, src = frozen.update(keep_all, trainable.keys())
-        except ValueError as exc:
-            raise ValueError(f"frozen and trainable parts must be disjoint: {exc}") from None
-        return cls(layout, src < 0)
-
-    @classmethod
-    def from_masks(cls, frozen_mask, trainable_mask):
-        """The union of two disjoint bool [out, in] masks."""
-        return cls.from_parts(CSRLayout.from_mask(frozen_mask), CSRLayout.from_mask(trainable_mask))
-
-    # queries ---------------------------------------------------------------------------------
-    @property
-    def shape(self):
-        return self.layout.shape
-
-    @property
-    def device(self):
-        return self.layout.device
-
-    @property
-    def nnz(self):
-        return self.layout.nnz
-
-    @property
-    def n_frozen(self):
-        return self.frozen_pos.numel()
-
-    @property
-    def n_trainable(self):
-        return self.trainable_pos.numel()
-
-    def _part(self, pos):
-        keys = self.layout.keys().index_select(0, pos)
-        return CSRLayout._from_sorted_keys(keys, self.shape)
-
-    def frozen_layout(self):
-        """CSRLayout of the frozen entries (their values' order)."""
-        return self._part(self.frozen_pos)
-
-    def trainable_layout(self):
-        """CSRLayout of the trainable entries (their values' order)."""
-        return self._part(self.trainable_pos)
-
-    def mask(self):
-        """Bool [out, in]: True at every union entry."""
-        return self.layout.mask()
-
-    def to(self, device):
-        return UnionLayout(self.layout.to(device), self.trainable.to(device))
-
-    def check_values(self, frozen_values, trainable_values):
-        for name, v, n in (("frozen_values", frozen_values, self.n_frozen),
-                           ("trainable_values", trainable_values, self.n_trainable)):
-            if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != n:
-                shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise ValueError(f"{name} must be [{n}] for this union, got {shape}")
-        if frozen_values.dtype != trainable_values.dtype:
-            raise ValueError(f"frozen_values ({frozen_values.dtype}) and trainable_values ({trainable_values.dtype}) "
-                             "must have one dtype")
-
-    def values(self, frozen_values, trainable_values, transposed=False):
-        """Union values [nnz] in CSR order (or the transposed index's order): a new tensor, differentiable."""
-        self.check_values(frozen_values, trainable_values)
-        fp, tp = (self.frozen_pos_t, self.trainable_pos_t) if transposed else (self.frozen_pos, self.trainable_pos)
-        out = trainable_values.new_empty(self.nnz)
-        return out.index_copy(0, fp, frozen_values).index_copy(0, tp, trainable_values)
-
-    def to_dense(self, frozen_values, trainable_values):
-        """Dense [out, in] weight of both parts."""
-        return self.layout.to_dense(self.values(frozen_values, trainable_values))
-
-    # topology changes --------------------------------------------------------------------------
-    def update(self, keep, grow, grow_trainable):
-        """The union after dropping and growing entries of either part.
-
-        keep: bool [nnz] over union entries (False = drop); grow: int64 flat positions (row * in + col) not in
-        the union; grow_trainable: bool [len(grow)], the part each grown entry joins. A kept entry stays in its
-        part. Returns (union, frozen_src, trainable_src): the new union and, per part, each new entry's index
-        in the old part's values, or -1 for a grown one (``repack_values_`` takes them).
-        """
-        grow = torch.as_tensor(grow, device=self.device).long().reshape(-1)
-        grow_trainable = torch.as_tensor(grow_trainable, device=self.device).reshape(-1)
-        if grow_trainable.dtype != torch.bool or grow_trainable.numel() != grow.numel():
-            raise ValueError(f"grow_trainable must be bool [{grow.numel()}] (one flag per grown position), got "
-                             f"{grow_trainable.dtype} {tuple(grow_trainable.shape)}")
-        if grow.numel() > 1 and not bool((grow[1:] > grow[:-1]).all()):
-            grow, order = grow.sort()
-            grow_trainable = grow_trainable.index_select(0, order)
-        layout, src = self.layout.update(keep, grow)
-        grown = src < 0
-        if self.nnz:
-            old = src.clamp(min=0)
-            # an entry's index within its part: the running count of that part's entries before it
-            rank_t = self.trainable.long().cumsum(0) - 1
-            rank_f = (~self.trainable).long().cumsum(0) - 1
-            was_trainable = self.trainable.index_select(0, old)
-            part_src = torch.where(was_trainable, rank_t.index_select(0, old), rank_f.index_select(0, old))
-        else:  # an empty union: every entry is grown (nothing to gather from)
-            was_trainable, part_src = torch.zeros_like(grown), src
-        trainable = was_trainable.masked_scatter(grown, grow_trainable)
-        part_src = part_src.masked_fill(grown, -1)
-        new = UnionLayout(layout, trainable)
-        return new, part_src.index_select(0, new.frozen_pos), part_src.index_select(0, new.trainable_pos)
-
-    def with_trainable_repack(self, trainable_src, trainable_layout):
-        """The union after the trainable part alone was repacked (e.g. ``SparseLinear.set_topology``):
-        ``trainable_src`` (new trainable entry -> old one, or -1) and the part's new CSRLayout."""
-        trainable_src = torch.as_tensor(trainable_src, device=self.device).long()
-        if trainable_src.numel() != trainable_layout.nnz:
-            raise ValueError(f"trainable_src has {trainable_src.numel()} entries, the trainable layout "
-                             f"{trainable_layout.nnz}")
-        kept = torch.zeros(self.n_trainable, dtype=torch.bool, device=self.device)
-        kept[trainable_src[trainable_src >= 0]] = True
-        keep = torch.ones(self.nnz, dtype=torch.bool, device=self.device)
-        keep[self.trainable_pos[~kept]] = False
-        grow = trainable_layout.keys()[trainable_src < 0]
-        return self.update(keep, grow, torch.ones_like(grow, dtype=torch.bool))[0]
-
-    def __repr__(self):
-        return (f"UnionLayout(shape={self.shape}, nnz={self.nnz}, frozen={self.n_frozen}, "
-                f"trainable={self.n_trainable})")
+from .formats_union import UnionLayout  # noqa: E402  (it builds on CSRLayout)
+from .formats_compact import CompactCSR, pack_bits, unpack_bits  # noqa: E402

@@ -4,10 +4,13 @@
   * activations: the model is built on the meta device (no memory) and its training forward is traced at
     batch 3 and 5; every op output counts (autograd keeps most of them for backward), plus two copies of
     the largest one for the gradients in flight during backward, per sample times the batch size;
-  * trunk state: per weight position (dense-masked: weight, gradient, optimizer slots, mask; both modes:
-    ownership, the DST update's dense gradient and scores, the evaluation view's dense weights) and, in
-    sparse mode, per stored entry (values, gradients, optimizer slots, CSR and union indices) at the
-    largest union density the run reaches (``min(1, tasks * density)`` under ``reuse: all``);
+  * trunk state: per weight position (dense-masked: weight, gradient, optimizer slots, mask, ownership; both
+    modes: the DST engine's ever-active mask, its update's dense gradient and scores, the evaluation view's
+    dense weights), per frozen position (at most ``min(1, tasks * density)`` of them; dense-masked: the
+    guard's index; sparse: the frozen store's value, 16- or 32-bit column and owner byte), and in sparse mode
+    per union entry (its index, transposed index and value buffer; ``density`` of the positions under
+    ``reuse: mask``, up to ``min(1, tasks * density)`` under ``reuse: all``) and per trainable entry (value,
+    gradient, optimizer slots, rows/columns, union position);
   * the rest of the model (heads, per-task norms) with gradients and optimizer slots.
 The sum times ``SAFETY`` must fit in the available memory: /proc/meminfo MemAvailable, or less under a
 cgroup (v2 or v1) memory limit. Otherwise ``check_memory`` raises ``InsufficientMemoryError``.
@@ -23,14 +26,18 @@ from ..errors import UserError
 SAFETY = 1.5
 GiB = 2 ** 30
 
-# bytes per trunk position / stored entry (fp32 values, int32 indices, int64 union positions); see the
-# module docstring. Dense-masked: weight 4 + grad 4 + weight*mask 4 + mask 1; both modes: owner 1 + DST
-# dense grad 4 + prune/grow scores 8 + evaluation view 8 + masks built from layouts 2; sparse: the dense
-# weight of a layer that sparsecl.dispatch runs densely 4.
-_PER_POSITION = {"dense-masked": 13 + 23, "sparse": 23 + 4}
-# sparse: a union entry holds a value (frozen or the scratch copy) 4+4, CSR + transposed index 16, union
-# index 16, positions 8 + 8; a trainable entry also its own value 4, gradient 4, index 16, SDDMM rows/cols 8
-_PER_UNION_ENTRY, _PER_TRAINABLE_ENTRY = 56, 32
+# bytes per trunk position / entry (fp32 values, int32 indices); see the module docstring. Dense-masked: weight
+# 4 + grad 4 + weight*mask 4 + mask 1 + owner 1; both modes: DST ever-active mask 1 + dense grad 4 + prune/grow
+# scores 8 + evaluation view 8 + masks built from layouts 2; sparse: the dense weight of a layer that
+# sparsecl.dispatch runs densely 4.
+_PER_POSITION = {"dense-masked": 14 + 23, "sparse": 23 + 4}
+# per frozen position: dense-masked, FrozenGuard's int64 index 8; sparse, the frozen store's value 4 + owner 1
+# + column 2 (up to 65,536 columns of the 2-D view) or 4
+_PER_FROZEN = {"dense-masked": 8, "sparse": 5}
+# sparse: a union entry holds index 4 + transposed index 8 + value 4, and in passing the transposed-order values
+# of a dX 4 and the rows an index merge derives 4; a trainable entry its value 4, gradient 4, rows/cols 8 and
+# union position 4, plus 4 per optimizer slot
+_PER_UNION_ENTRY, _PER_TRAINABLE_ENTRY = 24, 20
 
 
 class InsufficientMemoryError(UserError, ValueError):
@@ -107,18 +114,22 @@ def estimate_bytes(cfg, tasks):
     name = str(opt.get("name", "sgd")).lower()
     slots = 2 if name in ("adam", "adamw") else (1 if float(opt.get("momentum", 0.0) or 0.0) else 0)
     trunk = {id(p) for l in model.sparse_layers for p in l.parameters()}
-    positions = sum(l.dst_mask().numel() for l in model.sparse_layers)
-    depthwise = sum(l.dst_mask().numel() for l in model.sparse_layers if getattr(l, "groups", 1) > 1)
     other = sum(p.numel() * p.element_size() * (2 + slots) for p in model.parameters() if id(p) not in trunk)
     mode = cfg["mode"]
-    trunk_bytes = positions * _PER_POSITION[mode] + (4 * slots * positions if mode == "dense-masked" else 0)
-    if mode == "sparse":
-        d = cfg["density"]
-        d = 1.0 / max(1, len(tasks)) if d == "adaptive" else float(d)
-        sparse_positions = positions - depthwise  # depthwise convs stay dense-masked in sparse mode
-        trunk_bytes += depthwise * (_PER_POSITION["dense-masked"] + 4 * slots)
-        trunk_bytes += math.ceil(sparse_positions * min(1.0, len(tasks) * d)) * _PER_UNION_ENTRY
-        trunk_bytes += math.ceil(sparse_positions * min(1.0, d)) * (_PER_TRAINABLE_ENTRY + 4 * slots)
+    d = cfg["density"]
+    d = 1.0 / max(1, len(tasks)) if d == "adaptive" else float(d)
+    frozen = min(1.0, len(tasks) * d)  # the most positions the tasks can own
+    union = d if cfg.get("reuse", "mask") == "mask" else frozen
+    trunk_bytes = 0
+    for l in model.sparse_layers:
+        n, cols = l.dst_mask().numel(), l.dst_mask().shape[1]
+        if mode == "dense-masked" or getattr(l, "groups", 1) > 1:  # depthwise convs stay dense-masked
+            trunk_bytes += n * (_PER_POSITION["dense-masked"] + 4 * slots) + math.ceil(n * frozen) * _PER_FROZEN[
+                "dense-masked"]
+            continue
+        per_frozen = _PER_FROZEN["sparse"] + (2 if cols <= 2 ** 16 else 4)
+        trunk_bytes += n * _PER_POSITION["sparse"] + math.ceil(n * frozen) * per_frozen
+        trunk_bytes += math.ceil(n * union) * _PER_UNION_ENTRY + math.ceil(n * d) * (_PER_TRAINABLE_ENTRY + 4 * slots)
     total = activations + trunk_bytes + other
     return {"activations": activations, "trunk": trunk_bytes, "other": other, "total": total}
 

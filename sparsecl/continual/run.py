@@ -226,7 +226,7 @@ def masks_digest(trainer):
     for m, o in zip(trainer.masks(), trainer.own.owner):
         h.update(m.cpu().numpy().tobytes())
         h.update(o.cpu().numpy().tobytes())
-    for masks in trainer.task_masks:  # reuse: mask: each task's own final mask
+    for masks in trainer.task_mask_keys():  # reuse: mask: each task's own final mask
         for keys in masks:
             h.update(keys.cpu().numpy().tobytes())
     return h.hexdigest()
@@ -241,7 +241,7 @@ def ratios(sparse, dense):
         return st["weights"] + st["optimizer"]
 
     def total(st):
-        return st["weights"] + st["optimizer"] + st["index"]
+        return st["total"]
 
     pairs = list(zip(sparse["state_bytes_per_task"], dense["state_bytes_per_task"]))
     mem = [wo(s) / wo(d) for s, d in pairs]
@@ -256,12 +256,19 @@ def ratios(sparse, dense):
         "weight_optimizer_memory_ratio_per_task": mem,
         "weight_optimizer_memory_ratio_max": max(mem),
         "total_state_memory_ratio_per_task": [total(s) / total(d) for s, d in pairs],
+        "total_state_memory_ratio_max": max(total(s) / total(d) for s, d in pairs),
         "weight_optimizer_bytes": {"sparse": [wo(s) for s in sparse["state_bytes_per_task"]],
                                    "dense_masked": [wo(d) for d in dense["state_bytes_per_task"]]},
+        "total_state_bytes": {"sparse": [total(s) for s in sparse["state_bytes_per_task"]],
+                              "dense_masked": [total(d) for d in dense["state_bytes_per_task"]]},
         "note": "throughput = training samples / training seconds (forward, backward, optimizer, DST updates), "
                 "both runs in this process (train_speedup: wall clock; train_speedup_cpu_time: this thread's CPU "
                 "time, both runs single-threaded); memory = weight (trainable + frozen values) + optimizer-state bytes "
-                "of the trunk layers at the end of each task; total = also CSR indices and masks",
+                "of the trunk layers at the end of each task; total = everything the trunk layers and the trainer "
+                "keep for them between steps at that point (state_bytes_per_task: weights, optimizer state, "
+                "gradients, ownership, CSR indices, the per-task masks, derived caches: union index, positions and "
+                "value buffer, dispatch dense weights; the frozen-entry guard index; the DST engine's tensors), "
+                "each storage counted once; heads and per-task norms are left out of both",
     }
 
 
@@ -410,6 +417,8 @@ def _main(cfg, rank):
               f"(per task: {' '.join(f'{s:.2f}' for s in v['train_speedup_per_task'])}; "
               f"in thread CPU time {v['train_speedup_cpu_time']:.2f}x; load average {res['load_average']}); "
               f"weight+optimizer memory vs dense-masked: max {v['weight_optimizer_memory_ratio_max']:.3f}x "
-              f"(per task: {' '.join(f'{s:.3f}' for s in v['weight_optimizer_memory_ratio_per_task'])})")
+              f"(per task: {' '.join(f'{s:.3f}' for s in v['weight_optimizer_memory_ratio_per_task'])}); "
+              f"total state: max {v['total_state_memory_ratio_max']:.3f}x "
+              f"(per task: {' '.join(f'{s:.3f}' for s in v['total_state_memory_ratio_per_task'])})")
     print(f"wrote {os.path.join(out, 'metrics.json')}, acc_matrix.png, log.csv, checkpoint.pt")
     return 0

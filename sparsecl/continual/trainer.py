@@ -10,15 +10,17 @@ Two protocols (config key ``reuse``), per task t (owner id t+1; owner 0 = free):
   2. train with the DST engine over the whole task mask (every position eligible): magnitude pruning may drop
      reused frozen connections, growth may pick free positions or re-add frozen ones, which come back with
      their frozen value and are never trained (no gradient, no optimizer state). nnz stays exact.
-  3. freeze: ``owner[mask & owner == 0] = t + 1``; the final task mask is kept (int32 flat positions per
-     layer, ``task_masks``) and task j is evaluated through mask j alone.
+  3. freeze: ``owner[mask & owner == 0] = t + 1``; the final task mask is kept (``task_masks``: per layer a
+     bitmask over the positions owned by tasks 0..t in row-major order, which mask t is a subset of once task
+     t is frozen) and task j is evaluated through mask j alone.
 
 ``reuse: all`` (forward transfer from everything learnt so far; cost grows with t):
   1. allocate: ``round(d_l * numel)`` new positions drawn from the free ones (clipped to what is free); all
      frozen positions of earlier tasks stay in the layer's mask and are reused.
   2. train with DST restricted by ``eligible = (owner == 0)``: frozen positions are never dropped or grown.
   3. freeze as above; task j is evaluated through ``owner in 1..j+1``.
-The drop fraction restarts its cosine decay each task. Ownership is one uint8 per weight position.
+The drop fraction restarts its cosine decay each task. Ownership (``Ownership``) is the owning task's id: one
+byte per frozen entry in a sparse trunk layer's frozen store, one uint8 per position in a dense layer.
 
 Frozen weights are bit-identical through later tasks under any optimizer. Sparse trunk layers hold them
 outside every parameter (no gradient, no optimizer state); in dense-masked layers their gradient is zeroed
@@ -44,6 +46,7 @@ from . import metrics as M
 from ..io import write_bytes_atomic
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..dispatch import dispatch_report
+from ..formats import pack_bits, unpack_bits
 from .memory import check_memory
 from .models import DEFAULT_WIDTH, build_model, init_values
 from .trunk import subnetwork_dst
@@ -99,28 +102,107 @@ def merge_config(base, override):
 
 
 class Ownership:
-    """uint8 owner index per trunk-layer position (0 = free, t+1 = frozen by task t)."""
+    """Which task froze each trunk position: 0 = free, t + 1 = frozen by task t (at most 255 tasks).
+
+    A sparse trunk layer keeps it in its frozen store, one byte per frozen entry (``frozen_store.tag``); other
+    layers (dense-masked, and depthwise convs in sparse mode) keep a dense uint8 index here, as a peer library
+    does. ``index``/``free``/``view`` give dense per-position views, built on demand for store layers.
+    Task masks (``encode``/``decode``): mask t as one bit per position owned by tasks 0..t (row-major order),
+    which it is a subset of once task t is frozen; owners never change, so the encoding stays valid."""
 
     def __init__(self, layers):
-        self.owner = [torch.zeros(l.dst_mask().shape, dtype=torch.uint8, device=l.dst_mask().device)
-                      for l in layers]
+        self.layers = layers  # the model's trunk layers (a ModuleList: read at each use)
+        self._dense = [None if hasattr(l, "frozen_store") else
+                       torch.zeros(l.dst_mask().shape, dtype=torch.uint8, device=l.dst_mask().device) for l in layers]
+
+    def index(self, i):
+        """uint8 owner of each position of layer i over its 2-D view: the live index of a dense layer (the trainer
+        writes it at freeze), a new tensor built from a sparse layer's frozen store."""
+        d = self._dense[i]
+        return d if d is not None else self.layers[i].frozen_store.to_dense(fill_tag=True)
+
+    @property
+    def owner(self):
+        """Per layer, ``index(i)``."""
+        return [self.index(i) for i in range(len(self._dense))]
 
     def free(self, i):
-        return self.owner[i] == 0
+        d = self._dense[i]
+        return d == 0 if d is not None else ~self.layers[i].frozen_store.mask()
 
     def view(self, i, task):
         """Bool mask of positions task ``task`` (0-based) reads: owned by tasks 0..task."""
-        o = self.owner[i]
-        return (o != 0) & (o <= task + 1)
+        d = self._dense[i]
+        if d is not None:
+            return (d != 0) & (d <= task + 1)
+        return self.layers[i].frozen_store.mask(tag_max=task + 1)
 
     def freeze(self, layers, task):
-        for o, l in zip(self.owner, layers):
-            o[l.dst_mask() & (o == 0)] = task + 1
-            l.freeze()
+        if task + 1 > 255:
+            raise ValueError(f"ownership holds one byte per weight: at most 255 tasks, task {task + 1} asked for")
+        for d, l in zip(self._dense, layers):
+            if d is None:
+                l.freeze(task + 1)
+            else:
+                d[l.dst_mask() & (d == 0)] = task + 1
+                l.freeze()
 
     def capacity(self, layers):
         """Fraction of each layer's positions owned by some task."""
-        return [float((o != 0).float().mean()) if o.numel() else 0.0 for o in self.owner]
+        return [self._owned(i) / self._numel(i) if self._numel(i) else 0.0 for i in range(len(self._dense))]
+
+    def _owned(self, i):
+        d = self._dense[i]
+        return int((d != 0).sum()) if d is not None else self.layers[i].frozen_store.nnz
+
+    def count_free(self):
+        """(positions, free positions) over all layers."""
+        total = sum(self._numel(i) for i in range(len(self._dense)))
+        return total, total - sum(self._owned(i) for i in range(len(self._dense)))
+
+    def load(self, i, owner):
+        """Restore layer i's owners from a checkpoint's dense uint8 index; returns the index to build from."""
+        d = self._dense[i]
+        if d is None:
+            return owner
+        d.copy_(owner)
+        return d
+
+    def nbytes(self):
+        """Bytes of the ownership: dense indices and the frozen stores' owner bytes."""
+        return sum(d.numel() if d is not None else self.layers[i].frozen_owner.numel()
+                   for i, d in enumerate(self._dense))
+
+    def _owned_keys(self, i, task):
+        d = self._dense[i]
+        if d is not None:
+            return ((d != 0) & (d <= task + 1)).flatten().nonzero().squeeze(1)
+        store = self.layers[i].frozen_store
+        return store.keys()[store.tag <= task + 1]
+
+    def encode(self, i, task, mask):
+        """Task ``task``'s mask of layer i (bool over the 2-D view, or its flat positions) as packed bits over
+        the positions owned by tasks 0..task (uint8 [ceil(n / 8)]); the mask must lie inside them."""
+        keys = self._owned_keys(i, task)
+        if mask.dtype != torch.bool:
+            flat = torch.zeros(self._numel(i), dtype=torch.bool, device=keys.device)
+            flat[mask.long().to(keys.device)] = True
+            mask = flat
+        mask = mask.reshape(-1).to(keys.device)
+        bits = mask.index_select(0, keys)
+        if int(bits.sum()) != int(mask.sum()):
+            raise ValueError(f"layer {i}: task {task}'s mask holds positions no task 0..{task} owns")
+        return pack_bits(bits).cpu()
+
+    def decode(self, i, task, packed):
+        """bool [positions] (flat): the mask ``encode`` packed."""
+        keys = self._owned_keys(i, task)
+        mask = torch.zeros(self._numel(i), dtype=torch.bool, device=keys.device)
+        return mask.index_fill_(0, keys[unpack_bits(packed.to(keys.device), keys.numel())], True)
+
+    def _numel(self, i):
+        d = self._dense[i]
+        return d.numel() if d is not None else self.layers[i]._shape2d[0] * self.layers[i]._shape2d[1]
 
 
 class FrozenGuard:
@@ -136,9 +218,10 @@ class FrozenGuard:
         trainable values only, so its frozen weights need no guard."""
         self.index = []
         for i, l in enumerate(self.layers):
-            owner = self.ownership.owner[i]
-            frozen = owner != 0 if l.parameter_holds_frozen else owner.new_zeros(0, dtype=torch.bool)
-            self.index.append(frozen.flatten().nonzero().squeeze(1))
+            if l.parameter_holds_frozen:
+                self.index.append((self.ownership.index(i) != 0).flatten().nonzero().squeeze(1))
+            else:
+                self.index.append(torch.zeros(0, dtype=torch.int64))
 
     def zero_grads(self):
         for l, idx in zip(self.layers, self.index):
@@ -203,12 +286,13 @@ class ContinualTrainer:
         self.model = build_model(m["name"], self.tasks, mode=c["mode"], width=m.get("width"),
                                  depth=m.get("depth")).to(self.device)
         self.layers = list(self.model.sparse_layers)
-        self.own = Ownership(self.layers)
+        self.own = Ownership(self.model.sparse_layers)
         self.T = len(self.tasks)
         self.acc = [[None] * self.T for _ in range(self.T)]
         self.baseline = None
         self.log = []  # per-task records
-        self.task_masks = []  # reuse: mask: per finished task, per layer the int32 flat positions of its mask
+        self.task_masks = []  # reuse: mask: per finished task, per layer its mask (Ownership.encode's bits)
+        self._final_mask = None  # reuse: mask: the task's final mask, kept from train_task to its freeze
         self.out = c["out"]
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
 
@@ -216,8 +300,7 @@ class ContinualTrainer:
     def task_density(self, t):
         d = self.cfg["density"]
         if d == "adaptive":
-            total = sum(o.numel() for o in self.own.owner)
-            free = sum(int((o == 0).sum()) for o in self.own.owner)
+            total, free = self.own.count_free()
             return free / total / (self.T - t)
         d = float(d)
         if not 0.0 <= d <= 1.0:
@@ -258,18 +341,16 @@ class ContinualTrainer:
             values[new] = init_values(l, (int(new.sum()),), g)
             shape = l.dst_mask().shape
             l.allocate(new.view(shape), values.view(shape).to(l.dense_weight().dtype), reused=(task & owned).view(shape),
-                       owned=owned.view(shape))
+                       owned=self.own.index(i))
         self.layers = list(self.model.sparse_layers)
 
     def _select_task_mask(self, k):
         """reuse: mask, between tasks: every trunk layer computes over task k's final mask alone."""
-        for i, (l, keys) in enumerate(zip(self.layers, self.task_masks[k])):
+        for i, (l, bits) in enumerate(zip(self.layers, self.task_masks[k])):
             shape = l.dst_mask().shape
-            owned = ~self.own.free(i)
-            mask = torch.zeros(owned.numel(), dtype=torch.bool, device=owned.device)
-            mask[keys.long()] = True
-            l.allocate(torch.zeros_like(owned), torch.zeros(shape, dtype=l.dense_weight().dtype), reused=mask.view(shape),
-                       owned=owned)
+            mask = self.own.decode(i, k, bits).view(shape)
+            l.allocate(torch.zeros_like(mask), torch.zeros(shape, dtype=l.dense_weight().dtype), reused=mask,
+                       owned=self.own.index(i))
         self.layers = list(self.model.sparse_layers)
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -392,12 +473,8 @@ class ContinualTrainer:
                 raise SystemExit(f"stop_after_steps={c['stop_after_steps']} reached (testing aid)")
         if bar is not None:
             bar.close()
-        sb = M.state_bytes(self.layers, opt)
-        frozen = M.tensor_bytes([l.frozen_values for l in self.layers if hasattr(l, "frozen_values")])
-        # weights = trainable parameters + frozen values; index = CSR indices and masks (buffers minus values)
-        rec["state_bytes"] = {"weights": sb["params"] + frozen, "optimizer": sb["optimizer"],
-                              "index": sb["buffers"] - frozen}
-        rec["owner_bytes"] = sum(o.numel() for o in self.own.owner)
+        rec["state_bytes"] = M.trunk_state_bytes(self.layers, opt, self.own, self.task_masks, guard, dst)
+        rec["owner_bytes"] = rec["state_bytes"]["owner"]
         rec["throughput"] = rec["samples"] / rec["train_seconds"] if rec["train_seconds"] else None
         rec["dst_updates"] = len(dst.history)  # the engine state (history included) survives resume
         masks = [l.dst_mask() for l in self.layers]
@@ -406,8 +483,8 @@ class ContinualTrainer:
         reused = sum(int((m & ~self.own.free(i)).sum()) for i, m in enumerate(masks))
         rec["subnetwork_density"] = inside / size if size else 0.0
         rec["reused_fraction"] = reused / inside if inside else 0.0
-        if c["reuse"] == "mask":
-            self.task_masks.append([_mask_keys(m) for m in masks])
+        if c["reuse"] == "mask":  # encoded once the task is frozen (run)
+            self._final_mask = masks
         rec["positions_changed"] = sum(sum(h["changed"].values()) for h in dst.history)
         rec["dispatch"] = _dispatch_choices(self.model)  # before freeze: it replaces the trunk's inner layers
         dst.remove()
@@ -423,27 +500,26 @@ class ContinualTrainer:
         rest = {k: v for k, v in self.model.state_dict().items() if not k.startswith("sparse_layers.")}
         save_checkpoint(self.ckpt_path, {
             "config": json.dumps(self.cfg, default=str), "task": task, "step": step, "global_step": self.global_step,
-            "trunk": trunk, "model": rest, "owner": list(self.own.owner),
+            "trunk": trunk, "model": rest, "owner": self.own.owner,
             "acc": json.dumps(self.acc), "baseline": json.dumps(self.baseline), "log": json.dumps(self.log),
-            "task_masks": self.task_masks, "task_mask": current,
+            "task_masks": self.task_mask_keys(), "task_mask": current,
             "task_state": task_state, "rng": torch.get_rng_state()})
 
     def load(self):
         s = load_checkpoint(self.ckpt_path)
-        for o, so in zip(self.own.owner, s["owner"]):
-            o.copy_(so)
-        self.task_masks = s.get("task_masks", [])
         current = s.get("task_mask") if self.cfg["reuse"] == "mask" else None
-        for i, (l, tr) in enumerate(zip(self.layers, s["trunk"])):
+        for i, (l, tr, owner) in enumerate(zip(self.layers, s["trunk"], s["owner"])):
             w = torch.zeros(tr["mask"].shape, dtype=tr["values"].dtype)
             w[tr["mask"]] = tr["values"]
-            owned = ~self.own.free(i)
+            owner = self.own.load(i, owner)
             reused = None
             if current is not None:  # mid-task: the task mask's earlier-task positions are read, not trained
-                reused = torch.zeros(owned.numel(), dtype=torch.bool)
+                reused = torch.zeros(owner.numel(), dtype=torch.bool)
                 reused[current[i].long()] = True
-                reused = reused.view(owned.shape) & owned
-            l.load_split(w, tr["mask"], owned, reused)
+                reused = reused.view(owner.shape) & (owner != 0)
+            l.load_split(w, tr["mask"], owner, reused)
+        self.task_masks = [[self.own.encode(i, k, keys) for i, keys in enumerate(masks)]
+                           for k, masks in enumerate(s.get("task_masks", []))]
         self.layers = list(self.model.sparse_layers)
         missing, unexpected = self.model.load_state_dict(s["model"], strict=False)
         if unexpected or any(not k.startswith("sparse_layers.") for k in missing):
@@ -478,6 +554,9 @@ class ContinualTrainer:
             rec = self.train_task(t, step0, state)
             step0, state = 0, None
             self.own.freeze(self.layers, t)
+            if c["reuse"] == "mask":
+                self.task_masks.append([self.own.encode(i, t, m) for i, m in enumerate(self._final_mask)])
+                self._final_mask = None
             rec["capacity"] = self.own.capacity(self.layers)
             rec["peak_rss_bytes"] = M.peak_rss_bytes()
             rec["peak_device_bytes"] = M.peak_device_bytes(self.device)
@@ -489,6 +568,11 @@ class ContinualTrainer:
                 _write_csv(os.path.join(self.out, "log.csv"), self.log)
             self.save(t, 0, None)
         return self.finish()
+
+    def task_mask_keys(self):
+        """Per finished task, per layer its mask's sorted flat positions (int32 where they fit)."""
+        return [[_mask_keys(self.own.decode(i, k, bits)) for i, bits in enumerate(masks)]
+                for k, masks in enumerate(self.task_masks)]
 
     def masks(self):
         """Per trunk layer, the positions holding a weight (every task's and the current trainable ones),
@@ -505,14 +589,14 @@ class ContinualTrainer:
                "peak_device_bytes": self.log[-1]["peak_device_bytes"],
                "capacity_per_layer": [r["capacity"] for r in self.log],
                "state_bytes_per_task": [r["state_bytes"] for r in self.log],
-               "owner_index_bytes": self.log[-1]["owner_bytes"],
+               "owner_index_bytes": self.own.nbytes(),
                "mask_bytes": sum(k.numel() * k.element_size() for masks in self.task_masks for k in masks),
                "tasks": self.log, "world_size": self.world}
         return res
 
 
 def _mask_keys(mask):
-    """A bool mask as its sorted flat positions, int32 where they fit (4 bytes per position in the mask)."""
+    """A bool mask as its sorted flat positions, int32 where they fit (the checkpoints' form of a task mask)."""
     keys = mask.flatten().nonzero().squeeze(1)
     return keys.to(torch.int32 if mask.numel() <= 2**31 - 1 else torch.int64).cpu()
 

@@ -1,10 +1,12 @@
 """Trunk layers of the continual models: the layers the trainer freezes by ownership and DST updates.
 
 Layers (``mode``):
-  * ``"sparse"``: ``SparseTrunkLinear`` / ``SparseTrunkConv2d`` (groups=1): earlier tasks' weights as frozen
-    CSR values + index in buffers (no gradient, no optimizer state), and ``inner``, a csr ``SparseLinear`` /
-    unstructured ``SparseConv2d`` holding the current task's trainable weights (the only module the DST
-    engine sees; its mask never contains a frozen position). Each pass is ONE ``union_linear`` /
+  * ``"sparse"``: ``SparseTrunkLinear`` / ``SparseTrunkConv2d`` (groups=1): earlier tasks' weights in a
+    ``CompactCSR`` frozen store in buffers (values, row_ptr, 16-bit column indices where the 2-D view has at
+    most 65,536 columns, and the owning task id per entry; no gradient, no optimizer state, no derived index),
+    and ``inner``, a csr ``SparseLinear`` / unstructured ``SparseConv2d`` holding the current task's trainable
+    weights (the only module the DST engine sees; its mask never contains a frozen position; it keeps
+    row_ptr, col_idx and row_idx only, its transposed index is never needed). Each pass is ONE ``union_linear`` /
     ``union_conv2d`` kernel call over their ``UnionLayout`` (derived data: built at a task boundary, updated
     incrementally after a DST repack of ``inner``), or, where ``sparsecl.dispatch`` measured it faster for the
     layer's shape, union density and input, the dense computation on the effective weight (the same
@@ -18,12 +20,14 @@ Trunk layers offer to the trainer: ``dst_module()`` (the module the DST engine u
 ``dense_weight()`` over all positions (frozen and trainable) in the 2-D DST view ([out, in] or
 [out, in*kh*kw]), ``sparse_parameter`` (the trained values; ``parameter_holds_frozen`` says whether it also
 holds frozen entries, which the trainer must then guard), ``allocate(new, values, reused, owned)`` at a task
-start, ``freeze()`` at its end, ``stored_weight()`` (every stored value: frozen, in the task mask or not, and
-trainable) for checkpoints, ``load_split`` on resume, and ``functional(x, w)`` for the ``reuse: all`` evaluation.
+start, ``freeze(owner)`` at its end (``owner``: the task's id, t + 1), ``stored_weight()`` (every stored value:
+frozen, in the task mask or not, and trainable) for checkpoints, ``load_split`` on resume, and
+``functional(x, w)`` for the ``reuse: all`` evaluation.
 
 Reuse (the trainer's ``reuse`` key): with ``reused=None`` a layer reads every frozen weight of earlier tasks
 (``reuse: all``). With a bool ``reused`` mask (``reuse: mask``, the paper's per-task subnetwork) it reads only
-the frozen weights inside the task mask ``reused | trainable``; ``subnetwork_dst(layer)`` then gives the DST
+the frozen weights inside the task mask ``reused | trainable`` (their values gathered once into the union's own
+value buffer, ``UnionLayout.attach_frozen``: no other copy); ``subnetwork_dst(layer)`` then gives the DST
 engine that whole task mask, so magnitude pruning may drop reused frozen connections and growth may re-add
 them (they come back with their frozen value, never trained: no gradient, no optimizer state).
 """
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..dispatch import DispatchMixin
-from ..formats import CSRLayout, UnionLayout, repack_values_
+from ..formats import CompactCSR, CSRLayout, UnionLayout, repack_values_
 from ..nn import SparseConv2d, SparseLinear
 from ..ops import union_conv2d, union_linear
 from ..ops.union import frozen_part, union_conv2d_spec, union_linear_spec
@@ -49,7 +53,7 @@ class _DenseMasked(nn.Module):
 
     dst_block_size = 1
     parameter_holds_frozen = True
-    _owned = None  # reuse: mask: bool positions of earlier tasks, whose values set_topology must keep
+    _owned = None  # reuse: mask: earlier tasks' positions (nonzero), whose values set_topology must keep
 
     @property
     def sparse_parameter(self):
@@ -69,7 +73,7 @@ class _DenseMasked(nn.Module):
         src = _identity_src(self._mask, new_mask)
         dropped = src < 0  # under reuse: mask an earlier task's value stays, in the mask or out of it
         if self._owned is not None:
-            dropped &= ~self._owned.flatten()
+            dropped &= self._owned.flatten() == 0
         with torch.no_grad():
             self.weight.view(-1).masked_fill_(dropped, 0.0)
         self._mask.copy_(new_mask)
@@ -87,16 +91,17 @@ class _DenseMasked(nn.Module):
     def allocate(self, new, values, reused=None, owned=None):
         """Start a task: the free positions ``new`` get ``values``. ``reused`` None: add them to the mask (which
         keeps every earlier task's position); else the mask becomes ``reused | new`` (bool masks of the 2-D
-        view; ``owned``, the positions of earlier tasks, keep their values when DST drops them)."""
+        view; ``owned``, nonzero at the positions of earlier tasks (e.g. the trainer's uint8 owner index, kept
+        by reference, not copied), keep their values when DST drops them)."""
         with torch.no_grad():
             self.weight.view(-1)[new.flatten()] = values.flatten()[new.flatten()].to(self.weight)
         if reused is None:
             self._mask |= new.reshape(self._mask.shape)
         else:
             self._mask.copy_((reused | new).reshape(self._mask.shape))
-            self._owned = owned.reshape(self._mask.shape).clone()
+            self._owned = owned.reshape(self._mask.shape)
 
-    def freeze(self):
+    def freeze(self, owner=None):
         """Ownership alone protects frozen entries here (see FrozenGuard)."""
 
     def stored_weight(self):
@@ -104,14 +109,14 @@ class _DenseMasked(nn.Module):
         return self.weight.view(self._mask.shape)
 
     def load_split(self, weight, mask, owned, reused=None):
-        """Restore from a dense weight: ``mask`` the stored positions, ``owned`` earlier tasks'; ``reused``
-        (reuse: mask) the earlier tasks' positions in the current task mask."""
-        if reused is None:
-            self.set_weight_and_mask(weight, mask)
-            return
+        """Restore from a dense weight: ``mask`` the stored positions, ``owned`` nonzero at earlier tasks' (the
+        owner index, kept by reference); ``reused`` (reuse: mask) the earlier tasks' positions in the current
+        task mask."""
         self.set_weight_and_mask(weight, mask)
-        self._mask.copy_((reused | (mask & ~owned)).reshape(self._mask.shape))
-        self._owned = owned.reshape(self._mask.shape).clone()
+        if reused is None:
+            return
+        self._mask.copy_((reused | (mask & (owned == 0))).reshape(self._mask.shape))
+        self._owned = owned.reshape(self._mask.shape)
 
 
 class DenseMaskedLinear(_DenseMasked):
@@ -160,12 +165,26 @@ class MaskedConv2d(_DenseMasked):
                 f"groups={self.groups}, nnz={int(self._mask.sum())}")
 
 
+_TRAINABLE_INDEX = ("row_ptr", "col_idx", "row_idx")
+
+
 class _CountsRepacks:
     """Mixin for a trainable part: ``topology_version`` counts DST repacks, ``last_repack`` is the latest's
-    (version, src), so the owning trunk layer updates its union incrementally."""
+    (version, src), so the owning trunk layer updates its union incrementally. Its index buffers are row_ptr,
+    col_idx and row_idx only (the union's ``trainable_rows``/``_cols`` are these tensors); ``layout`` derives
+    the transposed index when something asks for it, never kept (the union computes every pass)."""
 
     topology_version = 0
     last_repack = None
+
+    def _set_layout(self, layout):
+        for name in _TRAINABLE_INDEX:
+            self.register_buffer(name, getattr(layout, name), persistent=name != "row_idx")
+
+    @property
+    def layout(self):
+        shape = self._shape2d()
+        return CSRLayout(self.row_ptr, self.col_idx, shape, validate=False, _derived=(self.row_idx, None, None, None))
 
     def set_topology(self, new_mask):
         src = super().set_topology(new_mask)
@@ -187,19 +206,35 @@ class _CountsRepacks:
         return src
 
 
+class _FrozenPart:
+    """The frozen part of a union layer's dense weight for ``sparsecl.dispatch``, built only when a pass runs
+    densely (iterating it yields the one (values, ActiveIndex) part)."""
+
+    def __init__(self, union, frozen_values):
+        self.union, self.frozen_values = union, frozen_values
+
+    def __iter__(self):
+        yield frozen_part(self.union, self.frozen_values)
+
+
 class TrainableLinear(_CountsRepacks, SparseLinear, DispatchMixin):
     """csr ``SparseLinear`` whose forward can also take its trunk layer's frozen values and union: then the
     whole layer (frozen + trainable) is ONE ``union_linear`` call, or per pass the dense computation on the
     effective weight where ``sparsecl.dispatch`` measured it faster. The DST engine sees this module (its
     dense-gradient hook gets the whole layer's dW)."""
 
+    def _shape2d(self):
+        return (self.out_features, self.in_features)
+
     def forward(self, x, frozen_values=None, union=None):
         if union is None:
             return super().forward(x)
         hook = self.dense_grad_hook
-        return self.dispatcher(x, self.values, None, lambda: union_linear_spec(union, frozen_values), _density(union),
-                               lambda: union_linear(x, frozen_values, self.values, union, dense_grad_hook=hook), hook,
-                               [frozen_part(union, frozen_values)])
+        y = self.dispatcher(x, self.values, None, lambda: union_linear_spec(union, frozen_values), _density(union),
+                            lambda: union_linear(x, frozen_values, self.values, union, dense_grad_hook=hook), hook,
+                            _FrozenPart(union, frozen_values))
+        _release_frozen_index(self.dispatcher, union)
+        return y
 
 
 class TrainableConv2d(_CountsRepacks, SparseConv2d, DispatchMixin):
@@ -207,14 +242,27 @@ class TrainableConv2d(_CountsRepacks, SparseConv2d, DispatchMixin):
     then the whole layer is ONE ``union_conv2d`` call, or per pass the dense conv where ``sparsecl.dispatch``
     measured it faster (the DST engine's forward hook sees the layer's output)."""
 
+    def _shape2d(self):
+        return (self.out_channels, self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+
     def forward(self, x, frozen_values=None, union=None):
         if union is None:
             return super().forward(x)
         geom = (self.stride, self.padding, self.dilation)
-        return self.dispatcher(
+        y = self.dispatcher(
             x, self.values, None, lambda: union_conv2d_spec(x, union, frozen_values, self.kernel_size, *geom),
             _density(union), lambda: union_conv2d(x, frozen_values, self.values, union, self.kernel_size, None, *geom),
-            None, [frozen_part(union, frozen_values)])
+            None, _FrozenPart(union, frozen_values))
+        _release_frozen_index(self.dispatcher, union)
+        return y
+
+
+def _release_frozen_index(dispatcher, union):
+    """After an all-sparse call the union need not keep the frozen part's rows/cols, which deciding the call
+    may have asked for (a dense pass keeps them: its dense weight tracks them by identity)."""
+    last = dispatcher.last
+    if last is None or all(c == "sparse" for c in last["choice"].values()):
+        union.forget_frozen_index()
 
 
 def _density(union):
@@ -222,74 +270,88 @@ def _density(union):
     return union.nnz / total if total else 0.0
 
 
-_INDEX_NAMES = ("row_ptr", "col_idx", "row_idx", "t_row_ptr", "t_col_idx", "t_perm")
-
-
 class _FrozenPlusTrainable(nn.Module):
-    """Shared by the trunk layers: earlier tasks' weights as frozen CSR values + index in buffers over the
-    2-D view ``self._shape2d`` (no gradient, no optimizer state), ``self.inner`` holding the current task's
-    trainable weights, and their ``UnionLayout`` (``union()``), which every pass computes over."""
+    """Shared by the trunk layers: earlier tasks' weights in a tagged ``CompactCSR`` frozen store (buffers
+    ``frozen_values``, ``frozen_row_ptr``, ``frozen_col_idx`` (int16 up to 65,536 columns of the 2-D view
+    ``self._shape2d``, else int32) and ``frozen_owner`` (uint8, the owning task's id t + 1 per entry); no
+    gradient, no optimizer state), ``self.inner`` holding the current task's trainable weights, and their
+    ``UnionLayout`` (``union()``), which every pass computes over. Under ``reuse: mask`` the union holds the
+    reused frozen values itself (gathered from the store once per selection)."""
 
     parameter_holds_frozen = False  # sparse_parameter is the inner layer's values: trainable entries only
-    _reused = None  # reuse: mask: (CSRLayout, values) of the frozen weights in the task mask; None: all of them
-    _reuse_version = 0
+    _reads_selection = False  # reuse: mask: the layer reads the frozen weights its union holds, not all of them
 
     def _init_parts(self):
-        empty = torch.zeros(self._shape2d, dtype=torch.bool)
-        self._set_frozen(torch.zeros(self._shape2d), empty)
-        self._set_inner(torch.zeros(self._shape2d), empty)
-
-    def _set_frozen(self, weight, mask):
-        layout = CSRLayout.from_mask(mask)
-        self.register_buffer("frozen_values", layout.values_from_dense(weight).detach().clone())
-        for name, t in layout.index_tensors().items():
-            self.register_buffer("frozen_" + name, t)
-        self._union, self._union_key = None, None
+        self._set_frozen(CompactCSR.empty(self._shape2d, torch.get_default_dtype()))
+        self._set_inner(torch.zeros(self._shape2d), torch.zeros(self._shape2d, dtype=torch.bool))
         self._select(None)
 
-    def _select(self, reused):
-        """Read the frozen weights at bool ``reused`` (2-D view, a subset of the frozen positions) only, or all
-        of them (None). Their values are gathered from the frozen store by key, bit-identical."""
-        self._reuse_version += 1
-        self._union, self._union_key = None, None
-        if reused is None:
-            self._reused = None
-            return
-        layout = CSRLayout.from_mask(reused.reshape(self._shape2d).to(self.frozen_values.device))
-        store, keys = self.frozen_layout.keys(), layout.keys()
-        at = torch.searchsorted(store, keys)
-        if keys.numel() and (int(at.max()) >= store.numel() or not torch.equal(store[at], keys)):
-            raise ValueError("reused positions must be frozen positions of earlier tasks")
-        self._reused = (layout, self.frozen_values[at])
+    def _set_frozen(self, store):
+        for name, t in store.tensors().items():
+            self.register_buffer("frozen_" + ("owner" if name == "tag" else name), t)
 
-    def _active_frozen(self):
-        """(CSRLayout, values) of the frozen weights this layer reads now."""
-        return (self.frozen_layout, self.frozen_values) if self._reused is None else self._reused
+    @property
+    def frozen_store(self):
+        """The frozen weights as a ``CompactCSR`` over this layer's buffers (``tag``: the owning task's id)."""
+        return CompactCSR(self.frozen_values, self.frozen_row_ptr, self.frozen_col_idx, self._shape2d,
+                          self.frozen_owner, validate=False)
 
     @property
     def frozen_layout(self):
-        t = [getattr(self, "frozen_" + n) for n in _INDEX_NAMES]
-        return CSRLayout(t[0], t[1], self._shape2d, validate=False, _derived=tuple(t[2:]))
+        """A CSRLayout of the frozen positions (derived from the store on each call)."""
+        return self.frozen_store.layout()
+
+    def _select(self, reused):
+        """Read the frozen weights at bool ``reused`` (2-D view, a subset of the frozen positions) only, or all
+        of them (None). The selected values are gathered from the store into the union's value buffer (no
+        other copy), bit-identical."""
+        self._union, self._union_key = None, None
+        self._reads_selection = reused is not None
+        if reused is None:
+            return
+        keys = reused.reshape(-1).to(self.frozen_values.device).nonzero().squeeze(1)
+        try:
+            at = self.frozen_store.find(keys)
+        except ValueError:
+            raise ValueError("reused positions must be frozen positions of earlier tasks") from None
+        part = CSRLayout._from_sorted_keys(keys, self._shape2d)
+        union = UnionLayout.from_parts(part, self.inner.layout)
+        self.inner.last_repack = None  # the union is built afresh: a repack's src is not needed
+        self._union = union.attach_frozen(self.frozen_values.index_select(0, at))
+        self._union_key = self._key()
+
+    def _key(self):
+        inner = self.inner
+        return (id(inner), inner.topology_version, self.frozen_values.data_ptr(), inner.values.data_ptr(),
+                inner.values.dtype)
 
     def union(self):
-        """The frozen + trainable ``UnionLayout``: rebuilt after a task boundary (new buffers) or a device
-        move, updated incrementally (one index merge) after a single DST repack of the inner layer."""
-        inner = self.inner
-        key = (id(inner), inner.topology_version, self.frozen_values.data_ptr(), inner.values.data_ptr(),
-               self._reuse_version)
+        """The frozen + trainable ``UnionLayout``: rebuilt after a task boundary (new buffers), a selection or a
+        device move, updated incrementally (one index merge) after a single DST repack of the inner layer."""
+        key = self._key()
         if self._union_key != key:
-            old = self._union_key
+            old, inner = self._union_key, self.inner
             if (old is not None and old[0] == key[0] and old[2:] == key[2:] and inner.last_repack is not None
                     and old[1] + 1 == inner.topology_version == inner.last_repack[0]):
                 self._union = self._union.with_trainable_repack(inner.last_repack[1], inner.layout)
+                inner.last_repack = None  # consumed (its src is one int64 per trainable entry)
+            elif self._reads_selection:  # around the selection the old union holds (e.g. after a device move)
+                part = self._union.frozen_layout().to(inner.values.device)
+                values = self._union.frozen_values().to(self.frozen_values)
+                self._union = UnionLayout.from_parts(part, inner.layout).attach_frozen(values)
             else:
-                self._union = UnionLayout.from_parts(self._active_frozen()[0], inner.layout)
+                self._union = UnionLayout.from_parts(self.frozen_layout, inner.layout)
             self._union_key = key
         return self._union
 
+    def _frozen_arg(self):
+        """What the union ops take as frozen values: the whole store, or None (the union holds the selection)."""
+        return None if self._reads_selection else self.frozen_values
+
     def forward(self, x):
         # also without frozen weights: the union path's linear dX needs no per-step gather through t_perm
-        return self.inner(x, self._active_frozen()[1], self.union())
+        union = self.union()
+        return self.inner(x, self._frozen_arg(), union)
 
     def dst_module(self):
         return self.inner
@@ -301,22 +363,21 @@ class _FrozenPlusTrainable(nn.Module):
     def dst_mask(self):
         """The positions the layer computes with, over the 2-D view: the frozen ones it reads (all, or the
         reused ones of the task mask) and the trainable ones."""
-        return self._active_frozen()[0].mask() | self.inner.dst_mask()
+        return self.union().mask()
 
     mask = dst_mask
 
     def dense_weight(self):
-        layout, values = self._active_frozen()
-        return layout.to_dense(values) + self.inner.dense_weight().view(self._shape2d)
+        return self.union().to_dense(self._frozen_arg(), self.inner.values)
 
     def stored_weight(self):
         """Every stored value over the 2-D view: all frozen ones (in the task mask or not) and trainable."""
-        return self.frozen_layout.to_dense(self.frozen_values) + self.inner.dense_weight().view(self._shape2d)
+        return self.frozen_store.to_dense() + self.inner.dense_weight().view(self._shape2d)
 
     def allocate(self, new, values, reused=None, owned=None):
         """Start a task: ``new`` (bool, free positions) become the trainable part with ``values``; the layer
         reads every frozen weight (``reused`` None) or those at ``reused`` only (``owned`` is implied by the
-        frozen part here)."""
+        frozen store here)."""
         self._set_inner(values, new)
         self._select(reused)
 
@@ -325,21 +386,33 @@ class _FrozenPlusTrainable(nn.Module):
         frozen values, the rest is the trainable part (kept values bit-identical, new ones 0). Returns the
         trainable values' src (see ``set_topology``)."""
         new_mask = new_mask.reshape(self._shape2d)
-        frozen = self.frozen_layout.mask().to(new_mask.device)
+        frozen = self.frozen_store.mask().to(new_mask.device)
         src = self.inner.set_trainable_mask(new_mask & ~frozen)
         self._select(new_mask & frozen)
         return src
 
-    def freeze(self):
-        """End a task: merge the trainable part into the frozen CSR part; the layer then reads all of it."""
-        stored = self.frozen_layout.mask() | self.inner.dst_mask()
-        self.load_split(self.stored_weight().detach(), stored, stored)
+    def freeze(self, owner=1):
+        """End a task: the trainable part joins the frozen store, tagged ``owner`` (the task's id, 1..255); the
+        layer then reads all of it."""
+        if not 1 <= int(owner) <= 255:
+            raise ValueError(f"owner must be a task id in 1..255 (one byte per frozen weight), got {owner}")
+        inner, values = self.inner, self.frozen_values
+        new = CompactCSR.from_layout(inner.layout, inner.values.detach().to(values), tag=int(owner))
+        self._set_frozen(self.frozen_store.merge(new))
+        self._set_inner(values.new_zeros(self._shape2d), torch.zeros(self._shape2d, dtype=torch.bool,
+                                                                      device=values.device))
+        self._select(None)
 
     def load_split(self, weight, mask, owned, reused=None):
-        """Restore from a dense weight: ``mask & owned`` frozen, ``mask & ~owned`` trainable; ``reused`` as
-        in ``allocate``."""
-        self._set_frozen(weight, mask & owned)
-        self._set_inner(weight, mask & ~owned)
+        """Restore from a dense weight: ``mask & owned`` frozen (``owned``: the owner index over the 2-D view,
+        uint8 task ids, or bool for owner 1), ``mask & ~owned`` trainable; ``reused`` as in ``allocate``."""
+        owner = owned.reshape(self._shape2d).to(weight.device)
+        frozen = mask & (owner != 0)
+        keys = frozen.reshape(-1).nonzero().squeeze(1)
+        tag = owner.reshape(-1).index_select(0, keys).to(torch.uint8)
+        values = weight.detach().reshape(-1).index_select(0, keys)
+        self._set_frozen(CompactCSR.from_keys(keys, values, self._shape2d, tag))
+        self._set_inner(weight, mask & ~frozen)
         self._select(reused)
 
 
@@ -360,7 +433,6 @@ class SparseTrunkLinear(_FrozenPlusTrainable):
         with torch.no_grad():
             lin.weight.copy_(weight * mask)
         self.inner = TrainableLinear.from_dense(lin, mask=mask, mode="csr")
-        self._union, self._union_key = None, None
 
     def functional(self, x, w):
         return F.linear(x, w)
@@ -383,7 +455,6 @@ class SparseTrunkConv2d(_FrozenPlusTrainable):
                                      bias=False, mask=mask.to(weight.device), device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             self.inner.values.copy_(self.inner.layout.values_from_dense(weight))
-        self._union, self._union_key = None, None
 
     def functional(self, x, w):
         return F.conv2d(x, w.view(self.out_channels, self.in_channels, *self.kernel_size), None, self.stride,

@@ -5,9 +5,11 @@
 computed only at the trainable entries (the SDDMM at ``union.trainable_rows/cols``); the frozen values
 get no gradient (they are read, never differentiated), so they need no optimizer state and stay
 bit-identical. The values are gathered into the union's order for each call: eagerly through the
-union's scratch buffers, which hold the frozen values in union order (refreshed when ``frozen_values``
-changes: another tensor, storage or version) and get the trainable values written in right before each
-kernel call, so a step copies the trainable entries only.
+union's scratch buffer, which holds the frozen values in union order (refreshed when ``frozen_values``
+changes: another tensor, storage or version) and gets the trainable values written in right before each
+kernel call, so a step copies the trainable entries only; linear dX reads them through ``t_perm`` (one
+gather per call instead of a second, transposed-order buffer kept between steps). ``frozen_values=None``
+means the frozen values the union itself holds (``UnionLayout.attach_frozen``: no other copy is kept).
 
 For ``sparsecl.dispatch`` (per pass sparse or dense on the effective weight): ``union_linear_spec`` /
 ``union_conv2d_spec`` are the ``DispatchSpec`` of these calls (values = the trainable values; the frozen
@@ -22,18 +24,27 @@ from .dense_or_sparse import ActiveIndex, DispatchSpec, LinearGeometry, _conv_ge
 from .sparse_conv2d import _check_common, _check_taps, _csr_kernels as _conv_kernels, _pair
 
 
-def _union_values(union, frozen, trainable, transposed):
-    """Union values [nnz] (CSR or transposed order) from the two parts (see the module docstring)."""
+def _union_values(union, frozen, trainable):
+    """Union values [nnz] in CSR order from the two parts (see the module docstring); ``frozen`` None: the
+    frozen values the union holds (``UnionLayout.attach_frozen``)."""
     trainable = trainable.detach()
     if torch.compiler.is_compiling():
-        return union.values(frozen.detach(), trainable, transposed)
-    key = (transposed, trainable.dtype)
+        return union.values(None if frozen is None else frozen.detach(), trainable)
+    key = trainable.dtype
     entry = union.scratch.get(key)
-    if entry is None or entry[0] is not frozen or entry[1] != (frozen.data_ptr(), frozen._version):
-        entry = (frozen, (frozen.data_ptr(), frozen._version), union.values(frozen.detach(), trainable, transposed))
+    if frozen is None:
+        if entry is None:  # the attached values in another dtype (autocast)
+            entry = (None, None, union.values(None, trainable))
+            union.scratch[key] = entry
+    elif entry is None or entry[0] is not frozen or entry[1] != (frozen.data_ptr(), frozen._version):
+        entry = (frozen, (frozen.data_ptr(), frozen._version), union.values(frozen.detach(), trainable))
         union.scratch[key] = entry
-    pos = union.trainable_pos_t if transposed else union.trainable_pos
-    return entry[2].index_copy_(0, pos, trainable)
+    return entry[2].index_copy_(0, union.trainable_pos.long(), trainable)
+
+
+def _transposed_values(union, frozen, trainable):
+    """Union values in the transposed index's order (linear dX): gathered through t_perm for this call."""
+    return _union_values(union, frozen, trainable).index_select(0, union.layout.t_perm)
 
 
 class _UnionLinear(torch.autograd.Function):
@@ -44,7 +55,7 @@ class _UnionLinear(torch.autograd.Function):
         ctx.union, ctx.dense_grad_hook, ctx.has_bias = union, dense_grad_hook, bias is not None
         ctx.save_for_backward(x, trainable, frozen)
         lay = union.layout
-        return _linear_kernels(x.device)[0](x, _union_values(union, frozen, trainable, False), lay.row_ptr,
+        return _linear_kernels(x.device)[0](x, _union_values(union, frozen, trainable), lay.row_ptr,
                                             lay.col_idx, out_features, bias)
 
     @staticmethod
@@ -55,9 +66,8 @@ class _UnionLinear(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         dx = dt = db = None
         if ctx.needs_input_grad[0]:
-            # dX = grad_out @ W: the forward SpMM over the transposed index (W.T in CSR), values kept in
-            # transposed order, so no per-step gather through t_perm
-            dx = fwd(grad_out, _union_values(u, frozen, trainable, True), u.layout.t_row_ptr, u.layout.t_col_idx,
+            # dX = grad_out @ W: the forward SpMM over the transposed index (W.T in CSR)
+            dx = fwd(grad_out, _transposed_values(u, frozen, trainable), u.layout.t_row_ptr, u.layout.t_col_idx,
                      x.shape[1], None)
         if ctx.dense_grad_hook is not None:  # a DST growth step: the dense dW over the layer, dTrainable from it
             dense = hook_dense_grad(ctx.dense_grad_hook, grad_out, x)
@@ -76,7 +86,7 @@ class _UnionConv2d(torch.autograd.Function):
         ctx.union, ctx.kernel_size, ctx.geom, ctx.has_bias = union, kernel_size, geom, bias is not None
         ctx.save_for_backward(x, trainable, frozen)
         lay = union.layout
-        return _conv_kernels(x.device)[0](x, _union_values(union, frozen, trainable, False), lay.row_ptr,
+        return _conv_kernels(x.device)[0](x, _union_values(union, frozen, trainable), lay.row_ptr,
                                           lay.col_idx, out_channels, kernel_size, bias, *geom)
 
     @staticmethod
@@ -87,7 +97,7 @@ class _UnionConv2d(torch.autograd.Function):
         dx = dt = db = None
         if ctx.needs_input_grad[0]:
             lay = u.layout
-            dx = dx_op(grad_out, _union_values(u, frozen, trainable, False), lay.t_row_ptr, lay.t_col_idx,
+            dx = dx_op(grad_out, _union_values(u, frozen, trainable), lay.t_row_ptr, lay.t_col_idx,
                        lay.t_perm, list(x.shape), ctx.kernel_size, *ctx.geom)
         if ctx.needs_input_grad[1]:
             dt = dw_op(grad_out, x, u.trainable_rows, u.trainable_cols, ctx.kernel_size, *ctx.geom)
@@ -102,6 +112,8 @@ def _check_union(union, frozen_values, trainable_values, x):
     union.check_values(frozen_values, trainable_values)
     if not torch.compiler.is_compiling():
         for name, t in (("frozen_values", frozen_values), ("trainable_values", trainable_values)):
+            if t is None:  # the union's attached frozen values (on the union's device)
+                continue
             if t.device != x.device or union.device != x.device:
                 raise ValueError(f"x ({x.device}), {name} ({t.device}) and union ({union.device}) must be on one "
                                  "device")
@@ -112,8 +124,9 @@ def _check_union(union, frozen_values, trainable_values, x):
 def union_linear(x, frozen_values, trainable_values, union, bias=None, *, dense_grad_hook=None):
     """``x @ W.T + bias`` for W [out, in] = ``union.to_dense(frozen_values, trainable_values)``.
 
-    x: [..., in]; frozen_values: [union.n_frozen]; trainable_values: [union.n_trainable] (x's dtype and
-    device; each part in its own row-major order, see ``UnionLayout``); bias: [out] or None. Returns
+    x: [..., in]; frozen_values: [union.n_frozen], or None for the values the union holds
+    (``UnionLayout.attach_frozen``); trainable_values: [union.n_trainable] (x's dtype and device; each part in
+    its own row-major order, see ``UnionLayout``); bias: [out] or None. Returns
     [..., out]. Differentiable in x, trainable_values and bias; frozen_values is read only and never gets
     a gradient. One csr_linear kernel call per pass over the union. Mutates only ``union.scratch``.
     dense_grad_hook: None, or a callable that backward passes the dense dW [out, in] (a DST growth step);
@@ -152,7 +165,10 @@ def union_conv2d(x, frozen_values, trainable_values, union, kernel_size, bias=No
 
 # sparsecl.dispatch specs --------------------------------------------------------------------------------------
 def frozen_part(union, frozen_values):
-    """(frozen_values, ActiveIndex): the frozen part of a union layer's dense weight (it gets no gradient)."""
+    """(frozen_values, ActiveIndex): the frozen part of a union layer's dense weight (it gets no gradient);
+    ``frozen_values`` None: the union's attached ones."""
+    if frozen_values is None:
+        frozen_values = union.frozen_values()
     return frozen_values, ActiveIndex(union.frozen_rows, union.frozen_cols, 1)
 
 
@@ -162,12 +178,12 @@ def union_linear_spec(union, frozen_values):
     lay = union.layout
 
     def forward(x, values, bias):
-        return _linear_kernels(x.device)[0](x, _union_values(union, frozen_values, values, False), lay.row_ptr,
+        return _linear_kernels(x.device)[0](x, _union_values(union, frozen_values, values), lay.row_ptr,
                                             lay.col_idx, out_f, bias)
 
     def dx(grad_out, values, x_shape):
-        return _linear_kernels(grad_out.device)[0](grad_out.contiguous(), _union_values(union, frozen_values, values,
-                                                                                        True),
+        return _linear_kernels(grad_out.device)[0](grad_out.contiguous(),
+                                                   _transposed_values(union, frozen_values, values),
                                                    lay.t_row_ptr, lay.t_col_idx, in_f, None)
 
     def dw(grad_out, x):
@@ -186,11 +202,11 @@ def union_conv2d_spec(x, union, frozen_values, kernel_size, stride=1, padding=0,
     lay, ks = union.layout, [kh, kw]
 
     def forward(x, values, bias):
-        return _conv_kernels(x.device)[0](x, _union_values(union, frozen_values, values, False), lay.row_ptr,
+        return _conv_kernels(x.device)[0](x, _union_values(union, frozen_values, values), lay.row_ptr,
                                           lay.col_idx, geometry.out_channels, ks, bias, *geom)
 
     def dx(grad_out, values, x_shape):
-        return _conv_kernels(grad_out.device)[1](grad_out, _union_values(union, frozen_values, values, False),
+        return _conv_kernels(grad_out.device)[1](grad_out, _union_values(union, frozen_values, values),
                                                  lay.t_row_ptr, lay.t_col_idx, lay.t_perm, list(x_shape), ks, *geom)
 
     def dw(grad_out, x):

@@ -12,7 +12,7 @@ import torch
 from sparsecl.continual import ContinualTrainer
 from sparsecl.continual.data import split_digits
 from sparsecl.continual.run import check_config
-from sparsecl.continual.trainer import DEFAULTS, merge_config
+from sparsecl.continual.trainer import DEFAULTS, _mask_keys, merge_config
 from sparsecl.dst import layer_densities
 from sparsecl.errors import ConfigError
 
@@ -34,7 +34,9 @@ class Checked(ContinualTrainer):
         self.prev = None
         self.readded = getattr(self, "readded", 0)
         self.checks = getattr(self, "checks", 0)
-        return super().train_task(t, *a, **k)
+        rec = super().train_task(t, *a, **k)
+        self.final = getattr(self, "final", []) + [[_mask_keys(l.dst_mask()) for l in self.layers]]
+        return rec
 
     def _make_dst(self, optimizer, growth, total_steps):
         dst = super()._make_dst(optimizer, growth, total_steps)
@@ -85,8 +87,15 @@ def test_protocol_invariants_every_update(tmp_path, mode, optimizer):
         assert abs(rec["subnetwork_density"] - 0.2) < 0.002
         assert 0.0 <= rec["reused_fraction"] <= 1.0
     assert res["tasks"][0]["reused_fraction"] == 0.0 and res["tasks"][-1]["reused_fraction"] > 0.3
-    n_positions = sum(k.numel() for masks in tr.task_masks for k in masks)  # int32 flat positions, no dense masks
-    assert res["mask_bytes"] == 4 * n_positions and all(k.dtype == torch.int32 for k in tr.task_masks[0])
+    # each task's final mask comes back exactly from its compact form: one bit per position owned by tasks 0..j
+    for j, (stored, final) in enumerate(zip(tr.task_mask_keys(), tr.final)):
+        assert all(torch.equal(a, b) for a, b in zip(stored, final)), f"task {j}'s mask did not round-trip"
+    assert all(b.dtype == torch.uint8 and b.dim() == 1 for masks in tr.task_masks for b in masks)
+    owned = [int((o != 0).sum()) for o in tr.own.owner]  # after the last task: the most any mask's bits cover
+    assert res["mask_bytes"] == sum(b.numel() for masks in tr.task_masks for b in masks)
+    assert res["mask_bytes"] <= sum(len(tr.task_masks) * ((n + 7) // 8) for n in owned)
+    n_positions = sum(k.numel() for masks in tr.final for k in masks)
+    assert res["mask_bytes"] < n_positions  # under one byte per mask position (int32 positions: 4)
 
 
 def _logits(tr, j, x):
@@ -105,7 +114,7 @@ def test_evaluation_of_task_j_reads_only_mask_j(tmp_path, mode):
     before = _logits(tr, j, x)
     for i, l in enumerate(tr.layers):
         inside = torch.zeros(l.dst_mask().numel(), dtype=torch.bool)
-        inside[tr.task_masks[j][i].long()] = True
+        inside[tr.task_mask_keys()[j][i].long()] = True
         outside = ~inside
         if hasattr(l, "frozen_values"):  # every stored weight is frozen after the run
             keys = l.frozen_layout.keys()
