@@ -507,4 +507,4 @@ class CSRLayout:
 
 
 from .formats_union import UnionLayout  # noqa: E402  (it builds on CSRLayout)
-from .formats_compact import CompactCSR, pack_bits, unpack_bits  # noqa: E402
+from .formats_compact import CompactCSR, column_dtype, pack_bits, unpack_bits  # noqa: E402
