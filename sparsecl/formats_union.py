@@ -3,10 +3,11 @@
 
 What a union keeps between kernel calls, and nothing more: its CSRLayout's ``row_ptr``/``col_idx`` (the
 forward), ``t_row_ptr``/``t_col_idx``/``t_perm`` once a dX pass asked for them (a layer whose input needs no
-gradient never does), ``trainable_pos`` (int32,
-where each trainable value goes in union order), the trainable part's ``trainable_rows``/``trainable_cols``
-(where dValues is computed; the trainable layout's own tensors when the union is built from it, so not a copy),
-and one value buffer in union order (``scratch``). Everything else (the part flags, the frozen positions, the
+gradient never does), ``trainable_pos`` (int64, where each trainable value goes in union order: every call
+writes the trainable values through it, and index_copy_ takes int64 only, so an int32 copy would cost a
+conversion per call, ~5% of a main-job step), the trainable part's ``trainable_rows``/``trainable_cols``
+(where dValues is computed; the trainable layout's own tensors when the union is built from it, so not a
+copy), and one value buffer in union order (``scratch``). Everything else (the part flags, the frozen positions, the
 positions in transposed order, ``row_idx``) is derived when asked for; ``frozen_rows``/``frozen_cols`` are kept
 once asked for (a dense pass of ``sparsecl.dispatch`` compares them by identity) until ``forget_frozen_index``.
 
@@ -27,7 +28,7 @@ class UnionLayout:
     ``layout``: CSRLayout over the union; ``trainable``: bool [nnz], True at trainable entries (union CSR
     order; derived). Each part keeps its values in its own row-major order, which is the union's order
     restricted to that part: frozen value k lives at union entry ``frozen_pos[k]``, trainable value k at
-    ``trainable_pos[k]``. ``trainable_pos`` is int32 and kept; ``frozen_pos`` and the positions in the
+    ``trainable_pos[k]``. ``trainable_pos`` (int64) is kept; ``frozen_pos`` and the positions in the
     transposed order (``frozen_pos_t``, ``trainable_pos_t``) are int64 and derived on each access; int32
     ``trainable_rows``/``trainable_cols`` (where dValues is computed) are kept, ``frozen_rows``/``frozen_cols``
     kept once asked for. ``scratch`` holds the union ops' value buffer (derived, never saved), or the frozen
@@ -47,7 +48,7 @@ class UnionLayout:
                              f"{trainable.dtype} {tuple(trainable.shape)}")
         self.layout = layout
         pos = trainable.nonzero().squeeze(1)
-        self.trainable_pos = pos.to(torch.int32)
+        self.trainable_pos = pos
         if trainable_index is None:
             rows = layout.row_idx.index_select(0, pos)
             trainable_index = (rows, layout.col_idx.index_select(0, pos))
@@ -106,7 +107,7 @@ class UnionLayout:
     def trainable(self):
         """bool [nnz]: True at the trainable entries (derived)."""
         flags = torch.zeros(self.nnz, dtype=torch.bool, device=self.device)
-        return flags.index_fill_(0, self.trainable_pos.long(), True)
+        return flags.index_fill_(0, self.trainable_pos, True)
 
     @property
     def frozen_pos(self):
@@ -121,7 +122,7 @@ class UnionLayout:
     @property
     def trainable_pos_t(self):
         """int64 [n_trainable]: each trainable value's entry in the transposed order (derived)."""
-        return self._transposed(self.trainable_pos.long())
+        return self._transposed(self.trainable_pos)
 
     @property
     def frozen_pos_t(self):
@@ -152,7 +153,7 @@ class UnionLayout:
 
     def trainable_layout(self):
         """CSRLayout of the trainable entries (their values' order)."""
-        return self._part(self.trainable_pos.long())
+        return self._part(self.trainable_pos)
 
     def mask(self):
         """Bool [out, in]: True at every union entry."""
@@ -196,14 +197,17 @@ class UnionLayout:
         return self.scratch[self._resident][2].index_select(0, self.frozen_pos)
 
     def check_values(self, frozen_values, trainable_values):
-        if frozen_values is None:
-            frozen_values = self.frozen_values()
+        """ValueError unless the values fit this union (``frozen_values`` None: it must hold its own)."""
+        if frozen_values is None and self._resident is None:
+            raise ValueError("this union holds no frozen values (attach_frozen); pass frozen_values to the op")
         for name, v, n in (("frozen_values", frozen_values, self.n_frozen),
                            ("trainable_values", trainable_values, self.n_trainable)):
+            if v is None:
+                continue
             if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != n:
                 shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
                 raise ValueError(f"{name} must be [{n}] for this union, got {shape}")
-        if frozen_values.dtype != trainable_values.dtype and self._resident is None:
+        if frozen_values is not None and frozen_values.dtype != trainable_values.dtype:
             raise ValueError(f"frozen_values ({frozen_values.dtype}) and trainable_values ({trainable_values.dtype}) "
                              "must have one dtype")
 
@@ -214,7 +218,7 @@ class UnionLayout:
             frozen_values = self.frozen_values().to(trainable_values.dtype)
         self.check_values(frozen_values, trainable_values)
         out = trainable_values.new_empty(self.nnz)
-        out = out.index_copy(0, self.frozen_pos, frozen_values).index_copy(0, self.trainable_pos.long(),
+        out = out.index_copy(0, self.frozen_pos, frozen_values).index_copy(0, self.trainable_pos,
                                                                           trainable_values)
         return out.index_select(0, self.layout.t_perm.long()) if transposed else out
 
@@ -262,7 +266,7 @@ class UnionLayout:
         frozen_src = part_src.index_select(0, new.frozen_pos)
         if self._resident is not None:
             new.attach_frozen(self.frozen_values().index_select(0, frozen_src))
-        return new, frozen_src, part_src.index_select(0, new.trainable_pos.long())
+        return new, frozen_src, part_src.index_select(0, new.trainable_pos)
 
     def with_trainable_repack(self, trainable_src, trainable_layout):
         """The union after the trainable part alone was repacked (e.g. ``SparseLinear.set_topology``):
@@ -275,7 +279,7 @@ class UnionLayout:
         kept = torch.zeros(self.n_trainable, dtype=torch.bool, device=self.device)
         kept[trainable_src[trainable_src >= 0]] = True
         keep = torch.ones(self.nnz, dtype=torch.bool, device=self.device)
-        keep[self.trainable_pos.long()[~kept]] = False
+        keep[self.trainable_pos[~kept]] = False
         grow = trainable_layout.keys()[trainable_src < 0]
         index = (trainable_layout.row_idx, trainable_layout.col_idx)
         return self.update(keep, grow, torch.ones_like(grow, dtype=torch.bool), trainable_index=index)[0]

@@ -39,7 +39,7 @@ def _union_values(union, frozen, trainable):
     elif entry is None or entry[0] is not frozen or entry[1] != (frozen.data_ptr(), frozen._version):
         entry = (frozen, (frozen.data_ptr(), frozen._version), union.values(frozen.detach(), trainable))
         union.scratch[key] = entry
-    return entry[2].index_copy_(0, union.trainable_pos.long(), trainable)
+    return entry[2].index_copy_(0, union.trainable_pos, trainable)
 
 
 def _transposed_values(union, frozen, trainable):
