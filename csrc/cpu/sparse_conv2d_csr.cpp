@@ -2,10 +2,11 @@
 // weight order), values [nnz]. Computed NCHW as implicit GEMM in padded-width space (sparse_conv2d_pw.h):
 // each nonzero adds v * (a shifted source plane) to its output plane, a tile of output positions of several
 // images kept in registers across a row's nonzeros; dX is the same kernel on padded grad_out with the
-// transposed index, one pass per stride phase of dx; dValues is one dot product per nonzero. Indices past
+// transposed index, one pass per stride phase of dx; dValues is one dot product per nonzero. Small output
+// planes in fp32 run batch-in-lanes instead (sparse_conv2d_bil.h: images in the vector lanes). Indices past
 // int32 offsets take general per-nonzero loops. Outputs are returned in the memory format of x (forward) /
 // grad_out (dX).
-#include "cpu/sparse_conv2d_pw.h"
+#include "cpu/sparse_conv2d_bil.h"
 
 #include <torch/library.h>
 
@@ -117,6 +118,11 @@ at::Tensor csr_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, const a
   auto vc = values.contiguous();
   auto bc = bias ? bias->contiguous() : at::Tensor();
   auto y = at::empty({g.N, g.O, g.Ho, g.Wo}, x.options());
+  if (bil_routes(x, g)) {
+    bil_csr_forward(xc.data_ptr<float>(), g, vc.data_ptr<float>(), row_ptr.data_ptr<int32_t>(),
+                    col_idx.data_ptr<int32_t>(), bias ? bc.data_ptr<float>() : nullptr, y.data_ptr<float>());
+    return in_format(y, x);
+  }
   const PwSrc src(g, g.C);
   const bool fast = pw_fits(src.n_src(), src.ps);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_cpu", [&] {
@@ -155,6 +161,11 @@ at::Tensor csr_conv2d_dx_cpu(const at::Tensor& dy, const at::Tensor& values, con
   auto gc = dy.contiguous();
   auto vc = values.contiguous();
   auto dx = at::empty(x_shape, dy.options());
+  if (bil_routes(dy, g)) {
+    bil_csr_dx(gc.data_ptr<float>(), g, vc.data_ptr<float>(), t_row_ptr.data_ptr<int32_t>(),
+               t_col_idx.data_ptr<int32_t>(), t_perm.data_ptr<int32_t>(), dx.data_ptr<float>());
+    return in_format(dx, dy);
+  }
   const PwDxSrc src(g);
   const int64_t taps = g.kh * g.kw, plane = src.Hg * src.Wg;
   const bool fast = pw_fits(g.O, plane);
@@ -204,8 +215,14 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto xc = x.contiguous();
   auto dv = at::empty({col_idx.size(0)}, x.options());
   const int64_t nnz = col_idx.size(0);
+  const bool safe = pw_dw_safe(x);
+  if (safe && bil_routes(x, g)) {
+    bil_csr_dw(gc.data_ptr<float>(), xc.data_ptr<float>(), g, row_idx.data_ptr<int32_t>(),
+               col_idx.data_ptr<int32_t>(), nnz, dv.data_ptr<float>());
+    return dv;
+  }
   const PwSrc src(g, g.C);
-  const bool fast = pw_fits(src.n_src(), src.ps) && pw_dw_safe(x);
+  const bool fast = pw_fits(src.n_src(), src.ps) && safe;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_dw_cpu", [&] {
     const int32_t *ri = row_idx.data_ptr<int32_t>(), *ci = col_idx.data_ptr<int32_t>();
     if (!fast) {

@@ -252,18 +252,60 @@ def test_csr_conv2d_small_planes(seed, isa, geom, layout_kind, dtype, monkeypatc
     assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), dtype)
 
 
+# fp32 convs with output planes of at most 64 pixels run batch-in-lanes on AVX2/AVX-512 (images in the
+# vector lanes, 8 or 16 per block, register tiles of up to 6 x 8 output pixels; stride-2 read directly, dX
+# per stride phase of dx). Batches 0, 1 and past a multiple of the lanes (17, 33), 4x4 / 7x7 / 8x8 outputs,
+# padding 0 and 1, strides 1, 2, (3, 1), (1, 2), dilation, a 3x5 kernel, and 5x13 (65 pixels: the
+# padded-width kernels, next to the threshold). The generic ISA runs the padded-width kernels.
+BIL_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
+    (17, 6, 5, 4, 4, 3, 1, 1, 1), (33, 5, 7, 8, 8, 3, 1, 1, 1), (1, 7, 6, 7, 7, 3, 1, 1, 1),
+    (0, 4, 5, 8, 8, 3, 2, 1, 1), (17, 6, 8, 8, 8, 3, 2, 1, 1), (33, 4, 6, 16, 16, 3, 2, 1, 1),
+    (17, 5, 4, 6, 6, 3, 1, 0, 1), (33, 4, 5, 9, 9, 3, 2, 0, 1), (17, 5, 6, 15, 15, 3, 2, 1, 1),
+    (9, 4, 5, 9, 8, (3, 5), (2, 1), (0, 2), (1, 2)), (20, 3, 4, 7, 7, 3, (1, 2), 1, 2),
+    (17, 4, 5, 10, 8, 3, (3, 1), 1, 1), (17, 5, 4, 5, 13, 3, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("geom", BIL_GEOMS)
+@pytest.mark.parametrize("layout_kind", ["contiguous", "channels_last", "sliced"])
+def test_csr_conv2d_batch_in_lanes(seed, isa, geom, layout_kind, monkeypatch):
+    """fp32 forward, dX, dValues, dBias on small output planes under each forced ISA vs float64, x
+    contiguous, channels-last or a channel slice of a wider tensor."""
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    fmt = torch.channels_last if layout_kind == "channels_last" else torch.contiguous_format
+    x, values, layout, w = csr_case(geom, 0.4, torch.float32, fmt)
+    if layout_kind == "sliced":
+        x = torch.randn(x.shape[0], 2 * x.shape[1], *x.shape[2:])[:, ::2]
+        assert x.numel() == 0 or not x.is_contiguous()
+    fn = lambda x, v, b, s, p, d: csr_conv2d(x, v, layout, geom[5], b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, fmt)
+    assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), torch.float32)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("geom", [(33, 6, 5, 4, 4, 3, 1, 1, 1), (17, 6, 8, 8, 8, 3, 2, 1, 1)])
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_csr_conv2d_batch_in_lanes_densities(seed, isa, geom, density, monkeypatch):
+    monkeypatch.setenv("SPARSECL_CPU_ISA", isa)
+    x, values, layout, w = csr_case(geom, density, torch.float32, torch.contiguous_format)
+    fn = lambda x, v, b, s, p, d: csr_conv2d(x, v, layout, geom[5], b, s, p, d)  # noqa: E731
+    dv, dw = check_against_dense(fn, x, values, w, geom, torch.contiguous_format)
+    assert_close(dv, layout.values_from_dense(dw.reshape(w.shape[0], -1)), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_csr_conv2d_dw_any_entry_order(seed, stride):
+def test_csr_conv2d_dw_any_entry_order(seed, stride, dtype):
     """csr_conv2d_dw takes (row, col) pairs in any order: dValues follow the order given."""
-    x, values, layout, _ = csr_case((3, 5, 6, 7, 6, 3, stride, 1, 1), 0.5, torch.float64, torch.contiguous_format)
-    g = torch.randn(3, 6, *F.conv2d(x, x.new_zeros(6, 5, 3, 3), stride=stride, padding=1).shape[2:],
-                    dtype=torch.float64)
+    x, values, layout, _ = csr_case((3, 5, 6, 7, 6, 3, stride, 1, 1), 0.5, dtype, torch.contiguous_format)
+    g = torch.randn(3, 6, *F.conv2d(x, x.new_zeros(6, 5, 3, 3), stride=stride, padding=1).shape[2:], dtype=dtype)
     geom = [stride, stride], [1, 1], [1, 1]
     ops = torch.ops.sparsecl
     ref = ops.csr_conv2d_dw(g, x, layout.row_idx, layout.col_idx, [3, 3], *geom)
     perm = torch.randperm(layout.nnz)
     dv = ops.csr_conv2d_dw(g, x, layout.row_idx[perm], layout.col_idx[perm], [3, 3], *geom)
-    assert_close(dv, ref[perm], torch.float64)
+    assert_close(dv, ref[perm], dtype)
 
 
 @pytest.mark.parametrize("structure", ["csr", "bsr"])
