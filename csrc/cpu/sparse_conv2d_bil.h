@@ -335,16 +335,18 @@ struct BilSrc {
   }
 };
 
-// Output planes up to this many pixels take the batch-in-lanes kernels (see bil_routes). Measured on
-// Zen 4 (batch 64, d=0.1, 1 thread): 1.5-2.3x the padded-width kernels at 4x4 and 8x8 outputs.
-constexpr int64_t kBilMaxPlane = 64;
+// Output planes up to this many pixels take the batch-in-lanes kernels (see bil_routes). Measured on Zen 4
+// (batch 64, d=0.1, 1 thread, A/B against the padded-width kernels): forward and dX 1.5-2.3x at 4x4 and 8x8
+// outputs, even at 16x16, 0.7x at 32x32; dValues 1.5-2x from 4x4 to 16x16 and 1.4x at 32x32.
+constexpr int64_t kBilMaxPlane = 64, kBilMaxPlaneDw = 1024;
 
-// Whether csr_conv2d of geometry g on tensor t runs batch-in-lanes: fp32 on AVX-512/AVX2, width stride 1 or
-// 2, a small output plane, and int32 offsets within every transposed source (tiles are at most 6 x 8).
-inline bool bil_routes(const at::Tensor& t, const Geom& g) {
+// Whether csr_conv2d of geometry g on tensor t runs batch-in-lanes (forward and dX, or dValues): fp32 on
+// AVX-512/AVX2, width stride 1 or 2, a small output plane, and int32 offsets within every transposed source
+// (tiles are at most 6 x 8).
+inline bool bil_routes(const at::Tensor& t, const Geom& g, bool dvalues = false) {
   const cpu::Isa isa = cpu::active_isa();
   if (t.scalar_type() != at::kFloat || (isa != cpu::Isa::kAvx512 && isa != cpu::Isa::kAvx2) || g.sw > 2 ||
-      g.Ho * g.Wo > kBilMaxPlane)
+      g.Ho * g.Wo > (dvalues ? kBilMaxPlaneDw : kBilMaxPlane))
     return false;
   const int64_t Hs = std::max(g.H + 2 * g.ph, (g.Ho + 6) * g.sh + (g.kh - 1) * g.dh + 1),
                 Ws = std::max(g.W + 2 * g.pw, (g.Wo + 8) * g.sw + (g.kw - 1) * g.dw + 1);

@@ -3,7 +3,8 @@
 // each nonzero adds v * (a shifted source plane) to its output plane, a tile of output positions of several
 // images kept in registers across a row's nonzeros; dX is the same kernel on padded grad_out with the
 // transposed index, one pass per stride phase of dx; dValues is one dot product per nonzero. Small output
-// planes in fp32 run batch-in-lanes instead (sparse_conv2d_bil.h: images in the vector lanes). Indices past
+// planes in fp32 run batch-in-lanes instead (sparse_conv2d_bil.h: images in the vector lanes; dValues up
+// to 32x32 outputs). Indices past
 // int32 offsets take general per-nonzero loops. Outputs are returned in the memory format of x (forward) /
 // grad_out (dX).
 #include "cpu/sparse_conv2d_bil.h"
@@ -216,7 +217,7 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto dv = at::empty({col_idx.size(0)}, x.options());
   const int64_t nnz = col_idx.size(0);
   const bool safe = pw_dw_safe(x);
-  if (safe && bil_routes(x, g)) {
+  if (safe && bil_routes(x, g, /*dvalues=*/true)) {
     bil_csr_dw(gc.data_ptr<float>(), xc.data_ptr<float>(), g, row_idx.data_ptr<int32_t>(),
                col_idx.data_ptr<int32_t>(), nnz, dv.data_ptr<float>());
     return dv;

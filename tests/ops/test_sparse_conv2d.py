@@ -256,13 +256,15 @@ def test_csr_conv2d_small_planes(seed, isa, geom, layout_kind, dtype, monkeypatc
 # vector lanes, 8 or 16 per block, register tiles of up to 6 x 8 output pixels; stride-2 read directly, dX
 # per stride phase of dx). Batches 0, 1 and past a multiple of the lanes (17, 33), 4x4 / 7x7 / 8x8 outputs,
 # padding 0 and 1, strides 1, 2, (3, 1), (1, 2), dilation, a 3x5 kernel, and 5x13 (65 pixels: the
-# padded-width kernels, next to the threshold). The generic ISA runs the padded-width kernels.
+# padded-width kernels, next to the threshold). dValues runs batch-in-lanes up to 1024 output pixels (16x16,
+# 32x32; 33x32 does not). The generic ISA runs the padded-width kernels.
 BIL_GEOMS = [  # (N, in, out, H, W, k, stride, padding, dilation)
     (17, 6, 5, 4, 4, 3, 1, 1, 1), (33, 5, 7, 8, 8, 3, 1, 1, 1), (1, 7, 6, 7, 7, 3, 1, 1, 1),
     (0, 4, 5, 8, 8, 3, 2, 1, 1), (17, 6, 8, 8, 8, 3, 2, 1, 1), (33, 4, 6, 16, 16, 3, 2, 1, 1),
     (17, 5, 4, 6, 6, 3, 1, 0, 1), (33, 4, 5, 9, 9, 3, 2, 0, 1), (17, 5, 6, 15, 15, 3, 2, 1, 1),
     (9, 4, 5, 9, 8, (3, 5), (2, 1), (0, 2), (1, 2)), (20, 3, 4, 7, 7, 3, (1, 2), 1, 2),
     (17, 4, 5, 10, 8, 3, (3, 1), 1, 1), (17, 5, 4, 5, 13, 3, 1, 1, 1),
+    (17, 4, 5, 16, 16, 3, 1, 1, 1), (3, 3, 4, 32, 32, 3, 1, 1, 1), (2, 3, 4, 33, 32, 3, 1, 1, 1),
 ]
 
 
