@@ -20,10 +20,11 @@ op and shape, the input's batch (rounded up to a power of two) and spatial size,
 density bucket (``DENSITY_EDGES``): a DST update or a new task that moves the density into another bucket gets
 a fresh calibration. Results are cached per machine in ``cache_path()``: ``$SPARSECL_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/sparsecl``, else ``~/.cache/sparsecl``, file ``dispatch/<machine>.json`` keyed by CPU model,
-runtime ISA (``sparsecl.build_info()["cpu_isa_runtime"]``, ``SPARSECL_CPU_ISA``) and torch thread count (GPU:
-device name). Writes are atomic (temp file + rename) and merge with entries other processes wrote meanwhile; an
-unreadable or malformed file is warned about once and recalibrated over; an unwritable directory is warned
-about once and the choices stay in memory.
+runtime ISA (``sparsecl.build_info()["cpu_isa_runtime"]``, ``SPARSECL_CPU_ISA``), torch thread count (GPU:
+device name) and the kernels' build (``kernels_build()``: a rebuilt or upgraded extension recalibrates). Writes
+are atomic (temp file + rename) and merge with entries other processes wrote meanwhile; an unreadable or
+malformed file is warned about once and recalibrated over; an unwritable directory is warned about once and the
+choices stay in memory.
 
 Reading it: ``layer.dispatch_choice`` ({"forward": "sparse"|"dense", "dx": ..., "dw": ...} of the last call),
 ``dispatch_report(model)`` (per layer: choice, source, density, key, calibration times; JSON-ready for
@@ -145,18 +146,35 @@ def _cpu_model():
 
 
 @functools.lru_cache(maxsize=None)
+def kernels_build():
+    """Identity of the kernels the choices were measured with: sparsecl's version and the loaded extension file's
+    size and modification time (a rebuilt or upgraded extension gets fresh calibrations), 12 hex digits."""
+    from . import __version__
+    from ._extension import _C
+
+    path = getattr(_C, "__file__", None) or "no-extension"
+    try:
+        st = os.stat(path)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stamp = "unknown"
+    return hashlib.sha1(f"{__version__}|{os.path.abspath(path)}|{stamp}".encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
 def _runtime_isa(env_isa):
     from .info import runtime_isa
     return runtime_isa() or "reference"
 
 
 def machine(device="cpu"):
-    """What the cache is keyed by: {"device", "model", "isa", "threads"} (CPU) or {"device", "model"} (GPU)."""
+    """What the cache is keyed by: {"device", "model", "isa", "threads", "kernels"} (CPU) or {"device", "model",
+    "kernels"} (GPU); "kernels" is ``kernels_build()``."""
     device = torch.device(device)
     if device.type == "cuda":
-        return {"device": "cuda", "model": torch.cuda.get_device_name(device)}
+        return {"device": "cuda", "model": torch.cuda.get_device_name(device), "kernels": kernels_build()}
     return {"device": "cpu", "model": _cpu_model(), "isa": _runtime_isa(os.environ.get("SPARSECL_CPU_ISA")),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "kernels": kernels_build()}
 
 
 def cache_path(device="cpu"):

@@ -354,3 +354,11 @@ def test_cache_location_env(monkeypatch, tmp_path):
     finally:
         torch.set_num_threads(m["threads"])
     assert other != dispatch.cache_path()  # keyed by thread count
+
+
+def test_cache_is_keyed_by_the_kernel_build(monkeypatch):
+    """Choices measured with other kernels (a rebuilt or upgraded extension) are not reused."""
+    before = dispatch.cache_path()
+    assert dispatch.machine()["kernels"] == dispatch.kernels_build()
+    monkeypatch.setattr(dispatch, "kernels_build", lambda: "0123456789ab")
+    assert dispatch.cache_path() != before
