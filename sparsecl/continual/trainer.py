@@ -518,7 +518,8 @@ class ContinualTrainer:
                 reused[current[i].long()] = True
                 reused = reused.view(owner.shape) & (owner != 0)
             l.load_split(w, tr["mask"], owner, reused)
-        self.task_masks = [[self.own.encode(i, k, keys) for i, keys in enumerate(masks)]
+        # int32/int64 flat positions (what save writes), or already Ownership.encode's packed uint8 bits
+        self.task_masks = [[m if m.dtype == torch.uint8 else self.own.encode(i, k, m) for i, m in enumerate(masks)]
                            for k, masks in enumerate(s.get("task_masks", []))]
         self.layers = list(self.model.sparse_layers)
         missing, unexpected = self.model.load_state_dict(s["model"], strict=False)

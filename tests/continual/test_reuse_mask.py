@@ -151,3 +151,19 @@ def test_config_rejects_other_reuse_values_with_one_line(value):
         check_config(merge_config(DEFAULTS, {"reuse": value}))
     msg = str(e.value)
     assert "reuse" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_task_masks_survive_the_checkpoint(tmp_path, mode):
+    """The checkpoint holds each task's mask as int32 positions; loading re-encodes them to the same bits (and
+    packed bits written there would load as they are)."""
+    cfg = tiny(tmp_path, mode=mode, epochs=1, seed=5)
+    tr = ContinualTrainer(cfg, TASKS)
+    tr.run()
+    again = ContinualTrainer(cfg, TASKS)
+    again.load()
+    assert len(again.task_masks) == 5
+    for a, b in zip(again.task_masks, tr.task_masks):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for a, b in zip(again.task_mask_keys(), tr.task_mask_keys()) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(again.own.owner, tr.own.owner))
