@@ -63,31 +63,6 @@ def peak_device_bytes(device):
     return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
 
-def tensor_bytes(tensors):
-    seen, total = set(), 0
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
-    return total
-
-
-def state_bytes(modules, optimizer=None):
-    """Bytes held by parameters, buffers (indices, masks, owner index) and optimizer state of ``modules``.
-
-    Returns {"params", "buffers", "optimizer"}; shared storages are counted once.
-    """
-    params = [p for m in modules for p in m.parameters()]
-    buffers = [b for m in modules for b in m.buffers()]
-    opt = []
-    if optimizer is not None:
-        ids = {id(p) for p in params}
-        for p, st in optimizer.state.items():
-            if id(p) in ids:
-                opt += [v for v in st.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
-    return {"params": tensor_bytes(params), "buffers": tensor_bytes(buffers), "optimizer": tensor_bytes(opt)}
-
-
 # what trunk_state_bytes reports, in the order a storage shared by two parts is attributed
 STATE_PARTS = ("weights", "optimizer", "gradients", "owner", "index", "masks", "derived", "guard", "dst")
 

@@ -26,14 +26,17 @@ def test_single_task_and_bad_shapes():
         M.forward_transfer([[1.0, 0.0], [1.0, 1.0]], [0.5])
 
 
-def test_state_bytes_counts_params_buffers_and_optimizer_state():
+def test_state_bytes_counts_params_grads_buffers_and_optimizer_state_once():
     import torch
 
     lin = torch.nn.Linear(10, 4)
     lin.register_buffer("m", torch.zeros(4, 10, dtype=torch.bool))
+    lin.register_buffer("w_view", lin.weight.detach()[:2])  # shares the weight's storage: counted once
     opt = torch.optim.Adam(lin.parameters())
     lin(torch.randn(2, 10)).sum().backward()
     opt.step()
-    b = M.state_bytes([lin], opt)
-    assert b == {"params": 44 * 4, "buffers": 40, "optimizer": 2 * 44 * 4}
+    masks = [[torch.zeros(3, dtype=torch.uint8)]]
+    b = M.trunk_state_bytes([lin], opt, task_masks=masks)
+    assert b == {"weights": 44 * 4, "optimizer": 2 * 44 * 4, "gradients": 44 * 4, "owner": 0, "index": 40,
+                 "masks": 3, "derived": 0, "guard": 0, "dst": 0, "total": 4 * 44 * 4 + 43}
     assert M.peak_rss_bytes() > 0
