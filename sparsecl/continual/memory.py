@@ -5,10 +5,10 @@
     batch 3 and 5; every op output counts (autograd keeps most of them for backward), plus two copies of
     the largest one for the gradients in flight during backward, per sample times the batch size;
   * trunk state: per weight position (dense-masked: weight, gradient, optimizer slots, mask, ownership; both
-    modes: the DST engine's ever-active mask, its update's dense gradient and scores, the evaluation view's
-    dense weights), per frozen position (at most ``min(1, tasks * density)`` of them; dense-masked: the
-    guard's index; sparse: the frozen store's value, 16- or 32-bit column and owner byte), and in sparse mode
-    per union entry (its index, transposed index and value buffer; ``density`` of the positions under
+    modes: the DST engine's ever-active mask, its update's dense gradient and scores, and under ``reuse: all``
+    the evaluation view's dense weights; ``reuse: mask`` evaluates through each task's mask, no dense view),
+    per frozen position (at most ``min(1, tasks * density)`` of them; dense-masked: the guard's index;
+    sparse: the frozen store's value, 16- or 32-bit column and owner byte), and in sparse mode per union entry (its index, transposed index and value buffer; ``density`` of the positions under
     ``reuse: mask``, up to ``min(1, tasks * density)`` under ``reuse: all``) and per trainable entry (value,
     gradient, optimizer slots, rows/columns, union position);
   * the rest of the model (heads, per-task norms) with gradients and optimizer slots.
@@ -31,6 +31,7 @@ GiB = 2 ** 30
 # scores 8 + evaluation view 8 + masks built from layouts 2; sparse: the dense weight of a layer that
 # sparsecl.dispatch runs densely 4.
 _PER_POSITION = {"dense-masked": 14 + 23, "sparse": 23 + 4}
+_EVAL_VIEW = 8  # in _PER_POSITION; reuse: mask builds no evaluation view
 # per frozen position: dense-masked, FrozenGuard's int64 index 8; sparse, the frozen store's value 4 + owner 1
 # + column 2 (up to 65,536 columns of the 2-D view) or 4
 _PER_FROZEN = {"dense-masked": 8, "sparse": 5}
@@ -121,14 +122,15 @@ def estimate_bytes(cfg, tasks):
     frozen = min(1.0, len(tasks) * d)  # the most positions the tasks can own
     union = d if cfg.get("reuse", "mask") == "mask" else frozen
     trunk_bytes = 0
+    no_view = _EVAL_VIEW if cfg.get("reuse", "mask") == "mask" else 0
     for l in model.sparse_layers:
         n, cols = l.dst_mask().numel(), l.dst_mask().shape[1]
         if mode == "dense-masked" or getattr(l, "groups", 1) > 1:  # depthwise convs stay dense-masked
-            trunk_bytes += n * (_PER_POSITION["dense-masked"] + 4 * slots) + math.ceil(n * frozen) * _PER_FROZEN[
-                "dense-masked"]
+            per_position = _PER_POSITION["dense-masked"] - no_view + 4 * slots
+            trunk_bytes += n * per_position + math.ceil(n * frozen) * _PER_FROZEN["dense-masked"]
             continue
         per_frozen = _PER_FROZEN["sparse"] + (2 if cols <= 2 ** 16 else 4)
-        trunk_bytes += n * _PER_POSITION["sparse"] + math.ceil(n * frozen) * per_frozen
+        trunk_bytes += n * (_PER_POSITION["sparse"] - no_view) + math.ceil(n * frozen) * per_frozen
         trunk_bytes += math.ceil(n * union) * _PER_UNION_ENTRY + math.ceil(n * d) * (_PER_TRAINABLE_ENTRY + 4 * slots)
     total = activations + trunk_bytes + other
     return {"activations": activations, "trunk": trunk_bytes, "other": other, "total": total}
