@@ -8,9 +8,10 @@
     modes: the DST engine's ever-active mask, its update's dense gradient and scores, and under ``reuse: all``
     the evaluation view's dense weights; ``reuse: mask`` evaluates through each task's mask, no dense view),
     per frozen position (at most ``min(1, tasks * density)`` of them; dense-masked: the guard's index;
-    sparse: the frozen store's value, 16- or 32-bit column and owner byte), and in sparse mode per union entry (its index, transposed index and value buffer; ``density`` of the positions under
-    ``reuse: mask``, up to ``min(1, tasks * density)`` under ``reuse: all``) and per trainable entry (value,
-    gradient, optimizer slots, rows/columns, union position);
+    sparse: the frozen store's value, 16- or 32-bit column and owner byte), and in sparse mode per union entry
+    (its index, transposed index and value buffer; ``density`` of the positions under ``reuse: mask``, up to
+    ``min(1, tasks * density)`` under ``reuse: all``) and per trainable entry (value, gradient, optimizer
+    slots, rows/columns, union position);
   * the rest of the model (heads, per-task norms) with gradients and optimizer slots.
 The sum times ``SAFETY`` must fit in the available memory: /proc/meminfo MemAvailable, or less under a
 cgroup (v2 or v1) memory limit. Otherwise ``check_memory`` raises ``InsufficientMemoryError``.
