@@ -279,8 +279,10 @@ class CSRLayout:
 
     Index tensors are int32 with the same names and meaning as ``BlockSparseLayout`` (rows are output
     features, columns input features): row_ptr [out+1], col_idx [nnz], row_idx [nnz], t_row_ptr [in+1],
-    t_col_idx [nnz], t_perm [nnz]. ``update``/``with_topology`` rebuild after a topology change by
-    merging sorted index lists (O(nnz) plus a sort of the grown entries), not from a dense matrix.
+    t_col_idx [nnz], t_perm [nnz]. row_ptr and col_idx define the layout; the other four (derived) are
+    computed on first use and kept (``drop_derived`` frees them). ``update``/``with_topology`` rebuild after a
+    topology change by merging sorted index lists (O(nnz) plus a sort of the grown entries), not from a dense
+    matrix.
     """
 
     def __init__(self, row_ptr, col_idx, shape, validate=True, *, _derived=None):
