@@ -265,3 +265,21 @@ def test_repack_values_moves_rows_and_zeroes_new_ones(shape, n_new, seed):
     for j in range(n):
         expect = old[src[j]] if src[j] >= 0 else torch.zeros(shape[1:])
         assert torch.equal(values.detach()[j], expect)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 13), (33, 5)])
+def test_derived_index_is_computed_on_first_use_and_can_be_dropped(shape, seed):
+    mask = torch.rand(shape) < 0.4
+    layout = CSRLayout.from_mask(mask)
+    eager = _transpose_index_torch(layout.row_ptr, layout.col_idx, shape[1])
+    assert all(v is None for v in layout._derived.values())  # nothing derived before it is asked for
+    assert torch.equal(layout.keys(), mask.flatten().nonzero().squeeze(1))  # keys do not keep row_idx
+    assert layout._derived["row_idx"] is None
+    for name, want in zip(("row_idx", "t_row_ptr", "t_col_idx", "t_perm"), eager):
+        assert torch.equal(getattr(layout, name), want), name
+    kept = layout.t_perm
+    assert layout.t_perm is kept  # kept once computed
+    layout.drop_derived("t_perm", "row_idx")
+    assert layout._derived["t_perm"] is None and torch.equal(layout.t_perm, eager[3])
+    with pytest.raises(ValueError, match="derived index"):
+        layout.drop_derived("col_idx")
