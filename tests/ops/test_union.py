@@ -273,3 +273,40 @@ def test_union_conv2d_bad_input():
         union_conv2d(x, fv, tv, union.layout, 3)
     with pytest.raises(ValueError, match="trainable_values must be"):
         union_conv2d(x, fv, tv[:-1], union, 3)
+
+
+# frozen values held by the union (attach_frozen) ----------------------------------------------------------
+@pytest.mark.parametrize("p_frozen,p_train", SPLITS)
+def test_attached_frozen_values_compute_as_passed_ones(p_frozen, p_train, seed):
+    union, fv, tv, w, frozen, trainable = _case((11, 13), p_frozen, p_train)
+    held = UnionLayout.from_masks(frozen, trainable).attach_frozen(fv.clone())
+    assert held.holds_frozen and torch.equal(held.frozen_values(), fv)
+    x = torch.randn(4, 13, dtype=torch.float64)
+    for u, f in ((union, fv), (held, None)):
+        xg, t = x.clone().requires_grad_(True), tv.clone().requires_grad_(True)
+        y = union_linear(xg, f, t, u)
+        assert_close(y, x @ w.T)
+        g = torch.randn_like(y)
+        y.backward(g)
+        assert_close(xg.grad, g @ w)
+        assert_close(t.grad, (g.T @ x)[trainable])
+    assert torch.equal(held.to_dense(None, tv), w)
+    with pytest.raises(ValueError, match="holds no frozen values"):
+        union_linear(x, None, tv, union)
+
+
+def test_attached_frozen_values_follow_a_trainable_repack(seed):
+    union, fv, tv, w, frozen, trainable = _case((19, 23), 0.3, 0.2)
+    held = UnionLayout.from_masks(frozen, trainable).attach_frozen(fv)
+    inner = CSRLayout.from_mask(trainable)
+    on, off = trainable.flatten().nonzero().squeeze(1), (~(frozen | trainable)).flatten().nonzero().squeeze(1)
+    new_mask = trainable.flatten().clone()
+    new_mask[on[:3]] = False
+    new_mask[off[:3]] = True
+    inner, src = inner.with_topology(new_mask.view(trainable.shape))
+    moved = held.with_trainable_repack(src, inner)
+    assert torch.equal(moved.frozen_values(), fv) and torch.equal(moved.frozen_layout().mask(), frozen)
+    assert moved.trainable_rows is inner.row_idx and moved.trainable_cols is inner.col_idx  # shared, not copied
+    grow = off[3:4]
+    with pytest.raises(ValueError, match="holds its frozen values"):
+        held.update(torch.ones(held.nnz, dtype=torch.bool), grow, torch.zeros(1, dtype=torch.bool))
