@@ -233,7 +233,7 @@ class TrainableLinear(_CountsRepacks, SparseLinear, DispatchMixin):
         y = self.dispatcher(x, self.values, None, lambda: union_linear_spec(union, frozen_values), _density(union),
                             lambda: union_linear(x, frozen_values, self.values, union, dense_grad_hook=hook), hook,
                             _FrozenPart(union, frozen_values))
-        _release_frozen_index(self.dispatcher, union)
+        _release_dense_state(self.dispatcher, union)
         return y
 
 
@@ -253,16 +253,18 @@ class TrainableConv2d(_CountsRepacks, SparseConv2d, DispatchMixin):
             x, self.values, None, lambda: union_conv2d_spec(x, union, frozen_values, self.kernel_size, *geom),
             _density(union), lambda: union_conv2d(x, frozen_values, self.values, union, self.kernel_size, None, *geom),
             None, _FrozenPart(union, frozen_values))
-        _release_frozen_index(self.dispatcher, union)
+        _release_dense_state(self.dispatcher, union)
         return y
 
 
-def _release_frozen_index(dispatcher, union):
-    """After an all-sparse call the union need not keep the frozen part's rows/cols, which deciding the call
-    may have asked for (a dense pass keeps them: its dense weight tracks them by identity)."""
+def _release_dense_state(dispatcher, union):
+    """After an all-sparse call, free what deciding it may have built: the frozen part's rows/cols in the union
+    and the dispatcher's dense weight (a calibration builds one: 4 bytes per position of the layer). A dense
+    pass keeps both (its dense weight tracks the rows/cols by identity) and rebuilds them when they are gone."""
     last = dispatcher.last
     if last is None or all(c == "sparse" for c in last["choice"].values()):
         union.forget_frozen_index()
+        dispatcher.dense = None
 
 
 def _density(union):
