@@ -121,6 +121,11 @@ class Ownership:
         d = self._dense[i]
         return d if d is not None else self.layers[i].frozen_store.to_dense(fill_tag=True)
 
+    def dense_index(self, i):
+        """The live uint8 index of a dense layer (what its ``allocate``/``load_split`` keep by reference), or
+        None for a sparse layer, whose frozen store holds its owners."""
+        return self._dense[i]
+
     @property
     def owner(self):
         """Per layer, ``index(i)``."""
@@ -341,7 +346,7 @@ class ContinualTrainer:
             values[new] = init_values(l, (int(new.sum()),), g)
             shape = l.dst_mask().shape
             l.allocate(new.view(shape), values.view(shape).to(l.dense_weight().dtype), reused=(task & owned).view(shape),
-                       owned=self.own.index(i))
+                       owned=self.own.dense_index(i))
         self.layers = list(self.model.sparse_layers)
 
     def _select_task_mask(self, k):
@@ -350,7 +355,7 @@ class ContinualTrainer:
             shape = l.dst_mask().shape
             mask = self.own.decode(i, k, bits).view(shape)
             l.allocate(torch.zeros_like(mask), torch.zeros(shape, dtype=l.dense_weight().dtype), reused=mask,
-                       owned=self.own.index(i))
+                       owned=self.own.dense_index(i))
         self.layers = list(self.model.sparse_layers)
 
     # -- evaluation ------------------------------------------------------------------------------
