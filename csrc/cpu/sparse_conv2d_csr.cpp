@@ -216,8 +216,8 @@ at::Tensor csr_conv2d_dw_cpu(const at::Tensor& dy, const at::Tensor& x, const at
   auto xc = x.contiguous();
   auto dv = at::empty({col_idx.size(0)}, x.options());
   const int64_t nnz = col_idx.size(0);
-  const bool safe = pw_dw_safe(x);
-  if (safe && bil_routes(x, g, /*dvalues=*/true)) {
+  const bool bil = bil_routes(x, g, /*dvalues=*/true), safe = (bil && bil_dw_exact(g)) || pw_dw_safe(x);
+  if (bil && safe) {
     bil_csr_dw(gc.data_ptr<float>(), xc.data_ptr<float>(), g, row_idx.data_ptr<int32_t>(),
                col_idx.data_ptr<int32_t>(), nnz, dv.data_ptr<float>());
     return dv;
