@@ -351,8 +351,7 @@ class _FrozenPlusTrainable(nn.Module):
         return None if self._reads_selection else self.frozen_values
 
     def forward(self, x):
-        # also without frozen weights: the union path's linear dX needs no per-step gather through t_perm
-        union = self.union()
+        union = self.union()  # one union kernel call per pass, also before any weight is frozen
         return self.inner(x, self._frozen_arg(), union)
 
     def dst_module(self):
@@ -398,11 +397,13 @@ class _FrozenPlusTrainable(nn.Module):
         layer then reads all of it."""
         if not 1 <= int(owner) <= 255:
             raise ValueError(f"owner must be a task id in 1..255 (one byte per frozen weight), got {owner}")
-        inner, values = self.inner, self.frozen_values
-        new = CompactCSR.from_layout(inner.layout, inner.values.detach().to(values), tag=int(owner))
-        self._set_frozen(self.frozen_store.merge(new))
-        self._set_inner(values.new_zeros(self._shape2d), torch.zeros(self._shape2d, dtype=torch.bool,
-                                                                      device=values.device))
+        inner, store = self.inner, self.frozen_store
+        dtype = torch.promote_types(store.values.dtype, inner.values.dtype)  # as adding the two dense weights
+        store = CompactCSR(store.values.to(dtype), store.row_ptr, store.col_idx, store.shape, store.tag, validate=False)
+        new = CompactCSR.from_layout(inner.layout, inner.values.detach().to(dtype), tag=int(owner))
+        self._set_frozen(store.merge(new))
+        self._set_inner(self.frozen_values.new_zeros(self._shape2d),
+                        torch.zeros(self._shape2d, dtype=torch.bool, device=self.frozen_values.device))
         self._select(None)
 
     def load_split(self, weight, mask, owned, reused=None):
