@@ -115,3 +115,18 @@ def test_sparse_total_counts_the_union_cache_and_dispatch_weight(tmp_path):
     l(torch.randn(4, l.in_features))
     dense = l.inner.dispatcher.dense
     assert M.trunk_state_bytes([l])["derived"] >= parts["derived"] + dense.buffer.untyped_storage().nbytes()
+
+
+@pytest.mark.parametrize("model", ["cnn", "mobilenetv2"])
+@pytest.mark.parametrize("mode", MODES)
+def test_accounted_state_of_conv_trunks(tmp_path, audit, mode, model):
+    """Conv trunks too (sparse: SparseTrunkConv2d; MobileNetV2's depthwise convs stay dense-masked in both)."""
+    from .test_memory import _image_tasks
+
+    width = 8 if model == "cnn" else 0.25
+    cfg = tiny(tmp_path, mode=mode, epochs=1, model={"name": model, "width": width}, batch_size=4)
+    tr = audit(Audited(cfg, _image_tasks(n_tasks=2, n=8, size=32)))
+    tr.run()
+    assert len(tr.audits) == 2
+    for counted, walked in tr.audits:
+        assert counted["total"] == walked
