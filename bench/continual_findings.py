@@ -32,10 +32,11 @@ PROTOCOLS = ("mask", "all")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "continual")
 
 
-def run_one(reuse, init, growth, density, seed, width, epochs, mode):
+def run_one(reuse, init, growth, density, seed, width, epochs, mode, out):
+    """One Split-Digits run; ``out`` takes its checkpoint and log (scratch)."""
     cfg = {"model": {"name": "mlp", "width": width, "depth": 2}, "init": init, "growth": growth, "density": density,
            "reuse": reuse, "epochs": epochs, "batch_size": 64, "update_every": 10, "seed": seed, "mode": mode,
-           "progress": False, "out": os.path.join(tempfile.gettempdir(), f"sparsecl-findings-{os.getpid()}"),
+           "progress": False, "out": out,
            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}}
     t0 = time.perf_counter()
     res = ContinualTrainer(cfg, split_digits(seed=seed)).run()
@@ -126,17 +127,19 @@ def collect(a, protocols):
     if a.threads:
         torch.set_num_threads(a.threads)
     info, loads, rows, t0 = machine_info(), [], [], time.time()
-    for reuse, init, growth, density in itertools.product(protocols, INITS, GROWTHS, DENSITIES):
-        loads.append(round(os.getloadavg()[0], 2))
-        for seed in range(a.seeds):
-            r = run_one(reuse, init, growth, density, seed, a.width, a.epochs, a.mode)
-            rows.append({"reuse": reuse, "init": init, "growth": growth, "density": density, "seed": seed, **r})
-            print(f"{reuse:4s} {init:7s} {growth:8s} d={density:<5} seed={seed} ACC={r['ACC']:.4f} "
-                  f"BWT={r['BWT']:+.4f} ({r['train_seconds']:.1f} s)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sparsecl-findings-") as scratch:
+        for reuse, init, growth, density in itertools.product(protocols, INITS, GROWTHS, DENSITIES):
+            loads.append(round(os.getloadavg()[0], 2))
+            for seed in range(a.seeds):
+                r = run_one(reuse, init, growth, density, seed, a.width, a.epochs, a.mode, scratch)
+                rows.append({"reuse": reuse, "init": init, "growth": growth, "density": density, "seed": seed, **r})
+                print(f"{reuse:4s} {init:7s} {growth:8s} d={density:<5} seed={seed} ACC={r['ACC']:.4f} "
+                      f"BWT={r['BWT']:+.4f} ({r['train_seconds']:.1f} s)", flush=True)
     wall = time.time() - t0
     setup = (f"Split-Digits (5 tasks x 2 classes), MLP 64-{a.width}-{a.width}, multi-head, {a.epochs} epochs/task, "
              f"batch 64, SGD lr 0.05 momentum 0.9, DST update every 10 steps, magnitude pruning, drop fraction 0.5 "
-             f"cosine-decayed to 0.005 per task, mode={a.mode}, protocols {', '.join('reuse: ' + r for r in protocols)}, "
+             f"cosine-decayed to 0.005 per task, mode={a.mode}, "
+             f"protocols {', '.join('reuse: ' + r for r in protocols)}, "
              f"{a.seeds} seeds (0..{a.seeds - 1}; the seed also draws the train/test split) per cell, "
              f"{len(rows)} runs; {wall:.0f} s wall in total")
     machine = (f"{info['processor']} ({info['cpu_family_model']}), ISA {info['cpu_isa']}, {info['cpu_count']} cores "

@@ -3,11 +3,12 @@ task's sparse/dense-masked training ratio >= 0.85x the first task's).
 
 The CIFAR-100 files are generated in the real python-pickle format (``cifar-100-python/{train,test,meta}``) with
 random pixels, since this machine has no internet: accuracy is meaningless here, the speed ratio is what is
-measured. The job is the CLI itself (``sparsecl continual ... --compare-dense-masked``) in a subprocess with its own dispatch
-cache (``SPARSECL_CACHE_DIR``). By default a short warm-up run of the same model (sparse mode, one step of 64
-images and the 8-image remainder per task) fills that cache first, so the measured run finds every per-layer
-choice cached and no task's training time holds the one-off calibration (``--cold-cache``: measure a new user's
-first run, where task 1 pays it); the 1-min load average is sampled while the job runs.
+measured. The job is the CLI itself (``sparsecl continual ... --compare-dense-masked``) in a subprocess with its own
+dispatch cache (``SPARSECL_CACHE_DIR``). By default a short warm-up run of the same model (sparse mode, per task a
+few batches with the same dispatch keys as the measured run's, ``warm_per_class``) fills that cache first, so the
+measured run finds every per-layer choice cached and no task's training time holds the one-off calibration
+(``--cold-cache``: measure a new user's first run, where task 1 pays it); the 1-min load average is sampled while
+the job runs.
 
 Usage: python -m bench.continual_flatness [--per-class-train 500] [--per-class-test 100] [--threads 1] [--cold-cache]
        [--quick] [--report-only]
@@ -167,8 +168,8 @@ def summary_md(metrics):
     if code:
         lines += [f"Code: commit {code['commit'][:10]}" + (
             f", with uncommitted changes in {len(code['uncommitted'])} library files (work in progress of others "
-            "sharing the tree)" if code["uncommitted"] else "") + "." + (f" {code['note']}" if code.get("note") else ""),
-            ""]
+            "sharing the tree)" if code["uncommitted"] else "") + "."
+            + (f" {code['note']}" if code.get("note") else ""), ""]
     lines += ["| task | wall ratio | CPU-time ratio | sparse s | dense-masked s | sparse CPU s | dense-masked CPU s | "
               "DST updates | dispatch sources | subnetwork density | reused |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
