@@ -15,9 +15,10 @@ namespace sparsecl {
 namespace conv_cpu {
 
 // Bytes of source tile windows a job's chunk of source planes spans: 32 KiB - 512 KiB measured alike on
-// Zen 4, no chunking (all channels at once) up to 1.6x slower. dValues' row-local chunks (windows of every
-// image block) take 256 KiB, half of Zen 4's L2: 1.13-1.3x faster than 64 KiB, 512 KiB no better.
-constexpr int64_t kBilChunk = 64 << 10, kBilChunkRowLocal = 256 << 10;
+// Zen 4, no chunking (all channels at once) up to 1.6x slower. dValues' row-local chunks sweep whole planes
+// of every image block: 512 KiB of them, half of Zen 4's L2 (sized by tile windows instead, a stride-2 8x8
+// output's chunks spilled L2 and ran bimodally, 14-27 ms on AVX2).
+constexpr int64_t kBilChunk = 64 << 10, kBilChunkRowLocal = 512 << 10;
 
 // out[(a*TC + b)*L + l] = (prev ? prev[...] : init) + sum_k val[k] * src[off[k] + a*rs + b*SC*L + l].
 template <int VB, int TR, int TC, int SC>
@@ -471,7 +472,8 @@ inline void bil_csr_dw(const float* dy, const float* x, const Geom& g, const int
   const std::vector<int32_t> off = src.offsets(g, ci, order.data(), nnz);
   const bool row_local = g.Ho * g.Wo <= kBilMaxPlane;
   const BilChunks e = bil_chunks(g.O, ptr.data(), off.data(), nullptr, src.plane(), g.C,
-                                 src.window_bytes(g, t) * (row_local ? std::max<int64_t>(nblk, 1) : 1),
+                                 row_local ? src.plane() * int64_t(sizeof(float)) * std::max<int64_t>(nblk, 1)
+                                           : src.window_bytes(g, t),
                                  row_local ? kBilChunkRowLocal : kBilChunk);
   float* xt = cpu::workspace(0, nblk * img + 1);
   float* gt = cpu::workspace(1, nblk * g.O * Hy * Wy * L + 1);
