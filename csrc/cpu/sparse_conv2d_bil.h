@@ -14,7 +14,7 @@
 namespace sparsecl {
 namespace conv_cpu {
 
-// Bytes of source tile windows a job's chunk of source planes spans: 32 KiB - 512 KiB measured alike on
+// Bytes of tile windows a job's chunk of source planes spans: 32 KiB - 512 KiB measured alike on
 // Zen 4, no chunking (all channels at once) up to 1.6x slower. dValues' row-local chunks sweep whole planes
 // of every image block: 512 KiB of them, half of Zen 4's L2 (sized by tile windows instead, a stride-2 8x8
 // output's chunks spilled L2 and ran bimodally, 14-27 ms on AVX2).
@@ -174,8 +174,8 @@ inline void bil_transpose_in(const float* src, int64_t N, int64_t P, int64_t H, 
   });
 }
 
-// Entries of rows 0..rows-1 (row o: ptr[o]..ptr[o+1], ptr[0] = 0) by chunks of source planes whose tile
-// windows span about `budget` bytes: row o's entries of chunk j are ptr[o*n_cc + j]..+1 of off / val, at
+// Entries of rows 0..rows-1 (row o: ptr[o]..ptr[o+1], ptr[0] = 0) by chunks of source planes of which a job
+// reads about `budget` bytes (window_bytes per plane): row o's entries of chunk j are ptr[o*n_cc + j]..+1 of off / val, at
 // original index idx (nullptr: the same index). Rows whose offsets ascend (a CSR index with sorted columns)
 // are split in place; otherwise the entries are regrouped (pw_bucket).
 struct BilChunks {
