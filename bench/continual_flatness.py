@@ -183,6 +183,8 @@ def summary_md(metrics):
               "| clock | last / first | bar holds | mean of last 3 / mean of first 3 |", "|---|---|---|---|"]
     lines += [f"| {name} | {f[name]['last_over_first']:.3f} | {'yes' if f[name]['holds'] else 'no'} | "
               f"{f[name]['last3_over_first3']:.3f} |" for name in ("wall", "cpu")]
+    if f.get("note"):
+        lines += ["", f"Note (added after the run): {f['note']}"]
     v = metrics["vs_dense_masked"]
     lines += ["", f"Whole run: {v['train_speedup']:.2f}x wall, {v['train_speedup_cpu_time']:.2f}x CPU time; "
               f"load average at start/end of the job {metrics['load_average']}.",
@@ -219,6 +221,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 2 train + 1 test images per class, width 8")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite summary.md and ratio.png from OUT/metrics.json (no new run)")
+    p.add_argument("--note", default=None, help="with --report-only: a reader's note on the run, kept in metrics.json")
     a = p.parse_args(argv)
     if a.quick:
         a.per_class_train, a.per_class_test, a.width = 2, 1, 8
@@ -227,6 +230,8 @@ def main(argv=None):
         with open(os.path.join(out, "metrics.json")) as f:
             metrics = json.load(f)
         metrics["flatness"].update(flatness(metrics))
+        if a.note is not None:
+            metrics["flatness"]["note"] = a.note
         write_json_atomic(os.path.join(out, "metrics.json"), metrics)
         print(render(metrics, out))
         return out
