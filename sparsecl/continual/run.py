@@ -393,6 +393,8 @@ def _main(cfg, rank):
         res = _train(sparse_trainer)
         res["dense_masked"] = {k: dense[k] for k in ("ACC", "BWT", "acc_matrix", "train_seconds",
                                                       "throughput_samples_per_s", "state_bytes_per_task")}
+        res["dense_masked"]["tasks"] = [{k: t[k] for k in ("task", "train_seconds", "train_cpu_seconds", "samples",
+                                                           "steps")} for t in dense["tasks"]]
         res["vs_dense_masked"] = ratios(res, dense)
     else:
         sparse_trainer = _trainer(cfg)

@@ -202,6 +202,10 @@ def test_cli_end_to_end_writes_metrics_heatmap_and_logs(tmp_path, capsys):
     assert "ACC" in text and "BWT" in text and "accuracy matrix" in text
     if _sparse():
         assert "speedup over --dense-masked" in text and m["vs_dense_masked"]["train_speedup"] > 0
+        dense_tasks = m["dense_masked"]["tasks"]  # the per-task seconds the per-task ratios divide
+        assert [t["task"] for t in dense_tasks] == list(range(5))
+        for t, d, r in zip(m["tasks"], dense_tasks, m["vs_dense_masked"]["train_speedup_per_task"]):
+            assert abs(r - (t["samples"] / t["train_seconds"]) / (d["samples"] / d["train_seconds"])) < 1e-9 * r
 
 
 def _sparse():
