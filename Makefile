@@ -46,11 +46,12 @@ clean:
 	rm -rf build build-cmake $(VENV) sparsecl/*.so *.egg-info
 
 # make asan: ASan+UBSan build of the CPU extension into build-asan/ (the normal sparsecl/_C*.so is left
-# alone), then the op and layer tests against it; findings abort the run (UBSan) or fail it (ASan).
+# alone; --force: setuptools does not track header dependencies, so an edited .h would leave stale objects),
+# then the op and layer tests against it; findings abort the run (UBSan) or fail it (ASan).
 ASAN_TESTS ?= tests/ops tests/nn tests/test_formats.py tests/reliability/test_fuzz_ops.py tests/reliability/test_fuzz_layouts.py tests/reliability/test_large_indices.py
 .PHONY: asan
 asan: install
-	SPARSECL_SANITIZE=1 SPARSECL_CUDA=0 $(BIN)/python setup.py -q build_ext --build-lib build-asan/lib --build-temp build-asan/tmp
+	SPARSECL_SANITIZE=1 SPARSECL_CUDA=0 $(BIN)/python setup.py -q build_ext --force --build-lib build-asan/lib --build-temp build-asan/tmp
 	SPARSECL_EXTENSION=$$(ls build-asan/lib/sparsecl/_C*.so) \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:protect_shadow_gap=0:abort_on_error=1:print_summary=1:allocator_may_return_null=1:max_allocation_size_mb=6144 \
