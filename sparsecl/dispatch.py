@@ -13,8 +13,9 @@ mode is, first match wins:
 Under ``torch.compile`` every direction is sparse (the public ops trace; calibration does not).
 
 Calibration: the first call of a layer geometry under "auto" times both candidates of each direction
-alternately on the real input (a warm-up round, then up to ``CALIBRATION_ROUNDS`` rounds: one when a side is
-``CLEAR_RATIO`` times faster, two once ``CALIBRATION_BUDGET_S`` per direction is spent; minimum of the rounds)
+alternately on the real input (a warm-up round, then ``MIN_ROUNDS`` to ``CALIBRATION_ROUNDS`` rounds: it stops
+after ``MIN_ROUNDS`` when a side is ``CLEAR_RATIO`` times faster or ``CALIBRATION_BUDGET_S`` per direction is spent;
+minimum of the rounds, so one disturbed sample, e.g. page faults on a fresh output buffer, cannot decide)
 and picks dense only when it is at least ``1 - DENSE_MARGIN`` faster (a tie keeps the sparse path, which needs no dense buffer). The key is the layer's
 op and shape, the input's batch (rounded up to a power of two) and spatial size, memory format, dtype, and the
 density bucket (``DENSITY_EDGES``): a DST update or a new task that moves the density into another bucket gets
@@ -53,6 +54,7 @@ MODES = ("auto", "sparse", "dense")
 DENSITY_EDGES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DENSE_MARGIN = 0.97  # dense is chosen when t_dense < DENSE_MARGIN * t_sparse
 CALIBRATION_ROUNDS = 5
+MIN_ROUNDS = 3
 CALIBRATION_BUDGET_S = 0.1  # per direction
 CLEAR_RATIO = 1.5
 CACHE_VERSION = 1
@@ -147,8 +149,9 @@ def _cpu_model():
 
 @functools.lru_cache(maxsize=None)
 def kernels_build():
-    """Identity of the kernels the choices were measured with: sparsecl's version and the loaded extension file's
-    size and modification time (a rebuilt or upgraded extension gets fresh calibrations), 12 hex digits."""
+    """Identity of the kernels the choices were measured with, and how: sparsecl's version, the loaded extension
+    file's size and modification time (a rebuilt or upgraded extension gets fresh calibrations) and the
+    calibration's round count; 12 hex digits."""
     from . import __version__
     from ._extension import _C
 
@@ -158,7 +161,8 @@ def kernels_build():
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         stamp = "unknown"
-    return hashlib.sha1(f"{__version__}|{os.path.abspath(path)}|{stamp}".encode()).hexdigest()[:12]
+    return hashlib.sha1(f"{__version__}|{os.path.abspath(path)}|{stamp}|calibration {MIN_ROUNDS}".encode()
+                        ).hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,7 +277,8 @@ def clear_memory_cache():
 # calibration ------------------------------------------------------------------------------------------------------
 def _time_pair(sparse_fn, dense_fn, sync):
     """(t_sparse, t_dense) in seconds: minimum over alternating rounds after one untimed warm-up round. Stops after
-    one round when one side is CLEAR_RATIO times faster, else after two once CALIBRATION_BUDGET_S is spent."""
+    MIN_ROUNDS rounds when one side is CLEAR_RATIO times faster or CALIBRATION_BUDGET_S is spent, else after
+    CALIBRATION_ROUNDS."""
     def once(fn):
         t0 = time.perf_counter()
         fn()
@@ -286,8 +291,8 @@ def _time_pair(sparse_fn, dense_fn, sync):
         ts.append(once(sparse_fn))
         td.append(once(dense_fn))
         ratio = min(ts) / max(min(td), 1e-9)
-        if not 1 / CLEAR_RATIO < ratio < CLEAR_RATIO or (
-                len(ts) >= 2 and time.perf_counter() - start > CALIBRATION_BUDGET_S):
+        if len(ts) >= MIN_ROUNDS and (not 1 / CLEAR_RATIO < ratio < CLEAR_RATIO
+                                      or time.perf_counter() - start > CALIBRATION_BUDGET_S):
             break
     return min(ts), min(td)
 
